@@ -1,0 +1,256 @@
+"""One run of one batch: the bounded in-flight window, the completion loop, the cancel path.
+
+The monitor thread (the one that calls :meth:`BatchRun.run`) is the only writer of the results, the
+tracker and the window. Workers report through a ``SimpleQueue`` fed by each future's done-callback;
+a cancel puts a wake-up marker in the same queue, so the loop reacts at once without polling.
+Nothing here iterates ``as_completed``/``wait`` over futures, so a shut-down executor cannot hang it
+(CPython gh-87893 / gh-109934).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
+from typing import Any
+
+from procengine_nb.cancellation import CancellationToken
+from procengine_nb.executors.base import Backend, BatchExecutor, run_chunk
+from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult, UnprocessedView
+from procengine_nb.progress import ProcessingProgress, ProgressCallback, ProgressTracker
+
+__all__ = ["BatchRun", "BatchSettings"]
+
+_log = logging.getLogger("procengine_nb.engine")
+_WAKE = object()  # put in the completion queue by a cancel
+
+
+class BatchSettings:
+    """The engine's knobs, validated by ``ProcessingEngine`` and shared by its batches."""
+
+    __slots__ = ("processor", "pass_token", "backend", "clock", "eta_smoothing", "max_errors",
+                 "timeout", "chunk_size", "target_chunk_seconds", "window_per_worker")
+
+    def __init__(self, processor: Callable[..., Any], pass_token: bool, backend: Backend,
+                 clock: Callable[[], float], eta_smoothing: float | None, max_errors: int | None,
+                 timeout: float | None, chunk_size: int | None, target_chunk_seconds: float = 0.002,
+                 window_per_worker: int = 2) -> None:
+        self.processor = processor
+        self.pass_token = pass_token
+        self.backend = backend
+        self.clock = clock
+        self.eta_smoothing = eta_smoothing
+        self.max_errors = max_errors
+        self.timeout = timeout
+        self.chunk_size = chunk_size
+        self.target_chunk_seconds = target_chunk_seconds
+        self.window_per_worker = window_per_worker
+
+
+class _CallbackGuard:
+    """Calls the user's progress callback; logs each distinct failure once and never raises."""
+
+    __slots__ = ("callback", "seen", "failures")
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+        self.seen: set[tuple[str, str]] = set()
+        self.failures = 0
+
+    def __call__(self, snapshot: ProcessingProgress) -> None:
+        callback = self.callback
+        if callback is None:
+            return
+        try:
+            callback(snapshot)
+        except Exception as exc:  # a broken callback never stops the batch
+            self.failures += 1
+            key = (type(exc).__name__, str(exc))
+            if key not in self.seen:
+                self.seen.add(key)
+                _log.error("progress callback %r raised %s: %s (further identical errors are not logged)",
+                           callback, key[0], key[1], exc_info=exc)
+
+
+class BatchRun:
+    """Runs one :class:`ProcessingJob` to its :class:`BatchResult`. Use once."""
+
+    def __init__(self, settings: BatchSettings, job: ProcessingJob,
+                 callback: ProgressCallback | None, token: CancellationToken) -> None:
+        self.settings = settings
+        self.job = job
+        self.user_token = token
+        # The batch's own token: cancelled by the user's token, the error budget or the engine itself,
+        # without ever cancelling the caller's token on the caller's behalf.
+        self.token = CancellationToken.linked(token)
+        self._callback = _CallbackGuard(callback)
+        self.tracker = ProgressTracker(len(job.symbols), clock=settings.clock, smoothing=settings.eta_smoothing)
+        self._inflight: dict[Future[Any], tuple[int, int, float]] = {}
+        self._abandoned: set[Future[Any]] = set()
+
+    # -- read from other threads ----------------------------------------------------------------
+    @property
+    def progress(self) -> ProcessingProgress:
+        """The latest snapshot (safe from any thread)."""
+        return self.tracker.snapshot
+
+    def running_symbols(self, limit: int = 8) -> list[Any]:
+        """Up to ``limit`` symbols handed to workers and not completed yet (safe from any thread)."""
+        spans = list(self._inflight.copy().values())
+        spans.sort()
+        symbols = self.job.symbols
+        out: list[Any] = []
+        for start, stop, _ in spans:
+            for index in range(start, stop):
+                if len(out) >= limit:
+                    return out
+                out.append(symbols[index])
+        return out
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> BatchResult:
+        settings = self.settings
+        symbols = self.job.symbols
+        total = len(symbols)
+        token = self.token
+        tracker = self.tracker
+        completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        wake = token.register(lambda: completions.put(_WAKE))
+        results = BatchResult(job=self.job)
+        append = results.append
+        callback = self._callback
+        inflight = self._inflight
+        abandoned = self._abandoned
+        dropped: list[int] = []  # started-chunk symbols a cancelled chunk did not run
+        timeout = settings.timeout
+        clock = settings.clock
+        max_errors = settings.max_errors
+        next_index = 0
+        mean_seconds = 0.0  # smoothed processor time per symbol, drives the chunk size
+        workers = settings.backend.max_workers
+        window = workers if timeout is not None else max(1, workers * settings.window_per_worker)
+        executor: BatchExecutor | None = None
+        try:
+            executor = settings.backend.open(token)
+            worker_token = executor.worker_token
+            pass_token = settings.pass_token
+            processor = settings.processor
+            while True:
+                # 1. keep the window full
+                while next_index < total and len(inflight) < window and not token.is_cancelled:
+                    size = self._chunk_size(mean_seconds, total - next_index, workers)
+                    stop = next_index + size
+                    try:
+                        future = executor.submit(run_chunk, processor, symbols[next_index:stop],
+                                                 worker_token, pass_token)
+                    except Exception as exc:  # e.g. an executor that was shut down
+                        _log.error("job %s: the executor refused a task: %r", self.job.job_id, exc)
+                        token.cancel(f"the executor refused new tasks: {type(exc).__name__}: {exc}")
+                        break
+                    inflight[future] = (next_index, stop, clock())
+                    tracker.running += size
+                    next_index = stop
+                    future.add_done_callback(completions.put)
+                if not inflight or token.is_cancelled:
+                    break
+                # 2. wait for a completion (or a cancel, or the earliest per-symbol deadline)
+                try:
+                    item = completions.get(timeout=self._next_wait(clock()) if timeout is not None else None)
+                except queue.Empty:
+                    self._expire(clock(), results, executor)
+                    continue
+                if item is _WAKE:
+                    continue
+                span = inflight.pop(item, None)
+                if span is None:  # a task given up on (timeout) finally ended: ignore its outcome
+                    abandoned.discard(item)
+                    continue
+                start, stop, _ = span
+                tracker.running -= stop - start
+                chunk = self._outcome(item, symbols, start, stop)
+                ran = 0.0
+                for result in chunk:
+                    append(result)
+                    ran += result.duration_ms
+                    callback(tracker.record(result.symbol, error=result.status is ResultStatus.ERROR))
+                if chunk:
+                    per_symbol = ran / 1000.0 / len(chunk)
+                    mean_seconds = per_symbol if mean_seconds == 0.0 else 0.5 * (mean_seconds + per_symbol)
+                if len(chunk) < stop - start:
+                    dropped.extend(range(start + len(chunk), stop))
+                if max_errors is not None and tracker.errors > max_errors:
+                    token.cancel(f"error budget exceeded: {tracker.errors} errors > max_errors={max_errors}")
+        finally:
+            cancelled = token.is_cancelled or next_index < total or bool(inflight)
+            wake.unregister()
+            if executor is not None:
+                pending = list(inflight)
+                executor.cancel_pending(pending)
+                executor.close(cancelled=cancelled)
+            token.close()
+        tracker.running = 0
+        tracker.cancelled = cancelled
+        head = [i for start, stop, _ in inflight.values() for i in range(start, stop)]
+        head.extend(dropped)
+        results.unprocessed = UnprocessedView(symbols, head, next_index)
+        results.cancelled = cancelled
+        results.cancel_reason = token.reason if cancelled else None
+        final = tracker.refresh(finished=True)
+        results.progress = final
+        callback(final)
+        if callback.failures:
+            _log.warning("progress callback raised %d time(s) during job %s", callback.failures, self.job.job_id)
+        return results
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _chunk_size(self, mean_seconds: float, remaining: int, workers: int) -> int:
+        """Symbols per task: fixed when configured; else 1 until tasks are measured, then enough tiny
+        tasks to fill ``target_chunk_seconds`` — while leaving every worker a few tasks at the end."""
+        settings = self.settings
+        if settings.timeout is not None:
+            return 1
+        if settings.chunk_size is not None:
+            return min(settings.chunk_size, remaining)
+        if mean_seconds <= 0.0 or mean_seconds >= settings.target_chunk_seconds:
+            return 1
+        size = int(settings.target_chunk_seconds / mean_seconds)
+        balance = max(1, remaining // (workers * 4))
+        return max(1, min(size, balance, 4096))
+
+    @staticmethod
+    def _outcome(future: Future[Any], symbols: tuple[Any, ...], start: int, stop: int) -> list[SymbolResult]:
+        try:
+            return future.result()
+        except CancelledError:
+            return []
+        except BaseException as exc:  # the backend failed the whole task (pickling, lost worker, ...)
+            return [SymbolResult(symbols[i], ResultStatus.ERROR, None, exc, 0.0) for i in range(start, stop)]
+
+    def _next_wait(self, now: float) -> float:
+        timeout = self.settings.timeout
+        assert timeout is not None
+        earliest = min(submitted for _, _, submitted in self._inflight.values())
+        return max(0.0, earliest + timeout - now)
+
+    def _expire(self, now: float, results: BatchResult, executor: BatchExecutor) -> None:
+        """Turn every task past its deadline into an ERROR result and stop waiting for it."""
+        timeout = self.settings.timeout
+        assert timeout is not None
+        symbols = self.job.symbols
+        late = [(f, span) for f, span in self._inflight.items() if now - span[2] >= timeout]
+        executor.cancel_pending([f for f, _ in late])
+        for future, (start, stop, _) in late:
+            del self._inflight[future]
+            self._abandoned.add(future)
+            self.tracker.running -= stop - start
+            for index in range(start, stop):
+                error = TimeoutError(
+                    f"symbol {symbols[index]!r} did not finish within {timeout:g}s of being handed to a worker"
+                )
+                results.append(SymbolResult(symbols[index], ResultStatus.ERROR, None, error, timeout * 1000.0))
+                self._callback(self.tracker.record(symbols[index], error=True))
+        max_errors = self.settings.max_errors
+        if max_errors is not None and self.tracker.errors > max_errors:
+            self.token.cancel(f"error budget exceeded: {self.tracker.errors} errors > max_errors={max_errors}")

@@ -1,0 +1,248 @@
+"""The processing engine: run a batch of symbols through one function on an executor.
+
+>>> engine = ProcessingEngine(lambda s: s.lower(), max_workers=2)
+>>> result = engine.process_batch(["A", "B", "C"])
+>>> sorted(r.value for r in result), result.cancelled, list(result.unprocessed)
+(['a', 'b', 'c'], False, [])
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from typing import Any, Protocol, runtime_checkable
+
+from procengine_nb.batch_run import BatchRun, BatchSettings
+from procengine_nb.cancellation import CancellationToken
+from procengine_nb.executors import Backend, make_backend
+from procengine_nb.handle import JobHandle
+from procengine_nb.models import BatchResult, JobType, ProcessingJob, ResultStatus, coerce_symbols
+from procengine_nb.progress import ProgressCallback
+
+__all__ = ["IProcessingEngine", "ProcessingEngine"]
+
+
+@runtime_checkable
+class IProcessingEngine(Protocol):
+    """What a processing engine offers; :class:`ProcessingEngine` satisfies it."""
+
+    def process_batch(
+        self,
+        job_or_symbols: ProcessingJob | Iterable[Any],
+        progress_callback: ProgressCallback | None = None,
+        cancellation_token: CancellationToken | None = None,
+    ) -> BatchResult: ...
+
+    def start(
+        self,
+        job_or_symbols: ProcessingJob | Iterable[Any],
+        progress_callback: ProgressCallback | None = None,
+        cancellation_token: CancellationToken | None = None,
+    ) -> JobHandle: ...
+
+
+def _accepts_token(processor: Callable[..., Any]) -> bool:
+    """True when ``processor`` declares a ``cancellation_token`` parameter it can take by keyword."""
+    try:
+        parameter = inspect.signature(processor).parameters.get("cancellation_token")
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
+def _optional_number(value: object, name: str, *, integer: bool, minimum: float, strict: bool = False) -> None:
+    if value is None:
+        return
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {kind} or None, not {type(value).__name__}")
+    if value != value or value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be {relation} {minimum:g}, got {value!r}")
+
+
+class ProcessingEngine:
+    """Runs a batch of symbols through ``processor`` on a pool of workers, with progress and cancel.
+
+    Args:
+        processor: called once per symbol, ``processor(symbol)``; if it declares a
+            ``cancellation_token`` parameter it also gets the batch's token (cooperative cancel).
+            Raising :class:`ProcessingCancelledException` ends that symbol as CANCELLED; any other
+            exception as ERROR. Never stops the batch.
+        max_workers: how many symbols run at once (default: ``min(32, cpu_count + 4)`` threads).
+        executor: any ``concurrent.futures.Executor`` to run on instead of the engine's own thread
+            pool; the engine never shuts it down.
+        backend: ``"threads"`` (default) or a :class:`~procengine_nb.executors.Backend`.
+        max_errors: cancel the batch (with a reason) once more than this many symbols failed.
+        timeout: seconds a symbol may take from being handed to a worker; a late one becomes an
+            ERROR with a ``TimeoutError`` (its thread finishes on its own; its result is dropped).
+        eta_smoothing: None for the average rate since the start, or an EMA factor in (0, 1].
+        chunk_size: symbols per executor task; None adapts it to measured task time (tiny tasks are
+            grouped so the executor's hand-off does not dominate, long ones go one at a time).
+        clock: the time source (seconds), injectable for tests.
+
+    A batch's pool is created for that batch and shut down at its end: no thread outlives its last
+    task. Batches are independent, so one engine may run several at once.
+
+    >>> engine = ProcessingEngine(len, max_workers=2, max_errors=0)
+    >>> engine.process_batch([[1], [1, 2]]).progress.percentage
+    100.0
+    """
+
+    def __init__(
+        self,
+        processor: Callable[..., Any],
+        *,
+        max_workers: int | None = None,
+        executor: Executor | None = None,
+        backend: str | Backend | None = None,
+        max_errors: int | None = None,
+        timeout: float | None = None,
+        eta_smoothing: float | None = None,
+        chunk_size: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        **backend_options: Any,
+    ) -> None:
+        if not callable(processor):
+            raise TypeError(f"processor must be callable, not {type(processor).__name__}")
+        _optional_number(max_workers, "max_workers", integer=True, minimum=1)
+        _optional_number(max_errors, "max_errors", integer=True, minimum=0)
+        _optional_number(timeout, "timeout", integer=False, minimum=0, strict=True)
+        _optional_number(chunk_size, "chunk_size", integer=True, minimum=1)
+        if eta_smoothing is not None:
+            _optional_number(eta_smoothing, "eta_smoothing", integer=False, minimum=0, strict=True)
+            if eta_smoothing > 1:
+                raise ValueError(f"eta_smoothing must be <= 1, got {eta_smoothing!r}")
+        if executor is not None and not isinstance(executor, Executor):
+            raise TypeError(f"executor must be a concurrent.futures.Executor, not {type(executor).__name__}")
+        if executor is not None and backend not in (None, "threads"):
+            raise ValueError("pass either executor= or backend=, not both")
+        if backend is not None and not isinstance(backend, (str, Backend)):
+            raise TypeError(f"backend must be a str or a Backend, not {type(backend).__name__}")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+        self.processor = processor
+        self.backend = make_backend(backend, max_workers=max_workers, executor=executor, **backend_options)
+        self._settings = BatchSettings(
+            processor=processor,
+            pass_token=_accepts_token(processor),
+            backend=self.backend,
+            clock=clock,
+            eta_smoothing=eta_smoothing,
+            max_errors=max_errors,
+            timeout=timeout,
+            chunk_size=chunk_size,
+        )
+
+    @property
+    def max_workers(self) -> int:
+        """How many symbols run at once."""
+        return self.backend.max_workers
+
+    # -- running --------------------------------------------------------------------------------
+    def process_batch(
+        self,
+        job_or_symbols: ProcessingJob | Iterable[Any],
+        progress_callback: ProgressCallback | None = None,
+        cancellation_token: CancellationToken | None = None,
+    ) -> BatchResult:
+        """Process every symbol and return the :class:`BatchResult` (blocking).
+
+        ``progress_callback`` is called with a snapshot after every completed symbol and once more at
+        the end (100% unless cancelled); if it raises, the error is logged and the batch goes on.
+        When ``cancellation_token`` is cancelled, pending symbols are dropped and the partial result
+        returns at once (``cancelled=True``), without waiting for running tasks; the symbols never
+        completed are in ``unprocessed``, in input order.
+
+        >>> token = CancellationToken()
+        >>> token.cancel()
+        True
+        >>> ProcessingEngine(str).process_batch(["A", "B"], cancellation_token=token).unprocessed
+        UnprocessedView(['A', 'B'])
+        """
+        return self._prepare(job_or_symbols, progress_callback, cancellation_token).run()
+
+    def start(
+        self,
+        job_or_symbols: ProcessingJob | Iterable[Any],
+        progress_callback: ProgressCallback | None = None,
+        cancellation_token: CancellationToken | None = None,
+    ) -> JobHandle:
+        """Start :meth:`process_batch` on a background thread and return its :class:`JobHandle` at once.
+
+        >>> handle = ProcessingEngine(str.upper).start(["a", "b"])
+        >>> sorted(r.value for r in handle.result(timeout=10))
+        ['A', 'B']
+        """
+        batch = self._prepare(job_or_symbols, progress_callback, cancellation_token)
+        return JobHandle._start(batch)
+
+    def retry(
+        self,
+        previous: BatchResult,
+        progress_callback: ProgressCallback | None = None,
+        cancellation_token: CancellationToken | None = None,
+        *,
+        include_cancelled: bool = True,
+    ) -> BatchResult:
+        """Process again only the symbols that failed in ``previous`` (and, by default, those that
+        stopped cooperatively), as a new batch of type ``JobType.RETRY``."""
+        self._check_previous(previous)
+        wanted = {ResultStatus.ERROR, ResultStatus.CANCELLED} if include_cancelled else {ResultStatus.ERROR}
+        symbols = [r.symbol for r in previous if r.status in wanted]
+        job = ProcessingJob(symbols, JobType.RETRY, name=self._follow_up_name(previous, "retry"))
+        return self.process_batch(job, progress_callback, cancellation_token)
+
+    def resume(
+        self,
+        previous: BatchResult,
+        progress_callback: ProgressCallback | None = None,
+        cancellation_token: CancellationToken | None = None,
+    ) -> BatchResult:
+        """Process only the symbols ``previous`` never completed (its ``unprocessed``), in input order,
+        as a new batch of type ``JobType.RESUME``."""
+        self._check_previous(previous)
+        job = ProcessingJob(tuple(previous.unprocessed), JobType.RESUME,
+                            name=self._follow_up_name(previous, "resume"))
+        return self.process_batch(job, progress_callback, cancellation_token)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _prepare(
+        self,
+        job_or_symbols: ProcessingJob | Iterable[Any],
+        progress_callback: ProgressCallback | None,
+        cancellation_token: CancellationToken | None,
+    ) -> BatchRun:
+        if isinstance(job_or_symbols, ProcessingJob):
+            job = job_or_symbols
+        else:
+            job = ProcessingJob(coerce_symbols(job_or_symbols, "job_or_symbols"))
+        if progress_callback is not None and not callable(progress_callback):
+            raise TypeError(f"progress_callback must be callable or None, not {type(progress_callback).__name__}")
+        if cancellation_token is None:
+            cancellation_token = CancellationToken()
+        elif not isinstance(cancellation_token, CancellationToken):
+            raise TypeError(
+                "cancellation_token must be a procengine_nb.CancellationToken or None, "
+                f"not {type(cancellation_token).__name__}"
+            )
+        return BatchRun(self._settings, job, progress_callback, cancellation_token)
+
+    @staticmethod
+    def _check_previous(previous: object) -> None:
+        if not isinstance(previous, BatchResult):
+            raise TypeError(f"previous must be a BatchResult, not {type(previous).__name__}")
+
+    @staticmethod
+    def _follow_up_name(previous: BatchResult, verb: str) -> str:
+        base = previous.job.display_name if previous.job is not None else "batch"
+        return f"{base} ({verb})"
+
+    def __repr__(self) -> str:
+        name = getattr(self.processor, "__qualname__", type(self.processor).__name__)
+        return f"<ProcessingEngine processor={name} backend={self.backend.name} max_workers={self.max_workers}>"

@@ -1,0 +1,95 @@
+"""The small interface every backend implements, and the task that runs on it.
+
+A *backend* is configuration (how many workers, which pool); for each batch it opens a
+:class:`BatchExecutor`, which submits tasks, cancels the ones not started, and closes at the end of the
+batch. Backends say honestly what they can do (``cancels_running``, ``shares_memory``) so the engine
+never assumes a capability a backend lacks.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
+from procengine_nb.models import ResultStatus, SymbolResult
+
+__all__ = ["Backend", "BatchExecutor", "run_chunk"]
+
+
+def run_chunk(
+    processor: Callable[..., Any],
+    symbols: Sequence[Any],
+    token: CancellationToken | None,
+    pass_token: bool,
+) -> list[SymbolResult]:
+    """Process ``symbols`` one after another and return one :class:`SymbolResult` each.
+
+    Runs on a worker. Stops early (returning only the results of the symbols it ran) when ``token``
+    is cancelled between two symbols; the engine counts the rest as unprocessed. Every exception a
+    processor raises, ``KeyboardInterrupt`` and ``SystemExit`` included, becomes that symbol's ERROR
+    result; :class:`ProcessingCancelledException` becomes CANCELLED.
+    """
+    results: list[SymbolResult] = []
+    append = results.append
+    clock = time.perf_counter
+    for symbol in symbols:
+        if token is not None and token.is_cancelled:
+            break
+        start = clock()
+        try:
+            value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
+        except ProcessingCancelledException as exc:
+            append(SymbolResult(symbol, ResultStatus.CANCELLED, None, exc, (clock() - start) * 1000.0))
+        except BaseException as exc:  # noqa: BLE001 - every failure is this symbol's result
+            append(SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0))
+        else:
+            append(SymbolResult(symbol, ResultStatus.SUCCESS, value, None, (clock() - start) * 1000.0))
+    return results
+
+
+class BatchExecutor(abc.ABC):
+    """One batch's view of a backend: submit tasks, drop pending ones, close at the end."""
+
+    #: the token given to processors that accept one (None where the workers cannot see it)
+    worker_token: CancellationToken | None = None
+
+    @abc.abstractmethod
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        """Schedule ``fn(*args)``; return a future supporting ``add_done_callback``/``result``/``cancel``."""
+
+    def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
+        """Cancel the given futures that have not started (best effort; running ones keep running)."""
+        for future in futures:
+            future.cancel()
+
+    @abc.abstractmethod
+    def close(self, *, cancelled: bool) -> None:
+        """End of the batch: release what this batch opened. Must not wait for running tasks when
+        ``cancelled`` is True."""
+
+
+class Backend(abc.ABC):
+    """Where a batch's tasks run. Subclasses: threads (default), processes (loky), dask."""
+
+    #: short name used in errors and views
+    name: str = "backend"
+    #: True when a task that already started can be stopped by the backend itself
+    cancels_running: bool = False
+    #: True when workers share this process's memory (the cancellation token reaches processors)
+    shares_memory: bool = False
+
+    @property
+    @abc.abstractmethod
+    def max_workers(self) -> int:
+        """How many tasks run at once."""
+
+    @abc.abstractmethod
+    def open(self, token: CancellationToken) -> BatchExecutor:
+        """Get ready for one batch whose cancellation token is ``token``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release long-lived resources (a cluster the backend started, a reusable pool)."""

@@ -1,0 +1,236 @@
+"""A batch running in the background: wait for it, watch it, stop it.
+
+Completion is tracked with the handle's own ``concurrent.futures.Future`` — never ``Thread.is_alive()``,
+which CPython 3.11 can get wrong after a ``KeyboardInterrupt`` inside ``join()``.
+
+>>> from procengine_nb import ProcessingEngine
+>>> handle = ProcessingEngine(str.upper, max_workers=2).start(["a", "b", "c"])
+>>> result = handle.result(timeout=10)
+>>> handle.done(), len(result)
+(True, 3)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Any, Protocol
+
+from procengine_nb.cancellation import CancellationToken
+from procengine_nb.models import BatchResult, ProcessingJob
+from procengine_nb.progress import ProcessingProgress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from procengine_nb.batch_run import BatchRun
+
+__all__ = ["JobHandle", "JobView"]
+
+_log = logging.getLogger(__name__)
+_POLL_SECONDS = 0.05
+_INTERRUPT_REASON = "interrupted while waiting for the result"
+
+
+class JobView(Protocol):
+    """Anything that shows a job: it gets every snapshot and, once, the outcome."""
+
+    def update(self, progress: ProcessingProgress) -> None:
+        """A new snapshot (called on the job's thread after every symbol; throttle yourself)."""
+
+    def finish(self, result: BatchResult | None, error: BaseException | None) -> None:
+        """The job ended with ``result`` or crashed with ``error``; show the final state now."""
+
+
+class JobHandle:
+    """A batch started by ``ProcessingEngine.start`` (or ``run``): its token, progress and result.
+
+    - ``cancel()`` asks the batch to stop; ``result()`` then returns the partial :class:`BatchResult`.
+    - ``result(timeout=None)`` blocks. A ``KeyboardInterrupt`` while it waits (a kernel interrupt)
+      cancels the job, waits for the partial result (briefly: cancel never waits for running tasks),
+      then re-raises, so nothing keeps running behind your back.
+    - ``await handle`` waits without blocking the event loop (in JupyterLab on ipykernel >= 7.4 the
+      Stop button keeps working meanwhile); cancelling the awaiting task cancels the job.
+    - Views attached with ``attach(view)`` get every snapshot and the final state, which is applied
+      before ``result()`` returns.
+    """
+
+    def __init__(self, batch: BatchRun) -> None:
+        self._batch = batch
+        self._future: Future[BatchResult] = Future()
+        self._lock = threading.Lock()
+        self._views: list[JobView] = []
+        self._outcome: tuple[BatchResult | None, BaseException | None] | None = None
+        self._thread: threading.Thread | None = None
+        self.panel: Any = None
+        """The ProgressPanel showing this job, when ``run()`` made one."""
+
+    @classmethod
+    def _start(cls, batch: BatchRun) -> JobHandle:
+        handle = cls(batch)
+        user_callback = batch._callback.callback
+
+        def on_progress(snapshot: ProcessingProgress) -> None:
+            for view in handle._views:  # the list is replaced, never mutated in place
+                try:
+                    view.update(snapshot)
+                except Exception:  # a view must never stop the batch
+                    _log.exception("view %r failed to update", view)
+            if user_callback is not None:
+                user_callback(snapshot)  # failures are logged by the batch's guard
+
+        batch._callback.callback = on_progress
+        name = f"procengine-job-{batch.job.job_id}"
+        handle._thread = threading.Thread(target=handle._run, name=name, daemon=True)
+        handle._thread.start()
+        return handle
+
+    def _run(self) -> None:
+        result: BatchResult | None = None
+        error: BaseException | None = None
+        try:
+            result = self._batch.run()
+        except BaseException as exc:  # the engine itself failed: report it, never swallow it
+            error = exc
+            _log.exception("job %s failed", self._batch.job.job_id)
+        with self._lock:
+            self._outcome = (result, error)
+            views = self._views
+        for view in views:
+            self._finish_view(view, result, error)
+        if error is None:
+            self._future.set_result(result)  # type: ignore[arg-type]
+        else:
+            self._future.set_exception(error)
+
+    @staticmethod
+    def _finish_view(view: JobView, result: BatchResult | None, error: BaseException | None) -> None:
+        try:
+            view.finish(result, error)
+        except Exception:
+            _log.exception("view %r failed to show the final state", view)
+
+    # -- what the job is --------------------------------------------------------------------
+    @property
+    def job(self) -> ProcessingJob:
+        """The job being processed."""
+        return self._batch.job
+
+    @property
+    def token(self) -> CancellationToken:
+        """The cancellation token the job watches (the one given to ``start``, or a new one)."""
+        return self._batch.user_token
+
+    @property
+    def progress(self) -> ProcessingProgress:
+        """The latest progress snapshot."""
+        return self._batch.progress
+
+    def running_symbols(self, limit: int = 8) -> list[Any]:
+        """Up to ``limit`` symbols being processed right now."""
+        return self._batch.running_symbols(limit)
+
+    @property
+    def stopping(self) -> bool:
+        """True once a cancel was asked for and the job has not returned yet."""
+        return self._batch.token.is_cancelled and not self._future.done()
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """Why the job was (or is being) cancelled: the user, a deadline, the error budget..."""
+        return self._batch.token.reason
+
+    # -- control ----------------------------------------------------------------------------
+    def cancel(self, reason: str | None = "cancelled by the user") -> bool:
+        """Ask the job to stop (cancels its token); True if this call cancelled it."""
+        return self.token.cancel(reason)
+
+    def done(self) -> bool:
+        """True once the job has returned (finished, cancelled or failed) and views show the end."""
+        return self._future.done()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job is done or ``timeout`` passes; return ``done()``. Never raises the
+        job's error."""
+        try:
+            self._wait(timeout)
+        except FutureTimeout:
+            return False
+        return True
+
+    def result(self, timeout: float | None = None) -> BatchResult:
+        """Block until the job ends and return its :class:`BatchResult` (partial if cancelled).
+
+        Raises ``TimeoutError`` when ``timeout`` passes first (the job keeps running), and re-raises
+        what crashed the engine, if anything did. A ``KeyboardInterrupt`` while waiting cancels the job,
+        waits for it to return, and is re-raised.
+        """
+        self._wait(timeout)
+        return self._future.result()
+
+    def _wait(self, timeout: float | None) -> None:
+        try:
+            # Short waits keep the main thread responsive to signals (KeyboardInterrupt).
+            if timeout is None:
+                while not self._future.done():
+                    _wait_done(self._future, _POLL_SECONDS)
+            else:
+                if not _wait_done(self._future, timeout):
+                    raise FutureTimeout(f"job {self.job.job_id} still running after {timeout:g}s")
+        except KeyboardInterrupt:
+            self._cancel_and_settle()
+            raise
+
+    def _cancel_and_settle(self) -> None:
+        """Cancel the job and wait (uninterrupted) until its thread has published the outcome."""
+        self.cancel(_INTERRUPT_REASON)
+        while not self._future.done():
+            try:
+                _wait_done(self._future, None)
+            except KeyboardInterrupt:  # a second interrupt: keep settling, cancel is already on its way
+                continue
+
+    def __await__(self) -> Generator[Any, None, BatchResult]:
+        return self._await().__await__()
+
+    async def _await(self) -> BatchResult:
+        try:
+            return await asyncio.wrap_future(self._future)
+        except asyncio.CancelledError:
+            self._cancel_and_settle()
+            raise
+
+    def add_done_callback(self, fn: Callable[[JobHandle], Any]) -> None:
+        """Call ``fn(handle)`` when the job is done (at once if it already is), on the job's thread."""
+        self._future.add_done_callback(lambda _f: fn(self))
+
+    # -- views ------------------------------------------------------------------------------
+    def attach(self, view: JobView) -> None:
+        """Show this job in ``view`` from now on; a view attached after the end gets the end at once."""
+        with self._lock:
+            outcome = self._outcome
+            if outcome is None:
+                self._views = [*self._views, view]
+        if outcome is None:
+            try:
+                view.update(self.progress)
+            except Exception:
+                _log.exception("view %r failed to update", view)
+        else:
+            self._finish_view(view, *outcome)
+
+    def __repr__(self) -> str:
+        p = self.progress
+        state = "done" if self.done() else ("stopping" if self.stopping else "running")
+        return f"<JobHandle {self.job.display_name!r} {state} {p.completed_symbols}/{p.total_symbols}>"
+
+
+def _wait_done(future: Future[Any], timeout: float | None) -> bool:
+    """Wait for ``future`` without raising its exception; True when it is done."""
+    try:
+        future.exception(timeout)
+    except FutureTimeout:
+        return False
+    return True

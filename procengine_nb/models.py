@@ -1,0 +1,314 @@
+"""Jobs and results: what goes into a batch and what comes out of it.
+
+Invariant of every :class:`BatchResult`: the symbols of its results plus its ``unprocessed`` symbols
+are exactly the job's symbols (as a multiset) — nothing lost, nothing counted twice.
+
+>>> r = BatchResult([SymbolResult("A", ResultStatus.SUCCESS, value=1)], unprocessed=["B"])
+>>> len(r), r.cancelled, list(r.unprocessed)
+(1, False, ['B'])
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+from procengine_nb.progress import ProcessingProgress
+
+__all__ = [
+    "BatchResult",
+    "JobType",
+    "ProcessingJob",
+    "ResultStatus",
+    "SymbolResult",
+    "UnprocessedView",
+    "coerce_symbols",
+]
+
+
+class JobType(enum.Enum):
+    """What kind of batch a job is; informational (shown by views, kept in results)."""
+
+    GENERIC = "generic"
+    FETCH = "fetch"
+    ANALYSIS = "analysis"
+    EXPORT = "export"
+    RETRY = "retry"
+    """A batch of symbols that failed before (made by ``ProcessingEngine.retry``)."""
+    RESUME = "resume"
+    """A batch of symbols that were never processed (made by ``ProcessingEngine.resume``)."""
+
+
+def coerce_symbols(symbols: object, name: str = "symbols") -> tuple[Any, ...]:
+    """Return ``symbols`` as a tuple, or raise a TypeError that names the problem.
+
+    A ``str``/``bytes`` is refused: it is one symbol, not a batch of its characters.
+    """
+    if symbols is None:
+        raise TypeError(f"{name} must be an iterable of symbols, not None")
+    if isinstance(symbols, (str, bytes, bytearray)):
+        raise TypeError(
+            f"{name} must be an iterable of symbols, not a single {type(symbols).__name__} "
+            f"(did you mean [{symbols!r}]?)"
+        )
+    if isinstance(symbols, dict):
+        raise TypeError(f"{name} must be an iterable of symbols, not a dict (pass list(d) or d.values())")
+    if isinstance(symbols, tuple):
+        return symbols
+    try:
+        return tuple(symbols)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"{name} must be an iterable of symbols, not {type(symbols).__name__}") from None
+
+
+@dataclass(frozen=True)
+class ProcessingJob:
+    """A batch of symbols to process, with an id, a name and a :class:`JobType`.
+
+    >>> job = ProcessingJob(["AAPL", "MSFT"], name="prices")
+    >>> job.symbols, job.job_type
+    (('AAPL', 'MSFT'), <JobType.GENERIC: 'generic'>)
+    """
+
+    symbols: Sequence[Any]
+    """The symbols, kept as a tuple in input order (any objects; shown with ``str()``)."""
+    job_type: JobType = JobType.GENERIC
+    """What kind of batch this is."""
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    """A unique id (random unless given)."""
+    name: str | None = None
+    """A human-readable name shown by views (defaults to the job type)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "symbols", coerce_symbols(self.symbols))
+        if not isinstance(self.job_type, JobType):
+            raise TypeError(f"job_type must be a JobType, not {type(self.job_type).__name__}")
+        if not isinstance(self.job_id, str) or not self.job_id:
+            raise TypeError("job_id must be a non-empty str")
+        if self.name is not None and not isinstance(self.name, str):
+            raise TypeError(f"name must be a str or None, not {type(self.name).__name__}")
+
+    @property
+    def display_name(self) -> str:
+        """``name`` or, when unset, a name made from the job type."""
+        return self.name if self.name else f"{self.job_type.value} job"
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+
+class ResultStatus(enum.Enum):
+    """How one symbol ended."""
+
+    SUCCESS = "success"
+    """The processor returned a value."""
+    ERROR = "error"
+    """The processor raised (the exception is in ``SymbolResult.error``)."""
+    CANCELLED = "cancelled"
+    """The processor started, then stopped cooperatively by raising ProcessingCancelledException."""
+
+
+@dataclass(slots=True)
+class SymbolResult:
+    """The outcome of processing one symbol.
+
+    >>> SymbolResult("AAPL", ResultStatus.ERROR, error=ValueError("no data")).ok
+    False
+    """
+
+    symbol: Any
+    """The input symbol."""
+    status: ResultStatus
+    """SUCCESS, ERROR or CANCELLED."""
+    value: Any = None
+    """What the processor returned (None unless SUCCESS)."""
+    error: BaseException | None = None
+    """The exception the processor raised (None for SUCCESS)."""
+    duration_ms: float = 0.0
+    """Time spent in the processor for this symbol, in milliseconds."""
+
+    @property
+    def ok(self) -> bool:
+        """True for SUCCESS."""
+        return self.status is ResultStatus.SUCCESS
+
+
+class UnprocessedView(Sequence[Any]):
+    """A read-only, input-ordered view of the symbols a batch never completed.
+
+    It is the in-flight symbols at the moment of a cancel (a few, at most the window) followed by the
+    tail of the input that was never handed out — a view on the job's tuple, not a copy, so building it
+    costs O(window) even for a million symbols.
+    """
+
+    __slots__ = ("_source", "_head", "_tail_start")
+
+    def __init__(self, source: Sequence[Any], head_indices: Iterable[int] = (), tail_start: int | None = None):
+        self._source = source
+        self._head = tuple(sorted(head_indices))
+        self._tail_start = len(source) if tail_start is None else tail_start
+        if not 0 <= self._tail_start <= len(source):
+            raise ValueError("tail_start is out of range")
+        if self._head and (self._head[0] < 0 or self._head[-1] >= self._tail_start):
+            raise ValueError("head indices must lie before tail_start")
+
+    @property
+    def indices(self) -> Iterator[int]:
+        """Positions of the unprocessed symbols in the job's input, ascending."""
+        return itertools.chain(self._head, range(self._tail_start, len(self._source)))
+
+    def __len__(self) -> int:
+        return len(self._head) + len(self._source) - self._tail_start
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("unprocessed index out of range")
+        head = len(self._head)
+        if index < head:
+            return self._source[self._head[index]]
+        return self._source[self._tail_start + index - head]
+
+    def __iter__(self) -> Iterator[Any]:
+        source = self._source
+        return itertools.chain((source[i] for i in self._head), itertools.islice(source, self._tail_start, None))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (UnprocessedView, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        n = len(self)
+        shown = ", ".join(repr(s) for s in itertools.islice(self, 5))
+        more = f", ... ({n - 5} more)" if n > 5 else ""
+        return f"UnprocessedView([{shown}{more}])"
+
+
+class BatchResult(list[SymbolResult]):
+    """The results of a batch, in completion order: a plain ``list`` of :class:`SymbolResult`.
+
+    Besides the list: ``cancelled`` (the batch was stopped), ``cancel_reason``, ``unprocessed`` (the
+    symbols never completed, in input order), ``progress`` (the final snapshot), ``errors`` (the
+    failed results) and ``job``.
+
+    >>> r = BatchResult([SymbolResult("A", ResultStatus.ERROR, error=KeyError("A"))])
+    >>> [e.symbol for e in r.errors]
+    ['A']
+    """
+
+    def __init__(
+        self,
+        results: Iterable[SymbolResult] = (),
+        *,
+        unprocessed: Sequence[Any] = (),
+        progress: ProcessingProgress | None = None,
+        cancelled: bool = False,
+        cancel_reason: str | None = None,
+        job: ProcessingJob | None = None,
+    ) -> None:
+        super().__init__(results)
+        self.cancelled = cancelled
+        self.cancel_reason = cancel_reason
+        self.unprocessed: Sequence[Any] = unprocessed
+        self.job = job
+        self.progress = progress if progress is not None else ProcessingProgress(
+            total_symbols=len(self) + len(unprocessed),
+            completed_symbols=len(self),
+            errors_count=sum(1 for r in self if r.status is ResultStatus.ERROR),
+            estimated_remaining_ms=0,
+            cancelled=cancelled,
+            finished=True,
+        )
+
+    @property
+    def errors(self) -> list[SymbolResult]:
+        """The failed results (status ERROR), in completion order."""
+        return [r for r in self if r.status is ResultStatus.ERROR]
+
+    @property
+    def successes(self) -> list[SymbolResult]:
+        """The successful results, in completion order."""
+        return [r for r in self if r.status is ResultStatus.SUCCESS]
+
+    @property
+    def cancelled_results(self) -> list[SymbolResult]:
+        """Results of symbols that started and stopped cooperatively (status CANCELLED)."""
+        return [r for r in self if r.status is ResultStatus.CANCELLED]
+
+    @property
+    def values(self) -> list[tuple[Any, Any]]:
+        """``(symbol, value)`` pairs of the successful results, in completion order."""
+        return [(r.symbol, r.value) for r in self if r.status is ResultStatus.SUCCESS]
+
+    def counts(self) -> dict[str, int]:
+        """How many symbols ended each way: success, error, cancelled, unprocessed."""
+        counts = {status.value: 0 for status in ResultStatus}
+        for r in self:
+            counts[r.status.value] += 1
+        counts["unprocessed"] = len(self.unprocessed)
+        return counts
+
+    def summary(self) -> str:
+        """One deterministic line: ``12 of 20 processed: 10 ok, 2 failed, 8 not processed (cancelled)``."""
+        c = self.counts()
+        total = len(self) + c["unprocessed"]
+        parts = [f"{c['success']} ok", f"{c['error']} failed"]
+        if c["cancelled"]:
+            parts.append(f"{c['cancelled']} stopped")
+        if c["unprocessed"]:
+            parts.append(f"{c['unprocessed']} not processed")
+        state = " (cancelled)" if self.cancelled else ""
+        return f"{len(self)} of {total} processed: {', '.join(parts)}{state}"
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict a result (symbol, status, value, error, duration_ms), for tables and JSON."""
+        return [
+            {
+                "symbol": r.symbol,
+                "status": r.status.value,
+                "value": r.value,
+                "error": None if r.error is None else f"{type(r.error).__name__}: {r.error}",
+                "duration_ms": r.duration_ms,
+            }
+            for r in self
+        ]
+
+    def to_dataframe(self) -> Any:
+        """The results as a pandas DataFrame (needs pandas; see ``to_records`` otherwise)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("to_dataframe() needs pandas: pip install pandas") from exc
+        return pd.DataFrame(self.to_records(), columns=["symbol", "status", "value", "error", "duration_ms"])
+
+    def __repr__(self) -> str:
+        return f"<BatchResult {self.summary()}>"
+
+    # a list's copy/slice helpers would drop the extra attributes silently; keep them explicit
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild_batch_result,
+            (list(self), list(self.unprocessed), self.progress, self.cancelled, self.cancel_reason, self.job),
+        )
+
+
+def _rebuild_batch_result(results, unprocessed, progress, cancelled, cancel_reason, job) -> BatchResult:  # type: ignore[no-untyped-def]
+    return BatchResult(
+        results, unprocessed=unprocessed, progress=progress, cancelled=cancelled,
+        cancel_reason=cancel_reason, job=job,
+    )
