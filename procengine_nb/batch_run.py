@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from typing import Any

@@ -187,7 +187,7 @@ class UnprocessedView(Sequence[Any]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (UnprocessedView, list, tuple)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]

@@ -44,7 +44,7 @@ def run_chunk(
             value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
         except ProcessingCancelledException as exc:
             append(SymbolResult(symbol, ResultStatus.CANCELLED, None, exc, (clock() - start) * 1000.0))
-        except BaseException as exc:  # noqa: BLE001 - every failure is this symbol's result
+        except BaseException as exc:
             append(SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0))
         else:
             append(SymbolResult(symbol, ResultStatus.SUCCESS, value, None, (clock() - start) * 1000.0))
