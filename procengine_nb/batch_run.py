@@ -189,7 +189,8 @@ class BatchRun:
                 executor.cancel_pending(pending)
                 executor.close(cancelled=cancelled)
             token.close()
-        tracker.running = 0
+        # What a cancel left running on workers (tasks that ignore the token): reported, not awaited.
+        tracker.running = sum(stop - start for f, (start, stop, _) in inflight.items() if not f.done())
         tracker.cancelled = cancelled
         head = [i for start, stop, _ in inflight.values() for i in range(start, stop)]
         head.extend(dropped)

@@ -46,7 +46,8 @@ class ProcessingProgress:
     estimated_remaining_ms: int | None = None
     """Estimated milliseconds until the batch ends; None while unknown, 0 when finished."""
     running_symbols: int = 0
-    """How many symbols are handed to workers and not yet completed."""
+    """How many symbols are handed to workers and not yet completed. In the final snapshot of a
+    cancelled batch: how many were still running on workers when it returned without them."""
     rate_per_second: float = 0.0
     """Completions per second (smoothed when the tracker smooths)."""
     cancelled: bool = False
