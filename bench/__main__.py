@@ -1,0 +1,67 @@
+"""``python -m bench [PART ...] [--smoke] [--repeat N] [--output FILE]``: run the benchmarks, print Markdown.
+
+Parts: overhead (W0/W1/W2 against the baselines), memory (1M symbols), cancel (latency p99), widgets
+(panel traffic and cost in a real kernel), backends (threads vs processes vs Dask, when
+``bench/bench_backends.py`` exists). No part given: all of them. ``--smoke`` runs tiny sizes in seconds
+and asserts nothing about timing (CI runs it so the suite never rots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+
+from bench.common import machine_description
+
+PARTS = ("overhead", "memory", "cancel", "widgets", "backends")
+
+
+def _backends(smoke: bool, repeat: int) -> str:
+    if importlib.util.find_spec("bench.bench_backends") is None:
+        return "pending: `bench/bench_backends.py` does not exist yet."
+    module = importlib.import_module("bench.bench_backends")
+    report = module.main(smoke=smoke)
+    return report if isinstance(report, str) else "(printed above)"
+
+
+def _part(name: str) -> Callable[..., str]:
+    if name == "backends":
+        return _backends
+    return importlib.import_module(f"bench.{name}").run  # type: ignore[no-any-return]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("parts", nargs="*", choices=[*PARTS, []], metavar="PART",
+                        help=f"what to run: {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds, no verdicts")
+    parser.add_argument("--repeat", type=int, default=None, help="rounds per overhead workload (default 5; smoke 1)")
+    parser.add_argument("--output", help="also write the Markdown report to this file")
+    args = parser.parse_args(argv)
+    parts = args.parts or list(PARTS)
+    repeat = args.repeat if args.repeat is not None else (1 if args.smoke else 5)
+    if repeat < 1:
+        parser.error("--repeat must be >= 1")
+    command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    sections = [f"Command: `{command.strip()}`", f"Machine: {machine_description()}",
+                f"Started: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"]
+    print("\n\n".join(sections), flush=True)
+    for name in parts:
+        print(f"== {name}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        body = _part(name)(smoke=args.smoke, repeat=repeat)
+        section = f"## {name} ({time.perf_counter() - start:.0f} s)\n\n{body}"
+        print("\n" + section, flush=True)
+        sections.append(section)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write("\n\n".join(sections) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
