@@ -88,6 +88,9 @@ class BatchRun:
         self.tracker = ProgressTracker(len(job.symbols), clock=settings.clock, smoothing=settings.eta_smoothing)
         self._inflight: dict[Future[Any], tuple[int, int, float]] = {}
         self._abandoned: set[Future[Any]] = set()
+        self._dropped: list[int] = []  # symbols of a started chunk that stopped early on a cancel
+        self._mean_seconds = 0.0  # smoothed processor time per symbol; drives the chunk size
+        self._results = BatchResult(job=job)
 
     # -- read from other threads ----------------------------------------------------------------
     @property
@@ -117,17 +120,11 @@ class BatchRun:
         tracker = self.tracker
         completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         wake = token.register(lambda: completions.put(_WAKE))
-        results = BatchResult(job=self.job)
-        append = results.append
-        callback = self._callback
+        results = self._results
         inflight = self._inflight
-        abandoned = self._abandoned
-        dropped: list[int] = []  # started-chunk symbols a cancelled chunk did not run
         timeout = settings.timeout
         clock = settings.clock
-        max_errors = settings.max_errors
         next_index = 0
-        mean_seconds = 0.0  # smoothed processor time per symbol, drives the chunk size
         workers = settings.backend.max_workers
         window = workers if timeout is not None else max(1, workers * settings.window_per_worker)
         executor: BatchExecutor | None = None
@@ -139,7 +136,7 @@ class BatchRun:
             while True:
                 # 1. keep the window full
                 while next_index < total and len(inflight) < window and not token.is_cancelled:
-                    size = self._chunk_size(mean_seconds, total - next_index, workers)
+                    size = self._chunk_size(total - next_index, workers)
                     stop = next_index + size
                     try:
                         future = executor.submit(run_chunk, processor, symbols[next_index:stop],
@@ -152,63 +149,89 @@ class BatchRun:
                     tracker.running += size
                     next_index = stop
                     future.add_done_callback(completions.put)
-                if not inflight or token.is_cancelled:
+                if not inflight:
+                    break
+                if token.is_cancelled:
+                    # keep what already finished (its completion is queued), then stop waiting
+                    while True:
+                        try:
+                            item = completions.get_nowait()
+                        except queue.Empty:
+                            break
+                        if item is not _WAKE:
+                            self._take(item)
                     break
                 # 2. wait for a completion (or a cancel, or the earliest per-symbol deadline)
                 try:
                     item = completions.get(timeout=self._next_wait(clock()) if timeout is not None else None)
                 except queue.Empty:
-                    self._expire(clock(), results, executor)
+                    self._expire(clock(), executor)
                     continue
-                if item is _WAKE:
-                    continue
-                span = inflight.pop(item, None)
-                if span is None:  # a task given up on (timeout) finally ended: ignore its outcome
-                    abandoned.discard(item)
-                    continue
-                start, stop, _ = span
-                tracker.running -= stop - start
-                chunk = self._outcome(item, symbols, start, stop)
-                ran = 0.0
-                for result in chunk:
-                    append(result)
-                    ran += result.duration_ms
-                    callback(tracker.record(result.symbol, error=result.status is ResultStatus.ERROR))
-                if chunk:
-                    per_symbol = ran / 1000.0 / len(chunk)
-                    mean_seconds = per_symbol if mean_seconds == 0.0 else 0.5 * (mean_seconds + per_symbol)
-                if len(chunk) < stop - start:
-                    dropped.extend(range(start + len(chunk), stop))
-                if max_errors is not None and tracker.errors > max_errors:
-                    token.cancel(f"error budget exceeded: {tracker.errors} errors > max_errors={max_errors}")
+                if item is not _WAKE:
+                    self._take(item)
         finally:
             cancelled = token.is_cancelled or next_index < total or bool(inflight)
             wake.unregister()
             if executor is not None:
                 pending = list(inflight)
                 executor.cancel_pending(pending)
-                executor.close(cancelled=cancelled)
+                # never wait for tasks given up on (cancelled, or past their timeout)
+                executor.close(cancelled=cancelled or bool(self._abandoned))
             token.close()
         # What a cancel left running on workers (tasks that ignore the token): reported, not awaited.
         tracker.running = sum(stop - start for f, (start, stop, _) in inflight.items() if not f.done())
         tracker.cancelled = cancelled
         head = [i for start, stop, _ in inflight.values() for i in range(start, stop)]
-        head.extend(dropped)
+        head.extend(self._dropped)
         results.unprocessed = UnprocessedView(symbols, head, next_index)
         results.cancelled = cancelled
         results.cancel_reason = token.reason if cancelled else None
         final = tracker.refresh(finished=True)
         results.progress = final
+        callback = self._callback
         callback(final)
         if callback.failures:
             _log.warning("progress callback raised %d time(s) during job %s", callback.failures, self.job.job_id)
         return results
 
+    def _take(self, future: Future[Any]) -> None:
+        """Record the outcome of a finished task: one result and one progress callback per symbol."""
+        span = self._inflight.pop(future, None)
+        if span is None:  # a task given up on (timeout) finally ended: its outcome was already recorded
+            self._abandoned.discard(future)
+            return
+        start, stop, _ = span
+        tracker = self.tracker
+        tracker.running -= stop - start
+        chunk = self._outcome(future, self.job.symbols, start, stop)
+        append = self._results.append
+        callback = self._callback
+        record = tracker.record
+        error_status = ResultStatus.ERROR
+        ran = 0.0
+        for result in chunk:
+            append(result)
+            ran += result.duration_ms
+            callback(record(result.symbol, error=result.status is error_status))
+        if chunk:
+            per_symbol = ran / 1000.0 / len(chunk)
+            mean = self._mean_seconds
+            self._mean_seconds = per_symbol if mean == 0.0 else 0.5 * (mean + per_symbol)
+        if len(chunk) < stop - start:  # the chunk stopped early on a cancel: the rest never ran
+            self._dropped.extend(range(start + len(chunk), stop))
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        max_errors = self.settings.max_errors
+        if max_errors is not None and self.tracker.errors > max_errors:
+            self.token.cancel(f"error budget exceeded: {self.tracker.errors} errors > max_errors={max_errors}")
+
     # -- helpers ----------------------------------------------------------------------------------
-    def _chunk_size(self, mean_seconds: float, remaining: int, workers: int) -> int:
+    def _chunk_size(self, remaining: int, workers: int) -> int:
         """Symbols per task: fixed when configured; else 1 until tasks are measured, then enough tiny
         tasks to fill ``target_chunk_seconds`` — while leaving every worker a few tasks at the end."""
         settings = self.settings
+        mean_seconds = self._mean_seconds
         if settings.timeout is not None:
             return 1
         if settings.chunk_size is not None:
@@ -234,7 +257,7 @@ class BatchRun:
         earliest = min(submitted for _, _, submitted in self._inflight.values())
         return max(0.0, earliest + timeout - now)
 
-    def _expire(self, now: float, results: BatchResult, executor: BatchExecutor) -> None:
+    def _expire(self, now: float, executor: BatchExecutor) -> None:
         """Turn every task past its deadline into an ERROR result and stop waiting for it."""
         timeout = self.settings.timeout
         assert timeout is not None
@@ -249,8 +272,6 @@ class BatchRun:
                 error = TimeoutError(
                     f"symbol {symbols[index]!r} did not finish within {timeout:g}s of being handed to a worker"
                 )
-                results.append(SymbolResult(symbols[index], ResultStatus.ERROR, None, error, timeout * 1000.0))
+                self._results.append(SymbolResult(symbols[index], ResultStatus.ERROR, None, error, timeout * 1000.0))
                 self._callback(self.tracker.record(symbols[index], error=True))
-        max_errors = self.settings.max_errors
-        if max_errors is not None and self.tracker.errors > max_errors:
-            self.token.cancel(f"error budget exceeded: {self.tracker.errors} errors > max_errors={max_errors}")
+        self._check_budget()
