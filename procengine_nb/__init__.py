@@ -10,6 +10,9 @@ Supports ipywidgets 8 only (the notebook panel); the engine itself needs nothing
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from procengine_nb.cancellation import (
     CancellationRegistration,
     CancellationToken,
@@ -27,6 +30,24 @@ from procengine_nb.models import (
 )
 from procengine_nb.progress import ProcessingProgress, ProgressCallback, ProgressTracker
 
+if TYPE_CHECKING:  # pragma: no cover
+    from procengine_nb.panel import ProgressPanel
+    from procengine_nb.runner import run
+
+# The notebook names are imported on first use, so ``import procengine_nb`` and the engine never
+# import ipywidgets or IPython.
+_LAZY = {"ProgressPanel": "procengine_nb.panel", "run": "procengine_nb.runner"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "BatchResult",
     "CancellationRegistration",
@@ -39,10 +60,12 @@ __all__ = [
     "ProcessingJob",
     "ProcessingProgress",
     "ProgressCallback",
+    "ProgressPanel",
     "ProgressTracker",
     "ResultStatus",
     "SymbolResult",
     "UnprocessedView",
+    "run",
 ]
 
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ which CPython 3.11 can get wrong after a ``KeyboardInterrupt`` inside ``join()``
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -83,7 +84,11 @@ class JobHandle:
 
         batch._callback.callback = on_progress
         name = f"procengine-job-{batch.job.job_id}"
-        handle._thread = threading.Thread(target=handle._run, name=name, daemon=True)
+        # The job thread runs in a copy of the starter's context (as asyncio.to_thread does): under
+        # ipykernel >= 7 the output parent is a ContextVar, so prints and logs from the job thread (the
+        # progress callback, views) go to the cell that started the job, not to whichever cell runs now.
+        context = contextvars.copy_context()
+        handle._thread = threading.Thread(target=context.run, args=(handle._run,), name=name, daemon=True)
         handle._thread.start()
         return handle
 

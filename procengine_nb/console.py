@@ -1,0 +1,225 @@
+"""The terminal view: one progress line on stderr with the panel's figures.
+
+On a TTY the line is redrawn in place (``\\r``) at most every ``min_interval`` (0.1 s); on anything else
+(a log file, CI) a plain line is written every ``min_interval`` (5 s by default) so logs stay short.
+The end of the job always prints the final line and the summary; user data (symbols, messages, the
+job name) is stripped of control and ANSI sequences so it cannot move the cursor or recolour the terminal.
+A ``KeyboardInterrupt`` while waiting in ``handle.result()`` cancels the job (see ``JobHandle``), and
+:meth:`ConsoleProgress.finish` then prints the partial summary.
+
+>>> import io
+>>> from procengine_nb import ProcessingEngine
+>>> out = io.StringIO()
+>>> handle = ProcessingEngine(str.upper).start(["a", "b"])
+>>> handle.attach(ConsoleProgress(name="demo", stream=out, tty=False))
+>>> _ = handle.result(timeout=10)
+>>> print(out.getvalue().splitlines()[-1])
+demo: Done: 2 processed
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
+
+from procengine_nb.formatting import (
+    clean_text,
+    describe_error,
+    format_counts,
+    format_duration,
+    format_rate,
+    job_state,
+    status_text,
+)
+from procengine_nb.models import BatchResult
+from procengine_nb.progress import ProcessingProgress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from procengine_nb.cancellation import CancellationToken
+
+__all__ = ["ConsoleProgress", "progress_line"]
+
+_SHOWN_ERRORS = 5
+
+
+def progress_line(name: str, progress: ProcessingProgress, *, status: str = "",
+                  elapsed_ms: float | None = None, eta_ms: float | None = None) -> str:
+    """The figures of one snapshot as one plain line (no control characters).
+
+    >>> p = ProcessingProgress(total_symbols=10, completed_symbols=4, errors_count=1, elapsed_time_ms=2000,
+    ...                        estimated_remaining_ms=3000, rate_per_second=2.0)
+    >>> progress_line("prices", p)
+    'prices: 4 / 10 (40%) | errors 1 | elapsed 2.0s | ETA 3.0s | 2.0/s'
+    """
+    elapsed = progress.elapsed_time_ms if elapsed_ms is None else elapsed_ms
+    eta = progress.estimated_remaining_ms if eta_ms is None else eta_ms
+    line = (
+        f"{clean_text(name, 60)}: {format_counts(progress)} | errors {progress.errors_count} | "
+        f"elapsed {format_duration(elapsed)} | ETA {format_duration(eta)} | {format_rate(progress.rate_per_second)}"
+    )
+    return f"{line} | {status}" if status else line
+
+
+class ConsoleProgress:
+    """A ``JobView`` that writes the job's progress to a text stream (stderr by default).
+
+    Args:
+        token: the job's token, to show "Stopping…" as soon as a cancel is asked for (optional).
+        name: the job name at the start of each line.
+        stream: where to write (default ``sys.stderr`` at the time of each write).
+        tty: redraw in place; default ``stream.isatty()``.
+        min_interval: seconds between two lines (default 0.1 on a TTY, 5.0 otherwise).
+        clock: the time source in seconds (injectable for tests).
+        ticker: on a TTY, redraw every ``min_interval`` while nothing completes (elapsed moves).
+    """
+
+    def __init__(
+        self,
+        token: CancellationToken | None = None,
+        *,
+        name: str = "batch",
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+        min_interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        ticker: bool = True,
+    ) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if stream is not None and not callable(getattr(stream, "write", None)):
+            raise TypeError(f"stream must be a text stream with write(), not {type(stream).__name__}")
+        if min_interval is not None:
+            if isinstance(min_interval, bool) or not isinstance(min_interval, (int, float)):
+                raise TypeError(f"min_interval must be a number of seconds, not {type(min_interval).__name__}")
+            if not min_interval >= 0 or min_interval == math.inf:
+                raise ValueError(f"min_interval must be a finite number >= 0, got {min_interval!r}")
+        self._token = token
+        self._name = name
+        self._stream = stream
+        self._tty = self._isatty() if tty is None else bool(tty)
+        self._min_interval = float(min_interval) if min_interval is not None else (0.1 if self._tty else 5.0)
+        self._clock = clock
+        self._use_ticker = ticker and self._tty
+        self._lock = threading.Lock()
+        self._latest: ProcessingProgress | None = None
+        self._received_at = 0.0
+        self._last_write = -math.inf
+        self._width = 0
+        self._ended = False
+        self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
+        self.lines_written = 0
+        """How many progress lines (or in-place redraws) were written."""
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream if self._stream is not None else sys.stderr
+
+    def _isatty(self) -> bool:
+        try:
+            return bool(self.stream.isatty())
+        except Exception:
+            return False
+
+    # -- JobView ------------------------------------------------------------------------------------
+    def update(self, progress: ProcessingProgress) -> None:
+        """Take a snapshot; write a line if the last one is ``min_interval`` old."""
+        start = False
+        with self._lock:
+            if self._ended:
+                return
+            now = self._clock()
+            self._latest = progress
+            self._received_at = now
+            if now - self._last_write >= self._min_interval:
+                self._write_progress(now)
+            if self._use_ticker and self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick_loop, name="procengine-console-ticker",
+                                                daemon=True)
+                start = True
+        if start:
+            assert self._ticker is not None
+            self._ticker.start()
+
+    def finish(self, result: BatchResult | None, error: BaseException | None) -> None:
+        """Write the final line, then the summary (and the first failed symbols)."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+            ticker = self._ticker
+        self._ticker_stop.set()
+        if ticker is not None and ticker is not threading.current_thread():
+            ticker.join()
+        with self._lock:
+            progress = result.progress if result is not None else self._latest
+            if progress is None:
+                progress = ProcessingProgress(total_symbols=0)
+            state = job_state(progress, ended=True, error=error,
+                              cancelled=None if result is None else result.cancelled)
+            lines = [f"{clean_text(self._name, 60)}: {status_text(state, progress, error=error)}"]
+            if result is not None:
+                if result.cancelled or result.errors:
+                    lines.append(f"  {result.summary()}")
+                for r in result.errors[:_SHOWN_ERRORS]:
+                    kind, message = describe_error(r.error)
+                    lines.append(f"  {clean_text(r.symbol, 60)}: {clean_text(kind, 60)}: {clean_text(message)}")
+                if len(result.errors) > _SHOWN_ERRORS:
+                    lines.append(f"  +{len(result.errors) - _SHOWN_ERRORS} more failed (see result.errors)")
+            stream = self.stream
+            if self._tty and self._width:
+                self._redraw(progress_line(self._name, progress))
+                stream.write("\n")
+            else:
+                stream.write(progress_line(self._name, progress) + "\n")
+            self.lines_written += 1
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+
+    # -- time passing ---------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Redraw with the elapsed time moved on, if ``min_interval`` passed (the TTY ticker calls it)."""
+        with self._lock:
+            if self._ended or self._latest is None:
+                return
+            now = self._clock()
+            if now - self._last_write >= self._min_interval:
+                self._write_progress(now)
+
+    def _tick_loop(self) -> None:
+        interval = max(self._min_interval, 0.05)
+        while not self._ticker_stop.wait(interval):
+            self.tick()
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def _write_progress(self, now: float) -> None:
+        p = self._latest
+        assert p is not None
+        drift = max(0.0, now - self._received_at) * 1000.0
+        eta = None if p.estimated_remaining_ms is None else max(0.0, p.estimated_remaining_ms - drift)
+        cancelling = self._token is not None and self._token.is_cancelled
+        state = job_state(p, cancel_requested=cancelling)
+        line = progress_line(self._name, p, status=status_text(state, p),
+                             elapsed_ms=p.elapsed_time_ms + drift, eta_ms=eta)
+        self._last_write = now
+        self.lines_written += 1
+        if self._tty:
+            self._redraw(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _redraw(self, line: str) -> None:
+        columns = shutil.get_terminal_size((100, 20)).columns
+        line = line[: max(10, columns - 1)]
+        pad = max(0, self._width - len(line))
+        self.stream.write("\r" + line + " " * pad)
+        self._width = len(line)
+
+    def __repr__(self) -> str:
+        return f"ConsoleProgress(name={self._name!r})"

@@ -1,0 +1,224 @@
+"""Pure formatting shared by the views (notebook panel, terminal line): no state, no widgets.
+
+Like rich's progress columns, each function turns one figure of a :class:`ProcessingProgress` into
+text. Views decide where the text goes; everything that may contain user data (symbols, exception
+messages, job names) goes through :func:`clean_text` (terminal) or :func:`html_text` (HTML).
+
+>>> format_duration(65_000), format_duration(400), format_duration(None)
+('1m 05s', '0.4s', '—')
+>>> format_counts(ProcessingProgress(total_symbols=100, completed_symbols=37))
+'37 / 100 (37%)'
+>>> html_text("<script>alert(1)</script>")
+'&lt;script&gt;alert(1)&lt;/script&gt;'
+"""
+
+from __future__ import annotations
+
+import enum
+import html
+import math
+import re
+from typing import Any
+
+from procengine_nb.progress import ProcessingProgress
+
+__all__ = [
+    "JobState",
+    "bar_style",
+    "clean_text",
+    "describe_error",
+    "format_counts",
+    "format_duration",
+    "format_rate",
+    "html_text",
+    "job_state",
+    "safe_str",
+    "status_text",
+    "truncate",
+]
+
+UNKNOWN = "—"
+"""Shown for a figure that is not known yet (the ETA before the first completion)."""
+
+# CSI sequences (colours, cursor moves), OSC sequences (titles, hyperlinks), other two-byte escapes,
+# then any remaining C0/C1 control character (\r, \b, \x07, ...).
+_ANSI = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[@-Z\\-_]"
+    r"|\x9b[0-?]*[ -/]*[@-~]"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def format_duration(ms: float | None) -> str:
+    """A human duration from milliseconds: ``0.4s``, ``12.0s``, ``1m 05s``, ``2h 03m 09s``; ``—`` for None.
+
+    Under 10 s one decimal is shown (short batches move visibly); above, whole seconds.
+
+    >>> [format_duration(x) for x in (0, 950, 9_960, 10_000, 3_600_000 + 185_000)]
+    ['0.0s', '0.9s', '9.9s', '10s', '1h 03m 05s']
+    """
+    if ms is None:
+        return UNKNOWN
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)):
+        raise TypeError(f"ms must be a number or None, not {type(ms).__name__}")
+    if ms != ms or ms == math.inf:
+        return UNKNOWN
+    whole_ms = max(0, round(ms))  # float drift (2599.9999 ms) must not lose a tenth
+    if whole_ms < 10_000:
+        tenths = whole_ms // 100  # floor: never show 10.0s for 9.96s
+        return f"{tenths // 10}.{tenths % 10}s"
+    seconds = whole_ms // 1000
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_rate(per_second: float) -> str:
+    """Completions per second: ``1234/s``, ``12.3/s``, ``0.25/s``, ``1.2/min`` when slower; ``—`` for 0.
+
+    >>> [format_rate(x) for x in (0.0, 0.02, 0.5, 12.34, 4321.0)]
+    ['—', '1.2/min', '0.50/s', '12.3/s', '4321/s']
+    """
+    if isinstance(per_second, bool) or not isinstance(per_second, (int, float)):
+        raise TypeError(f"per_second must be a number, not {type(per_second).__name__}")
+    if not per_second > 0 or per_second == math.inf:
+        return UNKNOWN
+    if per_second < 0.1:
+        return f"{per_second * 60:.1f}/min"
+    if per_second < 1:
+        return f"{per_second:.2f}/s"
+    if per_second < 100:
+        return f"{per_second:.1f}/s"
+    return f"{per_second:.0f}/s"
+
+
+def format_counts(progress: ProcessingProgress) -> str:
+    """``completed / total (pct%)``; the percentage is floored so 100% means really finished.
+
+    >>> format_counts(ProcessingProgress(total_symbols=3, completed_symbols=2))
+    '2 / 3 (66%)'
+    >>> format_counts(ProcessingProgress(total_symbols=0))
+    '0 / 0 (100%)'
+    """
+    return f"{progress.completed_symbols} / {progress.total_symbols} ({math.floor(progress.percentage)}%)"
+
+
+def safe_str(value: Any) -> str:
+    """``str(value)``, falling back to ``repr`` (and then a placeholder) if ``__str__`` raises."""
+    try:
+        return str(value)
+    except Exception:
+        try:
+            return repr(value)
+        except Exception:
+            return f"<unprintable {type(value).__name__}>"
+
+
+def truncate(text: str, limit: int = 200) -> str:
+    """Cut ``text`` to at most ``limit`` characters, ending with ``…`` when something was cut.
+
+    >>> truncate("abcdef", 4)
+    'abc…'
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clean_text(value: Any, limit: int = 200) -> str:
+    """User data made safe for one terminal line: ANSI/OSC escapes removed, other control characters
+    (newlines, ``\\r``, bells) turned into spaces, then truncated.
+
+    >>> clean_text("\\x1b[31mred\\x1b[0m\\r\\nnext")
+    'red  next'
+    """
+    text = _ANSI.sub("", safe_str(value))
+    return truncate(_CONTROL.sub(" ", text), limit)
+
+
+def html_text(value: Any, limit: int = 200) -> str:
+    """User data made safe for HTML: control characters cleaned, truncated, then ``html.escape``\\ d."""
+    return html.escape(clean_text(value, limit), quote=True)
+
+
+def describe_error(error: BaseException | None) -> tuple[str, str]:
+    """``(exception type name, message)`` of ``error`` (raw text; escape it where it is shown)."""
+    if error is None:
+        return ("", "")
+    return (type(error).__name__, safe_str(error))
+
+
+class JobState(enum.Enum):
+    """What a view shows a job as; the value is the start of the status text."""
+
+    RUNNING = "Running"
+    STOPPING = "Stopping…"
+    DONE = "Done"
+    DONE_WITH_ERRORS = "Done with errors"
+    CANCELLED = "Cancelled"
+    FAILED = "Failed"
+
+
+_BAR_STYLES = {
+    JobState.RUNNING: "info",
+    JobState.STOPPING: "warning",
+    JobState.DONE: "success",
+    JobState.DONE_WITH_ERRORS: "warning",
+    JobState.CANCELLED: "warning",
+    JobState.FAILED: "danger",
+}
+
+
+def bar_style(state: JobState) -> str:
+    """The ipywidgets ``bar_style`` for a state (success, warning, danger or info)."""
+    return _BAR_STYLES[state]
+
+
+def job_state(
+    progress: ProcessingProgress, *, cancel_requested: bool = False, ended: bool = False,
+    cancelled: bool | None = None, error: BaseException | None = None,
+) -> JobState:
+    """The state of a job from its latest snapshot and what the view knows about its end.
+
+    ``cancel_requested``: the token is cancelled; ``ended``: the job returned (or crashed with
+    ``error``); ``cancelled``: the result's ``cancelled`` flag (defaults to the snapshot's).
+    """
+    if error is not None:
+        return JobState.FAILED
+    if not ended:
+        return JobState.STOPPING if (cancel_requested or progress.cancelled) else JobState.RUNNING
+    if progress.cancelled if cancelled is None else cancelled:
+        return JobState.CANCELLED
+    return JobState.DONE_WITH_ERRORS if progress.errors_count else JobState.DONE
+
+
+def status_text(state: JobState, progress: ProcessingProgress, *, error: BaseException | None = None) -> str:
+    """The status line; it always starts with the state's name (raw text: escape it for HTML).
+
+    >>> p = ProcessingProgress(total_symbols=100, completed_symbols=37, cancelled=True, finished=True)
+    >>> status_text(JobState.CANCELLED, p)
+    'Cancelled: 37 of 100 processed, 63 not processed'
+    >>> status_text(JobState.STOPPING, ProcessingProgress(total_symbols=9, running_symbols=2))
+    'Stopping… 2 still running'
+    """
+    done, total = progress.completed_symbols, progress.total_symbols
+    if state is JobState.FAILED:
+        kind, message = describe_error(error)
+        return f"Failed: {kind}: {message}" if message else f"Failed: {kind}"
+    if state is JobState.STOPPING:
+        return f"Stopping… {progress.running_symbols} still running"
+    if state is JobState.CANCELLED:
+        return f"Cancelled: {done} of {total} processed, {total - done} not processed"
+    if state is JobState.DONE_WITH_ERRORS:
+        return f"Done with errors: {progress.errors_count} of {total} failed"
+    if state is JobState.DONE:
+        return f"Done: {total} processed"
+    return "Running"

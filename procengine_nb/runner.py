@@ -1,0 +1,136 @@
+"""``run()``: the notebook one-liner. Start a batch in the background and show it.
+
+>>> from procengine_nb import run
+>>> handle = run(str.upper, ["a", "b", "c"], name="letters", display=False, max_workers=2)
+>>> handle.result(timeout=10).summary(), handle.panel.status.value
+('3 of 3 processed: 3 ok, 0 failed', 'Done: 3 processed')
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from procengine_nb.cancellation import CancellationToken
+from procengine_nb.console import ConsoleProgress
+from procengine_nb.engine import ProcessingEngine
+from procengine_nb.handle import JobHandle
+from procengine_nb.models import ProcessingJob, coerce_symbols
+from procengine_nb.progress import ProgressCallback
+
+__all__ = ["in_jupyter_kernel", "run"]
+
+_log = logging.getLogger(__name__)
+
+
+def in_jupyter_kernel() -> bool:
+    """True when this code runs inside a Jupyter kernel (``IPython.get_ipython()`` has a ``kernel``).
+
+    Never imports IPython: if it is not imported yet, we are not in a kernel.
+    """
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:
+        return False
+    return getattr(shell, "kernel", None) is not None
+
+
+def _in_caller_context(processor: Callable[..., Any]) -> Callable[..., Any]:
+    """``processor`` run in a copy of the current context on whatever worker thread calls it.
+
+    Under ipykernel >= 7 the parent of output messages is a ContextVar; a pool's threads start with an
+    empty context and fall back to the *currently executing* cell, so a worker's ``print`` would land
+    in whichever cell runs later. Running each call in a copy of the context of the cell that called
+    ``run()`` (like ``asyncio.to_thread``) sends it to that cell. ``functools.wraps`` keeps the
+    signature, so a ``cancellation_token`` parameter is still seen.
+    """
+    context = contextvars.copy_context()
+
+    @functools.wraps(processor)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return context.copy().run(processor, *args, **kwargs)
+
+    return call
+
+
+def _runs_in_threads(engine_options: dict[str, Any]) -> bool:
+    backend = engine_options.get("backend")
+    executor = engine_options.get("executor")
+    if backend not in (None, "threads"):
+        return False
+    return executor is None or isinstance(executor, ThreadPoolExecutor)
+
+
+def _make_panel(handle: JobHandle) -> Any:
+    try:
+        from procengine_nb.panel import ProgressPanel
+    except ImportError as exc:  # ipywidgets missing: the terminal view still works
+        _log.info("no progress panel (%s); using the terminal view", exc)
+        return None
+    return ProgressPanel.for_handle(handle)
+
+
+def run(
+    processor: Callable[..., Any],
+    symbols: ProcessingJob | Iterable[Any],
+    *,
+    progress_callback: ProgressCallback | None = None,
+    cancellation_token: CancellationToken | None = None,
+    name: str | None = None,
+    display: bool | None = None,
+    **engine_options: Any,
+) -> JobHandle:
+    """Start processing ``symbols`` with ``processor`` in the background and show its progress.
+
+    Builds ``ProcessingEngine(processor, **engine_options)`` (``max_workers``, ``backend``,
+    ``max_errors``, ``timeout``, ...), starts the batch and returns its :class:`JobHandle` at once.
+    A :class:`~procengine_nb.ProgressPanel` is always built (``handle.panel``; None only without
+    ipywidgets). ``display=None`` (default) displays the panel when running under a Jupyter kernel
+    and otherwise writes a progress line to stderr; ``display=True`` always displays the panel,
+    ``display=False`` shows nothing. ``progress_callback`` still runs for every symbol.
+
+    Under a kernel, worker threads' prints and the progress callback's output go to the cell that
+    called ``run()``, not to the cell running when they print.
+
+    Wait with ``await handle`` (Stop stays clickable on ipykernel >= 7.4) or ``handle.result()``
+    (blocks the kernel: Stop clicks wait until the cell ends; interrupt the kernel to cancel).
+    """
+    if not callable(processor):
+        raise TypeError(f"processor must be callable, not {type(processor).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+    if display is not None and not isinstance(display, bool):
+        raise TypeError(f"display must be True, False or None, not {type(display).__name__}")
+    if isinstance(symbols, ProcessingJob):
+        if name is not None and name != symbols.name:
+            raise ValueError("name= cannot rename a ProcessingJob; give the job its name instead")
+        job = symbols
+    else:
+        job = ProcessingJob(coerce_symbols(symbols, "symbols"), name=name)
+
+    kernel = in_jupyter_kernel()
+    if kernel and _runs_in_threads(engine_options):
+        processor = _in_caller_context(processor)
+    engine = ProcessingEngine(processor, **engine_options)
+    handle = engine.start(job, progress_callback=progress_callback, cancellation_token=cancellation_token)
+    try:
+        panel = _make_panel(handle)
+        show_panel = display if display is not None else kernel
+        if show_panel and panel is not None:
+            from IPython.display import display as ipython_display
+
+            ipython_display(panel)
+        elif display is None:
+            handle.attach(ConsoleProgress(handle.token, name=job.display_name))
+    except BaseException:
+        handle.cancel("the progress view could not be shown")
+        raise
+    return handle
