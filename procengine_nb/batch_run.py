@@ -171,6 +171,8 @@ class BatchRun:
                     self._take(item)
         finally:
             cancelled = token.is_cancelled or next_index < total or bool(inflight)
+            if cancelled and not token.is_cancelled:  # leaving on an exception (e.g. KeyboardInterrupt):
+                token.cancel("the batch was interrupted")  # tell cooperative processors to stop too
             wake.unregister()
             if executor is not None:
                 pending = list(inflight)
@@ -208,17 +210,25 @@ class BatchRun:
         callback = self._callback
         record = tracker.record
         error_status = ResultStatus.ERROR
+        token = self.token
         ran = 0.0
         for result in chunk:
             append(result)
             ran += result.duration_ms
-            callback(record(result.symbol, error=result.status is error_status))
+            snapshot = record(result.symbol, error=result.status is error_status)
+            # After a cancel, the rest is reported by the final snapshot alone: a slow callback
+            # must not delay the Stop by one run per symbol still queued.
+            if not token.is_cancelled:
+                callback(snapshot)
         if chunk:
             per_symbol = ran / 1000.0 / len(chunk)
             mean = self._mean_seconds
             self._mean_seconds = per_symbol if mean == 0.0 else 0.5 * (mean + per_symbol)
         if len(chunk) < stop - start:  # the chunk stopped early on a cancel: the rest never ran
             self._dropped.extend(range(start + len(chunk), stop))
+            if not token.is_cancelled:  # no cancel asked: the executor dropped a task it had accepted
+                token.cancel(f"the executor cancelled a task it had accepted ({stop - start - len(chunk)} "
+                             "symbol(s)); was it shut down?")
         self._check_budget()
 
     def _check_budget(self) -> None:
