@@ -201,11 +201,23 @@ class JobHandle:
         return self._await().__await__()
 
     async def _await(self) -> BatchResult:
+        # Not asyncio.wrap_future: cancelling the awaiting task would cancel the handle's own future.
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+
+        def wake(_: object) -> None:
+            try:
+                loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+            except RuntimeError:  # the loop is closed: nobody awaits any more
+                pass
+
+        self._future.add_done_callback(wake)
         try:
-            return await asyncio.wrap_future(self._future)
+            await waiter
         except asyncio.CancelledError:
             self._cancel_and_settle()
             raise
+        return self._future.result()
 
     def add_done_callback(self, fn: Callable[[JobHandle], Any]) -> None:
         """Call ``fn(handle)`` when the job is done (at once if it already is), on the job's thread."""
