@@ -1,0 +1,82 @@
+"""The project's packaging stays true: pyproject.toml and environment.yml list the same dependencies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest itself depends on tomli there
+    import tomli as tomllib
+
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+# PyPI names whose conda-forge package is named or split differently
+CONDA_NAMES = {"dask[distributed]": ["dask", "distributed"]}
+
+
+def pyproject_requirements() -> dict[str, str]:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = data["project"]
+    found = {"python": project["requires-python"]}
+    specs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        specs.extend(extra)
+    for spec in specs:
+        req = Requirement(spec)
+        key = f"{req.name}[{','.join(sorted(req.extras))}]" if req.extras else req.name
+        for name in CONDA_NAMES.get(key, [req.name]):
+            previous = found.setdefault(name.lower(), str(req.specifier))
+            assert previous == str(req.specifier), f"{name} has two different ranges in pyproject.toml"
+    return found
+
+
+def environment_requirements() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    found = {}
+    for item in env["dependencies"]:
+        if isinstance(item, dict) or item == "pip":  # the pip section installs the project itself
+            continue
+        req = Requirement(item)
+        found[req.name.lower()] = str(req.specifier)
+    return found
+
+
+def test_environment_yml_matches_pyproject():
+    assert environment_requirements() == pyproject_requirements()
+
+
+def test_environment_yml_installs_the_project_itself():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_sections = [item["pip"] for item in env["dependencies"] if isinstance(item, dict)]
+    assert pip_sections == [["-e ."]]
+    assert env["channels"] == ["conda-forge"]
+
+
+def test_ipykernel_7_0_is_excluded():
+    """ipykernel 7.0.x breaks widget updates from threads (LookupError on shell_parent)."""
+    reqs = pyproject_requirements()
+    assert Requirement(f"ipykernel{reqs['ipykernel']}").specifier.contains("7.0.1") is False
+    assert Requirement(f"ipykernel{reqs['ipykernel']}").specifier.contains("7.4.0") is True
+
+
+def test_engine_imports_without_jupyter():
+    """The engine must import and run with no ipywidgets/IPython imported (they are only for views)."""
+    code = (
+        "import sys\n"
+        "import procengine_nb\n"
+        "from procengine_nb import ProcessingEngine\n"
+        "r = ProcessingEngine(str.upper, max_workers=2).process_batch(['a', 'b'])\n"
+        "assert sorted(x.value for x in r) == ['A', 'B']\n"
+        "bad = [m for m in ('ipywidgets', 'IPython', 'ipykernel') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_package_is_typed():
+    assert (ROOT / "procengine_nb" / "py.typed").exists()
