@@ -15,7 +15,7 @@ drive time instead of sleeping.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,16 +167,86 @@ class ProgressTracker:
         self.current_symbol = symbol
         now = self._clock()
         if self._smoothing is not None:
-            alpha = self._smoothing
-            per_symbol = (now - self._last) / count
-            self._ema = alpha * per_symbol + (1.0 - alpha) * self._ema
-            self._ema_weight = alpha + (1.0 - alpha) * self._ema_weight
+            self._smooth((now - self._last) / count)
         self._last = now
         return self._make(now)
+
+    def record_group(self, symbols: Sequence[Any], errors: Sequence[bool]) -> Iterator[ProcessingProgress]:
+        """Count symbols that completed together (one task that ran several) and yield a snapshot after
+        each, in order, so a per-symbol callback still sees every count. ``errors[i]`` is True when
+        ``symbols[i]`` failed.
+
+        The group gets one clock reading and moves the smoothed rate once, by the group's time per
+        symbol: timed one by one, the symbols of a chunk would look instant and the ETA would collapse.
+        The counts are checked before anything is recorded; each snapshot is recorded as it is yielded.
+
+        >>> clock = iter([0.0, 0.4]).__next__
+        >>> tracker = ProgressTracker(8, clock=clock)
+        >>> [s.completed_symbols for s in tracker.record_group(["A", "B"], [False, True])]
+        [1, 2]
+        >>> tracker.snapshot.errors_count, tracker.snapshot.estimated_remaining_ms
+        (1, 1200)
+        """
+        count = len(symbols)
+        if len(errors) != count:
+            raise ValueError(f"record_group needs one error flag per symbol: {count} symbols, {len(errors)} flags")
+        if self.completed + count > self.total:
+            raise ValueError(f"recorded {self.completed + count} completions for {self.total} symbols")
+        return self._group(symbols, errors)
+
+    def _group(self, symbols: Sequence[Any], errors: Sequence[bool]) -> Iterator[ProcessingProgress]:
+        if not symbols:
+            return
+        now = self._clock()
+        if self._smoothing is not None:
+            self._smooth((now - self._last) / len(symbols))
+        self._last = now
+        elapsed = now - self._start
+        if elapsed < 0.0:
+            elapsed = 0.0
+        smoothed = self._ema / self._ema_weight if self._ema_weight > 0.0 else None
+        total = self.total
+        completed = self.completed
+        failed = self.errors
+        base = {
+            "total_symbols": total, "completed_symbols": completed, "current_symbol": None,
+            "errors_count": failed, "elapsed_time_ms": round(elapsed * 1000.0), "estimated_remaining_ms": None,
+            "running_symbols": self.running, "rate_per_second": 0.0, "cancelled": self.cancelled,
+            "finished": False,
+        }
+        new = object.__new__
+        cls = ProcessingProgress
+        for symbol, error in zip(symbols, errors, strict=True):
+            completed += 1
+            if error:
+                failed += 1
+                self.errors = failed
+            self.completed = completed
+            self.current_symbol = symbol
+            per_symbol = smoothed if smoothed is not None else elapsed / completed
+            fields = base.copy()
+            fields["completed_symbols"] = completed
+            fields["current_symbol"] = symbol
+            fields["errors_count"] = failed
+            fields["estimated_remaining_ms"] = round((total - completed) * per_symbol * 1000.0)
+            fields["rate_per_second"] = 1.0 / per_symbol if per_symbol else 0.0
+            snapshot = new(cls)
+            snapshot.__dict__.update(fields)
+            self._snapshot = snapshot
+            yield snapshot
 
     def refresh(self, *, finished: bool = False) -> ProcessingProgress:
         """Make a snapshot of the current state at the current time (running count, cancel, end)."""
         return self._make(self._clock(), finished=finished)
+
+    def _smooth(self, seconds_per_symbol: float) -> None:
+        # EMA of the time per completion (a clock going backwards counts as no time, never negative)
+        alpha = self._smoothing
+        assert alpha is not None
+        if seconds_per_symbol < 0.0:
+            seconds_per_symbol = 0.0
+        self._ema = alpha * seconds_per_symbol + (1.0 - alpha) * self._ema
+        self._ema_weight = alpha + (1.0 - alpha) * self._ema_weight
 
     def _seconds_per_symbol(self, elapsed: float) -> float | None:
         if self.completed == 0:
@@ -186,7 +256,9 @@ class ProgressTracker:
         return elapsed / self.completed
 
     def _make(self, now: float, finished: bool = False) -> ProcessingProgress:
-        elapsed = max(0.0, now - self._start)
+        elapsed = now - self._start
+        if elapsed < 0.0:
+            elapsed = 0.0
         remaining = self.total - self.completed
         per_symbol = self._seconds_per_symbol(elapsed)
         if remaining == 0 or finished:
@@ -194,14 +266,14 @@ class ProgressTracker:
         elif per_symbol is None:
             eta = None
         else:
-            eta = max(0, round(remaining * per_symbol * 1000.0))
-        rate = 1.0 / per_symbol if per_symbol else 0.0
-        snapshot = ProcessingProgress._trusted(
-            total_symbols=self.total, completed_symbols=self.completed,
-            current_symbol=self.current_symbol, errors_count=self.errors,
-            elapsed_time_ms=round(elapsed * 1000.0), estimated_remaining_ms=eta,
-            running_symbols=self.running, rate_per_second=rate, cancelled=self.cancelled,
-            finished=finished,
-        )
+            eta = round(remaining * per_symbol * 1000.0)  # per_symbol >= 0: see _smooth
+        snapshot = object.__new__(ProcessingProgress)
+        snapshot.__dict__.update({
+            "total_symbols": self.total, "completed_symbols": self.completed,
+            "current_symbol": self.current_symbol, "errors_count": self.errors,
+            "elapsed_time_ms": round(elapsed * 1000.0), "estimated_remaining_ms": eta,
+            "running_symbols": self.running, "rate_per_second": 1.0 / per_symbol if per_symbol else 0.0,
+            "cancelled": self.cancelled, "finished": finished,
+        })
         self._snapshot = snapshot
         return snapshot
