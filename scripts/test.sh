@@ -18,8 +18,8 @@ fi
 echo "== ruff"
 ruff check procengine_nb tests bench
 
-echo "== pytest (unit, kernel, stress, browser) with coverage"
-python -m pytest --cov=procengine_nb --cov-report=term "$@"
+echo "== pytest (docstring examples, unit, kernel, stress, browser) with coverage"
+python -m pytest --doctest-modules procengine_nb tests --cov=procengine_nb --cov-report=term "$@"
 echo "== coverage of the progress and cancellation modules (>= 95%)"
 python -m coverage report --fail-under=95 --include='procengine_nb/progress.py,procengine_nb/cancellation.py'
 
