@@ -77,7 +77,10 @@ class ProcessingEngine:
         max_workers: how many symbols run at once (default: ``min(32, cpu_count + 4)`` threads).
         executor: any ``concurrent.futures.Executor`` to run on instead of the engine's own thread
             pool; the engine never shuts it down.
-        backend: ``"threads"`` (default) or a :class:`~procengine_nb.executors.Backend`.
+        backend: ``"threads"`` (default), ``"processes"`` (loky worker processes, for CPU-bound work),
+            ``"dask"`` (a ``distributed`` cluster: ``client=`` a Client or an address; without one a
+            LocalCluster is started at the first batch and closed by :meth:`close`), or a
+            :class:`~procengine_nb.executors.Backend`. See ``procengine_nb.executors``.
         max_errors: cancel the batch (with a reason) once more than this many symbols failed.
         timeout: seconds a symbol may take from being handed to a worker; a late one becomes an
             ERROR with a ``TimeoutError`` (its thread finishes on its own; its result is dropped).
@@ -85,6 +88,7 @@ class ProcessingEngine:
         chunk_size: symbols per executor task; None adapts it to measured task time (tiny tasks are
             grouped so the executor's hand-off does not dominate, long ones go one at a time).
         clock: the time source (seconds), injectable for tests.
+        **backend_options: the backend's own options (``client=``, ``cluster_options=`` for Dask).
 
     A batch's pool is created for that batch and shut down at its end: no thread outlives its last
     task. Batches are independent, so one engine may run several at once.
@@ -128,6 +132,7 @@ class ProcessingEngine:
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         self.processor = processor
         self.backend = make_backend(backend, max_workers=max_workers, executor=executor, **backend_options)
+        self._owns_backend = not isinstance(backend, Backend)
         self._settings = BatchSettings(
             processor=processor,
             pass_token=_accepts_token(processor),
@@ -137,6 +142,7 @@ class ProcessingEngine:
             max_errors=max_errors,
             timeout=timeout,
             chunk_size=chunk_size,
+            target_chunk_seconds=self.backend.target_task_seconds,
         )
 
     @property
@@ -210,6 +216,25 @@ class ProcessingEngine:
         job = ProcessingJob(tuple(previous.unprocessed), JobType.RESUME,
                             name=self._follow_up_name(previous, "resume"))
         return self.process_batch(job, progress_callback, cancellation_token)
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release what the engine's backend holds: the LocalCluster or client it started for
+        ``backend="dask"``, the shared loky pool for ``backend="processes"`` (threads: nothing).
+        Idempotent. A Backend object, client or executor you passed in is yours and is not closed.
+
+        >>> with ProcessingEngine(str.upper) as engine:
+        ...     len(engine.process_batch(["a"]))
+        1
+        """
+        if self._owns_backend:
+            self.backend.close()
+
+    def __enter__(self) -> ProcessingEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- helpers --------------------------------------------------------------------------------
     def _prepare(

@@ -1,4 +1,8 @@
-"""Backends: where the engine runs its tasks (threads by default; see ``make_backend``)."""
+"""Backends: where the engine runs its tasks (threads by default; see ``make_backend``).
+
+``"threads"`` (default), ``"processes"`` (loky, extra ``procengine_nb[processes]``) and ``"dask"``
+(``distributed``, extra ``procengine_nb[dask]``); the optional ones are imported only when asked for.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ __all__ = [
     "run_chunk",
 ]
 
-BACKENDS = ("threads",)
+BACKENDS = ("threads", "processes", "dask")
 """The backend names ``ProcessingEngine(backend=...)`` accepts."""
 
 
@@ -30,13 +34,41 @@ def make_backend(
     executor: Executor | None,
     **options: Any,
 ) -> Backend:
-    """Build the backend for ``ProcessingEngine``'s arguments (validated there)."""
+    """Build the backend for ``ProcessingEngine``'s arguments (validated there).
+
+    ``options`` are the backend's own keyword arguments: ``client=`` and ``cluster_options=`` for
+    ``"dask"``, ``idle_timeout=`` for ``"processes"``; none for threads. A missing extra raises an
+    ImportError that names it.
+    """
     if isinstance(backend, Backend):
+        if options:
+            raise TypeError(f"unexpected options with a Backend object: {', '.join(sorted(options))}")
         return backend
     if executor is not None:
+        if options:
+            raise TypeError(f"unexpected options with executor=: {', '.join(sorted(options))}")
         return ExecutorBackend(executor, max_workers)
     if backend in (None, "threads"):
         if options:
             raise TypeError(f"unexpected options for the threads backend: {', '.join(sorted(options))}")
         return ThreadBackend(max_workers)
+    if backend == "processes":
+        _only(options, "processes", {"idle_timeout"})
+        from procengine_nb.executors.processes import ProcessBackend
+
+        return ProcessBackend(max_workers, **options)
+    if backend == "dask":
+        _only(options, "dask", {"client", "cluster_options"})
+        from procengine_nb.executors.dask import DaskBackend
+
+        return DaskBackend(max_workers, **options)
     raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+
+
+def _only(options: dict[str, Any], name: str, allowed: set[str]) -> None:
+    unexpected = sorted(set(options) - allowed)
+    if unexpected:
+        raise TypeError(
+            f"unexpected options for the {name} backend: {', '.join(unexpected)} "
+            f"(it takes {', '.join(sorted(allowed))})"
+        )

@@ -81,6 +81,9 @@ class Backend(abc.ABC):
     cancels_running: bool = False
     #: True when workers share this process's memory (the cancellation token reaches processors)
     shares_memory: bool = False
+    #: seconds of work the engine groups into one task when symbols are tiny (adaptive chunking);
+    #: larger where handing a task over costs more (processes, a Dask cluster)
+    target_task_seconds: float = 0.002
 
     @property
     @abc.abstractmethod

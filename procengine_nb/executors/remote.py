@@ -1,0 +1,308 @@
+"""Sending chunks to other processes (loky, Dask) so that a serialization failure costs one symbol.
+
+Both out-of-process backends use this protocol instead of letting the pool pickle the task and the
+result as a whole, where one bad object fails (or, for loky, breaks) everything around it:
+
+- the parent pickles the processor and the chunk's symbols itself with cloudpickle (functions defined
+  in a notebook cell travel by value); a symbol that cannot be pickled becomes that symbol's ERROR
+  result at once, the processor failing to pickle makes every symbol of the chunk an ERROR;
+- the worker runs :func:`~procengine_nb.executors.base.run_chunk` and pickles each result on its own,
+  so a value (or exception) that cannot be pickled turns only that symbol into an ERROR;
+- the parent unpickles each result on its own, so a result that cannot be unpickled here is only
+  that symbol's ERROR, and rebuilds each :class:`SymbolResult` with the caller's own symbol object;
+- what the engine sees is a plain :class:`concurrent.futures.Future` (:class:`RemoteTask`) whose
+  result is the chunk's ``list[SymbolResult]``, completed from the backend's own future.
+
+The token a processor gets (when it declares ``cancellation_token``) is a worker-local
+:class:`MarkerToken`: it turns cancelled when the batch's *cancel marker* — a file in a temporary
+directory of this machine — appears. Workers on this machine (loky, a LocalCluster) therefore see Stop
+within a few milliseconds and a ``run_chunk`` stops between two symbols; workers on other hosts never
+see the file, so there the token simply stays uncancelled (Stop still drops every task not started).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+import cloudpickle
+
+from procengine_nb.cancellation import CancellationToken
+from procengine_nb.executors.base import run_chunk
+from procengine_nb.models import ResultStatus, SymbolResult
+
+__all__ = [
+    "CancelMarkers",
+    "MarkerToken",
+    "RemoteSerializationError",
+    "RemoteTask",
+    "RemoteTraceback",
+    "encode_chunk",
+    "run_encoded",
+]
+
+_CHECK_EVERY = 0.005  # seconds between two looks at the cancel marker on a worker
+
+
+class RemoteSerializationError(RuntimeError):
+    """A task or a result could not cross the process boundary (pickling or unpickling failed)."""
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker process (set as its ``__cause__``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.text}\"\"\""
+
+
+# -- the cancel marker ----------------------------------------------------------------------------
+class CancelMarkers:
+    """A temporary directory holding one marker file per cancelled batch (parent side).
+
+    ``new_path()`` names a batch's marker, ``cancel(path)`` creates it. The directory is removed by
+    ``close()`` (or when this object is garbage-collected / the interpreter exits).
+    """
+
+    def __init__(self) -> None:
+        self._directory: str | None = None
+        self._lock = threading.Lock()
+        self._finalizer: weakref.finalize[..., Any] | None = None
+
+    def new_path(self) -> str:
+        with self._lock:
+            if self._directory is None:
+                self._directory = tempfile.mkdtemp(prefix="procengine-cancel-")
+                self._finalizer = weakref.finalize(self, shutil.rmtree, self._directory, True)
+            return os.path.join(self._directory, uuid.uuid4().hex)
+
+    @staticmethod
+    def cancel(path: str) -> None:
+        try:
+            with open(path, "x"):
+                pass
+        except FileExistsError:
+            pass
+        except OSError:  # the directory is gone (backend closed): nothing left to tell
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            finalizer, self._finalizer, self._directory = self._finalizer, None, None
+        if finalizer is not None:
+            finalizer()
+
+
+class MarkerToken(CancellationToken):
+    """A worker-local token that cancels itself once the batch's marker file exists.
+
+    Looks at the file at most every 5 ms (a ``stat``), only while someone asks ``is_cancelled``,
+    ``throw_if_cancelled()`` or ``wait()``; ``register`` callbacks run on the thread that notices.
+    """
+
+    __slots__ = ("_marker", "_next_check")
+
+    def __init__(self, marker: str | None) -> None:
+        super().__init__()
+        self._marker = marker
+        self._next_check = 0.0
+
+    def _poll(self) -> bool:
+        if self._event.is_set():
+            return True
+        marker = self._marker
+        if marker is not None:
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + _CHECK_EVERY
+                if os.path.exists(marker):
+                    self.cancel("the batch was stopped")
+        return self._event.is_set()
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True once the batch was stopped (seen through the marker file) or ``cancel()`` was called."""
+        return self._poll()
+
+    def throw_if_cancelled(self) -> None:
+        self._poll()
+        super().throw_if_cancelled()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while not self._poll():
+            remaining = _CHECK_EVERY if deadline is None else min(_CHECK_EVERY, deadline - time.monotonic())
+            if remaining <= 0:
+                return False
+            self._event.wait(remaining)
+        return True
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a processor may pass its token on to a subprocess
+        return (MarkerToken, (self._marker,))
+
+
+# -- parent side: encode a chunk ------------------------------------------------------------------
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _symbol_error(symbol: Any, message: str) -> SymbolResult:
+    return SymbolResult(symbol, ResultStatus.ERROR, None, RemoteSerializationError(message), 0.0)
+
+
+class _ProcessorBlob:
+    """Pickles the processor once per batch (it is the same object for every chunk)."""
+
+    __slots__ = ("processor", "blob", "error")
+
+    def __init__(self) -> None:
+        self.processor: Any = None
+        self.blob: bytes | None = None
+        self.error: str | None = None
+
+    def get(self, processor: Callable[..., Any]) -> tuple[bytes | None, str | None]:
+        if self.processor is not processor or (self.blob is None and self.error is None):
+            self.processor = processor
+            try:
+                self.blob, self.error = cloudpickle.dumps(processor), None
+            except Exception as exc:
+                self.blob = None
+                self.error = f"the processor {processor!r} cannot be sent to a worker process ({_describe(exc)})"
+        return self.blob, self.error
+
+
+def encode_chunk(
+    cache: _ProcessorBlob,
+    processor: Callable[..., Any],
+    symbols: Sequence[Any],
+    pass_token: bool,
+    marker: str | None,
+) -> tuple[tuple[Any, ...] | None, RemoteTask]:
+    """Return ``(args for run_encoded or None, the RemoteTask to complete)`` for one chunk.
+
+    When nothing can be sent (the processor or every symbol fails to pickle), the task is already
+    complete with ERROR results and the args are None.
+    """
+    symbols = tuple(symbols)
+    task = RemoteTask(symbols)
+    processor_blob, processor_error = cache.get(processor)
+    if processor_blob is None:
+        task._finish([_symbol_error(s, processor_error or "") for s in symbols])
+        return None, task
+    try:
+        symbols_blob = cloudpickle.dumps(symbols)
+    except Exception:  # find the symbols that cannot travel; send the others
+        sendable = []
+        for index, symbol in enumerate(symbols):
+            try:
+                cloudpickle.dumps(symbol)
+            except Exception as exc:
+                task.local[index] = _symbol_error(
+                    symbol, f"symbol {symbol!r} cannot be sent to a worker process ({_describe(exc)})"
+                )
+            else:
+                sendable.append(symbol)
+        if not sendable:
+            task._finish([task.local[i] for i in range(len(symbols))])
+            return None, task
+        symbols_blob = cloudpickle.dumps(tuple(sendable))
+    return (processor_blob, symbols_blob, pass_token, marker), task
+
+
+# -- worker side ----------------------------------------------------------------------------------
+def _encode_result(result: SymbolResult) -> bytes:
+    error = result.error
+    trace = None
+    if error is not None and result.status is ResultStatus.ERROR:
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    try:
+        return cloudpickle.dumps((result.status, result.value, error, result.duration_ms, trace))
+    except Exception as exc:
+        what = "value" if result.status is ResultStatus.SUCCESS else "exception"
+        detail = f"; the processor raised {_describe(error)}" if error is not None else ""
+        replacement = RemoteSerializationError(
+            f"the {what} for symbol {result.symbol!r} cannot be sent back from the worker "
+            f"({_describe(exc)}){detail}"
+        )
+        return cloudpickle.dumps((ResultStatus.ERROR, None, replacement, result.duration_ms, trace))
+
+
+def run_encoded(processor_blob: bytes, symbols_blob: bytes, pass_token: bool, marker: str | None) -> list[bytes]:
+    """The task a worker process runs: unpickle, :func:`run_chunk`, pickle each result on its own."""
+    try:
+        processor = cloudpickle.loads(processor_blob)
+        symbols = cloudpickle.loads(symbols_blob)
+    except Exception as exc:
+        raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
+    results = run_chunk(processor, symbols, MarkerToken(marker), pass_token)
+    return [_encode_result(result) for result in results]
+
+
+# -- parent side: the engine's future -------------------------------------------------------------
+class RemoteTask(Future):  # type: ignore[type-arg]
+    """The engine's future for one chunk sent to another process.
+
+    Its result is the chunk's ``list[SymbolResult]`` (a prefix of the chunk, in order, rebuilt with the
+    caller's symbol objects). It is completed from the backend's future by ``complete_*``; when the
+    backend lost the whole task (a dead worker, a broken pool), it holds that exception, which the
+    engine turns into one ERROR result per symbol.
+    """
+
+    def __init__(self, symbols: tuple[Any, ...]) -> None:
+        super().__init__()
+        self.symbols = symbols
+        self.local: dict[int, SymbolResult] = {}  # results made here (symbols that could not be sent)
+        self.inner: Any = None  # the backend's future
+        self.key: Any = None  # the backend's task key, where it has one
+
+    def _finish(self, results: list[SymbolResult]) -> None:
+        try:
+            self.set_result(results)
+        except InvalidStateError:  # already cancelled by the engine
+            pass
+
+    def complete_with_error(self, error: BaseException) -> None:
+        try:
+            self.set_exception(error)
+        except InvalidStateError:
+            pass
+
+    def complete_cancelled(self) -> None:
+        self.cancel()  # a RemoteTask is never 'running', so this always succeeds unless already done
+
+    def complete_with_blobs(self, blobs: Sequence[bytes]) -> None:
+        """Decode what ``run_encoded`` returned and complete with the chunk's results."""
+        results: list[SymbolResult] = []
+        remote = iter(blobs)
+        for index, symbol in enumerate(self.symbols):
+            local = self.local.get(index)
+            if local is not None:
+                results.append(local)
+                continue
+            blob = next(remote, None)
+            if blob is None:  # the worker stopped early (the batch was cancelled): keep a prefix
+                break
+            results.append(_decode_result(symbol, blob))
+        self._finish(results)
+
+
+def _decode_result(symbol: Any, blob: bytes) -> SymbolResult:
+    try:
+        status, value, error, duration_ms, trace = cloudpickle.loads(blob)
+    except Exception as exc:
+        return _symbol_error(symbol, f"the result for symbol {symbol!r} cannot be unpickled here ({_describe(exc)})")
+    if trace is not None and isinstance(error, BaseException) and error.__cause__ is None:
+        error.__cause__ = RemoteTraceback(trace)
+    return SymbolResult(symbol, status, value, error, duration_ms)
