@@ -247,5 +247,5 @@ class CancellationToken:
 def _check_seconds(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if value < 0 or value != value:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if not 0 <= value < float("inf"):  # also refuses NaN; an infinite wait overflows the OS timer
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")

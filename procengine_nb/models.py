@@ -222,6 +222,11 @@ class BatchResult(list[SymbolResult]):
         job: ProcessingJob | None = None,
     ) -> None:
         super().__init__(results)
+        for i, item in enumerate(self):
+            if not isinstance(item, SymbolResult):
+                raise TypeError(f"results[{i}] must be a SymbolResult, not {type(item).__name__}")
+        if not isinstance(unprocessed, Sequence) or isinstance(unprocessed, (str, bytes)):
+            raise TypeError(f"unprocessed must be a sequence of symbols, not {type(unprocessed).__name__}")
         self.cancelled = cancelled
         self.cancel_reason = cancel_reason
         self.unprocessed: Sequence[Any] = unprocessed

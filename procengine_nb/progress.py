@@ -158,6 +158,8 @@ class ProgressTracker:
 
     def record(self, symbol: Any, *, error: bool = False, count: int = 1) -> ProcessingProgress:
         """Count ``count`` completed symbols (the last being ``symbol``) and return the new snapshot."""
+        if count != 1 and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise ValueError(f"count must be an int >= 1, got {count!r}")
         completed = self.completed + count
         if completed > self.total:
             raise ValueError(f"recorded {completed} completions for {self.total} symbols")
