@@ -19,6 +19,7 @@ demo: Done: 2 processed
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import sys
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from procengine_nb.formatting import (
+    JobState,
     clean_text,
     describe_error,
     format_counts,
@@ -172,11 +174,14 @@ class ConsoleProgress:
                 if len(result.errors) > _SHOWN_ERRORS:
                     lines.append(f"  +{len(result.errors) - _SHOWN_ERRORS} more failed (see result.errors)")
             stream = self.stream
+            if state in (JobState.CANCELLED, JobState.FAILED):  # a stopped job has no time remaining
+                progress = dataclasses.replace(progress, estimated_remaining_ms=None)
+            line = progress_line(self._name, progress)
             if self._tty and self._width:
-                self._redraw(progress_line(self._name, progress))
+                self._redraw(line)
                 stream.write("\n")
             else:
-                stream.write(progress_line(self._name, progress) + "\n")
+                stream.write(line + "\n")
             self.lines_written += 1
             stream.write("\n".join(lines) + "\n")
             stream.flush()

@@ -331,7 +331,9 @@ class ProgressPanel(widgets.VBox):
         ended = self._outcome is not None
         elapsed_ms: float = p.elapsed_time_ms
         eta_ms: float | None = p.estimated_remaining_ms
-        if not ended and not p.finished:  # let time move between snapshots
+        if state in (JobState.CANCELLED, JobState.FAILED):
+            eta_ms = None  # a stopped job has no time remaining to show
+        elif not ended and not p.finished:  # let time move between snapshots
             drift = max(0.0, now - self._received_at) * 1000.0
             elapsed_ms += drift
             if eta_ms is not None:

@@ -121,16 +121,19 @@ def run(
         processor = _in_caller_context(processor)
     engine = ProcessingEngine(processor, **engine_options)
     handle = engine.start(job, progress_callback=progress_callback, cancellation_token=cancellation_token)
+    show_panel = display if display is not None else kernel
     try:
+        if display is None and not kernel:  # the terminal: show progress before importing widgets
+            handle.attach(ConsoleProgress(handle.token, name=job.display_name))
         panel = _make_panel(handle)
-        show_panel = display if display is not None else kernel
         if show_panel and panel is not None:
             from IPython.display import display as ipython_display
 
             ipython_display(panel)
-        elif display is None:
+        elif display is None and kernel:  # a kernel without ipywidgets
             handle.attach(ConsoleProgress(handle.token, name=job.display_name))
-    except BaseException:
-        handle.cancel("the progress view could not be shown")
+    except BaseException:  # e.g. Ctrl-C while importing the widgets: leave nothing running
+        handle.cancel("interrupted while showing the progress")
+        handle.wait()
         raise
     return handle
