@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
@@ -65,12 +66,31 @@ class _CallbackGuard:
         try:
             callback(snapshot)
         except Exception as exc:  # a broken callback never stops the batch
-            self.failures += 1
-            key = (type(exc).__name__, str(exc))
-            if key not in self.seen:
-                self.seen.add(key)
-                _log.error("progress callback %r raised %s: %s (further identical errors are not logged)",
-                           callback, key[0], key[1], exc_info=exc)
+            self._failed(callback, exc)
+
+    def each(self, snapshots: Iterable[ProcessingProgress], token: CancellationToken) -> None:
+        """Consume ``snapshots`` (consuming records them) and call the callback with each. After a
+        cancel, the rest is reported by the final snapshot alone: a slow callback must not delay the
+        Stop by one run per symbol still queued."""
+        callback = self.callback
+        if callback is None:
+            deque(snapshots, maxlen=0)
+            return
+        for snapshot in snapshots:
+            if token.is_cancelled:
+                continue
+            try:
+                callback(snapshot)
+            except Exception as exc:  # a broken callback never stops the batch
+                self._failed(callback, exc)
+
+    def _failed(self, callback: ProgressCallback, exc: Exception) -> None:
+        self.failures += 1
+        key = (type(exc).__name__, str(exc))
+        if key not in self.seen:
+            self.seen.add(key)
+            _log.error("progress callback %r raised %s: %s (further identical errors are not logged)",
+                       callback, key[0], key[1], exc_info=exc)
 
 
 class BatchRun:
@@ -206,22 +226,14 @@ class BatchRun:
         tracker = self.tracker
         tracker.running -= stop - start
         chunk = self._outcome(future, self.job.symbols, start, stop)
-        append = self._results.append
-        callback = self._callback
-        record = tracker.record
-        error_status = ResultStatus.ERROR
         token = self.token
-        ran = 0.0
-        for result in chunk:
-            append(result)
-            ran += result.duration_ms
-            snapshot = record(result.symbol, error=result.status is error_status)
-            # After a cancel, the rest is reported by the final snapshot alone: a slow callback
-            # must not delay the Stop by one run per symbol still queued.
-            if not token.is_cancelled:
-                callback(snapshot)
         if chunk:
-            per_symbol = ran / 1000.0 / len(chunk)
+            self._results.extend(chunk)
+            error_status = ResultStatus.ERROR
+            # one clock reading for the chunk, one snapshot (and callback) per symbol
+            self._callback.each(tracker.record_group([r.symbol for r in chunk],
+                                                     [r.status is error_status for r in chunk]), token)
+            per_symbol = sum(r.duration_ms for r in chunk) / 1000.0 / len(chunk)
             mean = self._mean_seconds
             self._mean_seconds = per_symbol if mean == 0.0 else 0.5 * (mean + per_symbol)
         if len(chunk) < stop - start:  # the chunk stopped early on a cancel: the rest never ran
