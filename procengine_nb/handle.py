@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Protocol
 
-from procengine_nb.cancellation import CancellationToken
+from procengine_nb.cancellation import CancellationToken, _check_seconds
 from procengine_nb.models import BatchResult, ProcessingJob
 from procengine_nb.progress import ProcessingProgress
 
@@ -135,6 +135,10 @@ class JobHandle:
 
     def running_symbols(self, limit: int = 8) -> list[Any]:
         """Up to ``limit`` symbols being processed right now."""
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
         return self._batch.running_symbols(limit)
 
     @property
@@ -176,6 +180,8 @@ class JobHandle:
         return self._future.result()
 
     def _wait(self, timeout: float | None) -> None:
+        if timeout is not None:
+            _check_seconds(timeout, "timeout")
         try:
             # Short waits keep the main thread responsive to signals (KeyboardInterrupt).
             if timeout is None:
@@ -221,11 +227,17 @@ class JobHandle:
 
     def add_done_callback(self, fn: Callable[[JobHandle], Any]) -> None:
         """Call ``fn(handle)`` when the job is done (at once if it already is), on the job's thread."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         self._future.add_done_callback(lambda _f: fn(self))
 
     # -- views ------------------------------------------------------------------------------
     def attach(self, view: JobView) -> None:
         """Show this job in ``view`` from now on; a view attached after the end gets the end at once."""
+        if not (callable(getattr(view, "update", None)) and callable(getattr(view, "finish", None))):
+            raise TypeError(
+                f"view must have update(progress) and finish(result, error) methods, not {type(view).__name__}"
+            )
         with self._lock:
             outcome = self._outcome
             if outcome is None:
