@@ -64,6 +64,8 @@ def _optional_number(value: object, name: str, *, integer: bool, minimum: float,
     if value != value or value < minimum or (strict and value == minimum):
         relation = ">" if strict else ">="
         raise ValueError(f"{name} must be {relation} {minimum:g}, got {value!r}")
+    if value == float("inf"):  # an infinite wait overflows the OS timer; None means "no limit"
+        raise ValueError(f"{name} must be finite (None for no limit), got {value!r}")
 
 
 class ProcessingEngine:
@@ -199,6 +201,8 @@ class ProcessingEngine:
         """Process again only the symbols that failed in ``previous`` (and, by default, those that
         stopped cooperatively), as a new batch of type ``JobType.RETRY``."""
         self._check_previous(previous)
+        if not isinstance(include_cancelled, bool):
+            raise TypeError(f"include_cancelled must be a bool, not {type(include_cancelled).__name__}")
         wanted = {ResultStatus.ERROR, ResultStatus.CANCELLED} if include_cancelled else {ResultStatus.ERROR}
         symbols = [r.symbol for r in previous if r.status in wanted]
         job = ProcessingJob(symbols, JobType.RETRY, name=self._follow_up_name(previous, "retry"))
