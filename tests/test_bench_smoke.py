@@ -1,0 +1,43 @@
+"""The benchmark suite's helpers and runners (no timing assertions: speed is bench/RESULTS.md's business)."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from bench.__main__ import main
+from bench.baselines import RUNNERS
+from bench.common import Table, percentile
+from bench.workloads import w0
+
+
+@pytest.mark.parametrize("name", sorted(RUNNERS))
+def test_every_runner_processes_every_symbol(name):
+    assert RUNNERS[name](w0, [f"S{i}" for i in range(37)], 4) == 37
+
+
+def test_percentile_matches_the_inclusive_method():
+    values = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    for q in (1, 25, 50, 90, 99):
+        assert percentile(values, q) == pytest.approx(cuts[q - 1])
+    assert percentile([4.0], 99) == 4.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_table_renders_markdown_and_checks_its_width():
+    table = Table("a", "b")
+    table.add(1, "x")
+    assert table.render() == "| a | b |\n|---|---|\n| 1 | x |"
+    with pytest.raises(ValueError):
+        table.add(1)
+
+
+def test_smoke_run_of_one_part_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "report.md"
+    assert main(["--smoke", "cancel", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "## cancel" in text and "cancel p99" in text and "Machine:" in text
+    assert "cancel p99" in capsys.readouterr().out
