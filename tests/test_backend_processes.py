@@ -1,0 +1,316 @@
+"""backend="processes": loky worker processes, per-symbol serialization faults, Stop, a dead worker, cleanup.
+
+These use a real loky pool of two worker processes (spawned once, reused by the tests).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from procengine_nb import CancellationToken, ProcessingCancelledException, ProcessingEngine, ResultStatus
+from procengine_nb.executors import make_backend
+from procengine_nb.executors.remote import MarkerToken, RemoteSerializationError, RemoteTraceback
+
+loky = pytest.importorskip("loky")
+
+pytestmark = pytest.mark.timeout(180)
+
+
+# -- processors (module level or closures: both travel with cloudpickle) ----------------------------
+def double(symbol):
+    if symbol == 13:
+        raise ValueError(f"unlucky {symbol}")
+    return symbol * 2
+
+
+def token_type(symbol, cancellation_token=None):
+    return type(cancellation_token).__name__, cancellation_token.is_cancelled, os.getpid()
+
+
+class _Explodes:
+    """Pickles fine in the worker, cannot be unpickled here."""
+
+    def __reduce__(self):
+        return (_explode, ("boom on load",))
+
+
+def _explode(message):
+    raise RuntimeError(message)
+
+
+def bad_results(symbol):
+    if symbol == "lock":
+        return threading.Lock()  # cannot be pickled in the worker
+    if symbol == "explode":
+        return _Explodes()  # cannot be unpickled in the parent
+    return symbol.upper()
+
+
+def _children() -> list[psutil.Process]:
+    """Our child processes, without multiprocessing's process-wide resource tracker."""
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                out.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _wait_no_children(timeout: float = 20.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [c for c in _children() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _accounted(result, symbols) -> None:
+    seen = [r.symbol for r in result] + list(result.unprocessed)
+    assert sorted(map(repr, seen)) == sorted(map(repr, symbols))
+
+
+# -- success, errors, same results as threads -----------------------------------------------------
+def test_same_results_as_threads_and_the_callers_symbol_objects():
+    symbols = list(range(40))
+    threads = ProcessingEngine(double, max_workers=2).process_batch(symbols)
+    with ProcessingEngine(double, backend="processes", max_workers=2) as engine:
+        assert engine.backend.name == "processes" and not engine.backend.shares_memory
+        result = engine.process_batch(symbols)
+    key = lambda r: r.symbol  # noqa: E731
+    assert [(r.symbol, r.status, r.value) for r in sorted(result, key=key)] == [
+        (r.symbol, r.status, r.value) for r in sorted(threads, key=key)
+    ]
+    failed = result.errors
+    assert [r.symbol for r in failed] == [13]
+    assert isinstance(failed[0].error, ValueError) and str(failed[0].error) == "unlucky 13"
+    # the worker's traceback travels as the cause
+    assert isinstance(failed[0].error.__cause__, RemoteTraceback)
+    assert "double" in str(failed[0].error.__cause__)
+    assert not result.cancelled and list(result.unprocessed) == []
+    assert result.progress.percentage == 100.0 and result.progress.running_symbols == 0
+
+
+def test_symbols_come_back_as_the_same_objects():
+    class Box:  # no __eq__: identity is the only way to match it
+        def __init__(self, n):
+            self.n = n
+
+    boxes = [Box(i) for i in range(6)]
+    with ProcessingEngine(lambda box: box.n + 1, backend="processes", max_workers=2) as engine:
+        result = engine.process_batch(boxes)
+    assert {id(r.symbol) for r in result} == {id(b) for b in boxes}
+    assert sorted(r.value for r in result) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_closure_defined_like_in_a_notebook_cell_runs_in_worker_processes():
+    offset = 100
+
+    def add_offset(symbol):  # a local function: only cloudpickle can send it
+        return symbol + offset, os.getpid()
+
+    with ProcessingEngine(add_offset, backend="processes", max_workers=2) as engine:
+        result = engine.process_batch([1, 2, 3])
+    assert sorted(r.value[0] for r in result) == [101, 102, 103]
+    assert all(r.value[1] != os.getpid() for r in result)
+
+
+def test_the_processor_gets_a_worker_local_token_not_none():
+    with ProcessingEngine(token_type, backend="processes", max_workers=2) as engine:
+        result = engine.process_batch(["a", "b"])
+    assert [r.status for r in result] == [ResultStatus.SUCCESS] * 2
+    assert {r.value[:2] for r in result} == {("MarkerToken", False)}
+
+
+# -- serialization faults cost one symbol -----------------------------------------------------------
+def test_a_symbol_that_cannot_be_pickled_is_only_that_symbols_error():
+    symbols = ["a", threading.Lock(), "c"]
+    with ProcessingEngine(lambda s: "ok", backend="processes", max_workers=2, chunk_size=3) as engine:
+        result = engine.process_batch(symbols)
+    by_status = {r.status: r for r in result}
+    assert len(result) == 3 and [r.value for r in result if r.ok] == ["ok", "ok"]
+    error = by_status[ResultStatus.ERROR]
+    assert error.symbol is symbols[1]
+    assert isinstance(error.error, RemoteSerializationError)
+    assert "cannot be sent to a worker process" in str(error.error) and "lock" in str(error.error)
+
+
+def test_a_processor_that_cannot_be_pickled_fails_every_symbol_clearly():
+    lock = threading.Lock()
+
+    def holds_a_lock(symbol):
+        with lock:
+            return symbol
+
+    with ProcessingEngine(holds_a_lock, backend="processes", max_workers=2) as engine:
+        result = engine.process_batch(["a", "b", "c"])
+    assert [r.status for r in result] == [ResultStatus.ERROR] * 3
+    assert all("processor" in str(r.error) and "cannot be sent" in str(r.error) for r in result)
+    _accounted(result, ["a", "b", "c"])
+
+
+def test_results_that_cannot_cross_back_are_only_their_symbols_errors():
+    symbols = ["x", "lock", "y", "explode", "z"]
+    with ProcessingEngine(bad_results, backend="processes", max_workers=2, chunk_size=5) as engine:
+        result = engine.process_batch(symbols)
+    outcome = {r.symbol: r for r in result}
+    assert {s: outcome[s].value for s in ("x", "y", "z")} == {"x": "X", "y": "Y", "z": "Z"}
+    lock_error = outcome["lock"].error
+    assert isinstance(lock_error, RemoteSerializationError)
+    assert "cannot be sent back from the worker" in str(lock_error) and "lock" in str(lock_error)
+    load_error = outcome["explode"].error
+    assert isinstance(load_error, RemoteSerializationError)
+    assert "cannot be unpickled here" in str(load_error) and "boom on load" in str(load_error)
+
+
+# -- a worker process that dies ---------------------------------------------------------------------
+def die_on_seven(symbol):
+    if symbol == 7:
+        os._exit(3)
+    time.sleep(0.01)
+    return symbol
+
+
+def test_a_worker_that_dies_mid_batch_loses_no_symbol_and_the_batch_goes_on():
+    symbols = list(range(30))
+    with ProcessingEngine(die_on_seven, backend="processes", max_workers=2) as engine:
+        result = engine.process_batch(symbols)
+        assert not result.cancelled and list(result.unprocessed) == []
+        _accounted(result, symbols)
+        errors = {r.symbol: r.error for r in result.errors}
+        assert 7 in errors
+        assert type(errors[7]).__name__ == "TerminatedWorkerError" and "EXIT(3)" in str(errors[7])
+        # only what was in flight when the pool broke failed; the rest ran on a fresh pool
+        assert len(errors) <= 2 * engine.max_workers
+        assert all(r.value == r.symbol for r in result if r.ok)
+        assert max(r.symbol for r in result if r.ok) == 29
+        # and the engine keeps working afterwards
+        again = engine.process_batch([1, 2, 3])
+        assert sorted(r.value for r in again) == [1, 2, 3]
+
+
+# -- Stop ---------------------------------------------------------------------------------------------
+def wait_for_stop(symbol, cancellation_token, started_dir):
+    Path(started_dir, f"{symbol}").touch()
+    if cancellation_token.wait(60):
+        Path(started_dir, f"{symbol}.stopped").touch()
+        cancellation_token.throw_if_cancelled()
+    return symbol
+
+
+def _wait_for_files(directory: Path, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(directory.iterdir())) < count:
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.01)
+
+
+def test_stop_mid_batch_returns_the_partial_result_and_reaches_running_processors(tmp_path):
+    symbols = list(range(50))
+    processor = lambda s, cancellation_token: wait_for_stop(s, cancellation_token, str(tmp_path))  # noqa: E731
+    before = set(threading.enumerate())
+    engine = ProcessingEngine(processor, backend="processes", max_workers=2)
+    try:
+        handle = engine.start(symbols)
+        _wait_for_files(tmp_path, 2)  # both workers are inside a processor
+        handle.cancel()
+        result = handle.result(timeout=60)
+        assert result.cancelled
+        _accounted(result, symbols)
+        # two processors were running and ignored nothing: they were still running at the return
+        assert 2 <= result.progress.running_symbols <= 2 * engine.max_workers
+        assert len(result.unprocessed) >= 50 - len(result)
+        # Stop reached them through their token (well before their 60 s wait ran out)
+        deadline = time.monotonic() + 30
+        started = {p.name for p in tmp_path.iterdir() if not p.name.endswith(".stopped")}
+        while {p.name for p in tmp_path.iterdir() if p.name.endswith(".stopped")} != {f"{n}.stopped" for n in started}:
+            assert time.monotonic() < deadline, "the running processors never saw the Stop"
+            time.sleep(0.01)
+    finally:
+        engine.close()
+    assert not _wait_no_children()
+    leftovers = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    deadline = time.monotonic() + 10
+    while leftovers and time.monotonic() < deadline:
+        leftovers[0].join(0.1)
+        leftovers = [t for t in leftovers if t.is_alive()]
+    assert not leftovers, [t.name for t in leftovers]
+
+
+def test_a_processor_that_ignores_stop_keeps_running_until_close_kills_it(tmp_path):
+    def stubborn(symbol):
+        Path(tmp_path, str(symbol)).touch()
+        time.sleep(120)  # ignores the token
+        return symbol
+
+    engine = ProcessingEngine(stubborn, backend="processes", max_workers=2)
+    handle = engine.start(list(range(10)))
+    _wait_for_files(tmp_path, 2)
+    handle.cancel()
+    result = handle.result(timeout=60)
+    assert result.cancelled and len(result) == 0 and len(result.unprocessed) == 10
+    assert result.progress.running_symbols >= 2  # reported honestly, not waited for
+    assert _children(), "the stubborn processors should still be running"
+    started = time.monotonic()
+    engine.close()  # kills the workers a Stop left running instead of waiting two minutes
+    assert time.monotonic() - started < 60
+    assert not _wait_no_children()
+
+
+def test_a_cancelled_token_before_the_start_runs_nothing():
+    token = CancellationToken()
+    token.cancel("not today")
+    with ProcessingEngine(double, backend="processes", max_workers=2) as engine:
+        result = engine.process_batch([1, 2, 3], cancellation_token=token)
+    assert result.cancelled and len(result) == 0 and list(result.unprocessed) == [1, 2, 3]
+
+
+# -- the marker token ----------------------------------------------------------------------------------
+def test_marker_token_turns_cancelled_when_the_marker_appears(tmp_path):
+    marker = tmp_path / "stop"
+    token = MarkerToken(str(marker))
+    assert not token.is_cancelled and not token.wait(0.01)
+    token.throw_if_cancelled()
+    marker.touch()
+    assert token.wait(5)
+    assert token.is_cancelled and token.reason == "the batch was stopped"
+    with pytest.raises(ProcessingCancelledException):
+        token.throw_if_cancelled()
+    assert not MarkerToken(None).wait(0)
+
+
+# -- options, cleanup, missing extra ----------------------------------------------------------------
+def test_bad_options_are_clear_errors():
+    with pytest.raises(TypeError, match="client"):
+        ProcessingEngine(double, backend="processes", client="tcp://x:1")
+    with pytest.raises(TypeError, match="idle_timeout"):
+        make_backend("processes", max_workers=2, executor=None, idle_timeout="soon")
+    with pytest.raises(ValueError, match="idle_timeout"):
+        make_backend("processes", max_workers=2, executor=None, idle_timeout=0)
+    with pytest.raises(ValueError, match="'threads', 'processes', 'dask'"):
+        ProcessingEngine(double, backend="gpu")
+
+
+def test_a_closed_backend_refuses_new_batches_and_close_is_idempotent():
+    engine = ProcessingEngine(double, backend="processes", max_workers=2)
+    assert sorted(r.value for r in engine.process_batch([1, 2])) == [2, 4]
+    engine.close()
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.process_batch([1])
+
+
+def test_missing_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "loky", None)
+    monkeypatch.delitem(sys.modules, "procengine_nb.executors.processes", raising=False)
+    with pytest.raises(ImportError, match=r"procengine_nb\[processes\]"):
+        ProcessingEngine(double, backend="processes")
