@@ -1,0 +1,159 @@
+"""The panel in a real kernel: its cost on W1/W2 and the widget traffic it sends, through jupyter_client.
+
+A fresh ipykernel runs every variant side by side (rotating order, medians, ratios to the bare executor of
+the same round): the bare ``ThreadPoolExecutor``, ``process_batch`` with a callback, and
+``procengine_nb.run(...)`` — the notebook one-liner that displays a ProgressPanel — then
+``handle.result()``. Traffic is counted on the client side: every ``comm_msg`` the kernel sends on IOPub
+while a W0 batch (up to 100,000 symbols: the highest symbol rate) runs with a panel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from typing import Any
+
+from bench.common import Table, median
+
+__all__ = ["run"]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_SETUP = """
+import json, time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+import procengine_nb
+from procengine_nb import ProcessingEngine
+from bench.common import symbols
+from bench.workloads import WORKLOADS, calibrate_w2
+calibrate_w2()
+FNS = {w.name: w.fn for w in WORKLOADS}
+
+def bare(fn, items):
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for f in as_completed([pool.submit(fn, s) for s in items]):
+            f.result()
+
+def engine(fn, items):
+    last = []
+    ProcessingEngine(fn, max_workers=4).process_batch(items, progress_callback=last.append)
+
+def panel(fn, items):
+    handle = procengine_nb.run(fn, items, max_workers=4, name="bench")
+    assert handle.panel is not None
+    handle.result()
+    return handle.panel
+
+VARIANTS = {"bare": bare, "engine": engine, "panel": panel}
+"""
+
+_ROUND = """
+_items = symbols({n})
+_times = {{}}
+for _name in {order!r}:
+    _t = time.perf_counter()
+    VARIANTS[_name](FNS[{workload!r}], _items)
+    _times[_name] = time.perf_counter() - _t
+print("BENCH" + json.dumps(_times))
+"""
+
+_TRAFFIC = """
+_items = symbols({n})
+_t = time.perf_counter()
+_panel = panel(FNS["W0-100k"], _items)
+print("BENCH" + json.dumps({{"seconds": time.perf_counter() - _t, "renders": _panel.render_count,
+                            "final": _panel.counts.value}}))
+"""
+
+
+class _Kernel:
+    """A kernel we started, and its client; every comm message it sends is counted."""
+
+    def __init__(self) -> None:
+        from jupyter_client.manager import start_new_kernel
+
+        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=ROOT)
+        self.comm_msgs = 0
+
+    def execute(self, code: str, timeout: float = 600) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        errors: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            kind = msg["header"]["msg_type"]
+            if kind == "comm_msg":
+                self.comm_msgs += 1
+            elif kind == "stream":
+                for line in msg["content"]["text"].splitlines():
+                    if line.startswith("BENCH"):
+                        found.append(json.loads(line[5:]))
+            elif kind == "error":
+                errors.append("\n".join(msg["content"]["traceback"]))
+
+        reply = self.client.execute_interactive(textwrap.dedent(code), output_hook=hook, timeout=timeout)
+        if reply["content"]["status"] != "ok" or errors:
+            raise RuntimeError(f"kernel code failed: {errors or reply['content']}")
+        return found
+
+    def close(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+def run(*, smoke: bool, repeat: int) -> str:
+    try:
+        import procengine_nb.panel  # noqa: F401
+    except ImportError as exc:
+        return f"pending: the panel cannot be imported ({exc})."
+    print("  widgets: starting a kernel ...", file=sys.stderr, flush=True)
+    kernel = _Kernel()
+    try:
+        kernel.execute(_SETUP)
+        lines = ["In a fresh ipykernel, driven by jupyter_client; ratios are medians of per-round ratios "
+                 "to the bare executor of the same round."]
+        table = Table("workload", "bare (s, median)", "process_batch + callback", "run() + ProgressPanel",
+                      "panel overhead vs bare")
+        verdicts = []
+        names = ["bare", "engine", "panel"]
+        for workload in ("W1", "W2"):
+            n = 40 if smoke else 2000
+            rounds: list[dict[str, float]] = []
+            print(f"  widgets: {workload}, N={n}, {repeat} rounds ...", file=sys.stderr, flush=True)
+            for r in range(repeat):
+                order = names[r % 3:] + names[: r % 3]
+                rounds.extend(kernel.execute(_ROUND.format(n=n, order=order, workload=workload)))
+
+            def ratio(name: str, rounds: list[dict[str, float]] = rounds) -> float:
+                return median([t[name] / t["bare"] for t in rounds])
+
+            table.add(f"{workload}, N={n:,}", f"{median([t['bare'] for t in rounds]):.3f}",
+                      f"{ratio('engine'):.3f}x", f"{ratio('panel'):.3f}x", f"{(ratio('panel') - 1) * 100:+.1f}%")
+            verdicts.append(f"- {workload} with a panel in a kernel: {(ratio('panel') - 1) * 100:+.1f}% vs bare "
+                            f"(target ≤ +3%) → {'met' if ratio('panel') <= 1.03 else 'MISSED'}")
+        lines.append(table.render())
+        traffic = Table("N (W0)", "seconds", "panel renders", "throttled renders/s", "comm messages",
+                        "comm messages/s", "final counts shown")
+        for n in ((1_000,) if smoke else (10_000, 100_000)):
+            print(f"  widgets: traffic, W0 N={n} ...", file=sys.stderr, flush=True)
+            before = kernel.comm_msgs
+            (report,) = kernel.execute(_TRAFFIC.format(n=n))
+            sent = kernel.comm_msgs - before
+            seconds = report["seconds"]
+            # the first snapshot and the final state are always rendered; the rest is throttled
+            throttled = max(0, report["renders"] - 2) / seconds
+            traffic.add(f"{n:,}", f"{seconds:.2f}", report["renders"], f"{throttled:.1f}",
+                        sent, f"{sent / seconds:.1f}", report["final"])
+            complete = report["final"].replace(",", "").startswith(f"{n} / {n}")
+            ok = throttled <= 10.5 and complete
+            verdicts.append(f"- traffic at W0 N={n:,}: {throttled:.1f} throttled renders/s (target ≤ 10/s), "
+                            f"final state shown: {complete} → {'met' if ok else 'MISSED'}")
+        lines.append("Widget traffic (a render sends one `comm_msg` per widget whose value changed):\n\n"
+                     + traffic.render())
+        if smoke:
+            verdicts.append("- (smoke run: tiny N, the verdicts mean nothing)")
+        lines.append("Targets:\n" + "\n".join(verdicts))
+        return "\n\n".join(lines)
+    finally:
+        kernel.close()
