@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from procengine_nb import (
@@ -36,7 +36,7 @@ from procengine_nb import (
 )
 
 # Moderate and deadline-free, so CI on 2 shared cores is stable. PROCENGINE_PROPERTY_EXAMPLES lowers or
-# raises it (the mutation check runs these tests with fewer examples).
+# raises it; the mutation check runs these tests with fewer examples and no shrinking.
 EXAMPLES = int(os.environ.get("PROCENGINE_PROPERTY_EXAMPLES", "100"))
 PROPERTY_SETTINGS = settings(
     max_examples=EXAMPLES,
@@ -44,6 +44,9 @@ PROPERTY_SETTINGS = settings(
     database=None,  # no .hypothesis/ directory in the tree; failures print their reproducer
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=bool(os.environ.get("CI")),
+    # the mutation check only needs to see a failure, not its smallest example
+    phases=[Phase.explicit, Phase.reuse, Phase.generate]
+    if os.environ.get("PROCENGINE_PROPERTY_NO_SHRINK") else list(Phase),
 )
 
 
