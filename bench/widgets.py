@@ -4,7 +4,7 @@ A fresh ipykernel runs every variant side by side (rotating order, medians, rati
 the same round): the bare ``ThreadPoolExecutor``, ``process_batch`` with a callback, and
 ``procengine_nb.run(...)`` — the notebook one-liner that displays a ProgressPanel — then
 ``handle.result()``. Traffic is counted on the client side: every ``comm_msg`` the kernel sends on IOPub
-while a W0 batch (up to 100,000 symbols: the highest symbol rate) runs with a panel.
+while a batch runs with a panel: W0 (up to 100,000 symbols, the highest symbol rate) and W1.
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ def panel(fn, items):
     return handle.panel
 
 VARIANTS = {"bare": bare, "engine": engine, "panel": panel}
+
+def fixed_cost(rounds):
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        panel(FNS["W1"], [])
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
 """
 
 _ROUND = """
@@ -62,7 +70,7 @@ print("BENCH" + json.dumps(_times))
 _TRAFFIC = """
 _items = symbols({n})
 _t = time.perf_counter()
-_panel = panel(FNS["W0-100k"], _items)
+_panel = panel(FNS[{workload!r}], _items)
 print("BENCH" + json.dumps({{"seconds": time.perf_counter() - _t, "renders": _panel.render_count,
                             "final": _panel.counts.value}}))
 """
@@ -117,6 +125,7 @@ def run(*, smoke: bool, repeat: int) -> str:
                       "panel overhead vs bare")
         verdicts = []
         names = ["bare", "engine", "panel"]
+        w1_rounds: list[dict[str, float]] = []
         for workload in ("W1", "W2"):
             n = 40 if smoke else 2000
             rounds: list[dict[str, float]] = []
@@ -128,27 +137,35 @@ def run(*, smoke: bool, repeat: int) -> str:
             def ratio(name: str, rounds: list[dict[str, float]] = rounds) -> float:
                 return median([t[name] / t["bare"] for t in rounds])
 
+            if workload == "W1":
+                w1_rounds = rounds
             table.add(f"{workload}, N={n:,}", f"{median([t['bare'] for t in rounds]):.3f}",
                       f"{ratio('engine'):.3f}x", f"{ratio('panel'):.3f}x", f"{(ratio('panel') - 1) * 100:+.1f}%")
             verdicts.append(f"- {workload} with a panel in a kernel: {(ratio('panel') - 1) * 100:+.1f}% vs bare "
                             f"(target ≤ +3%) → {'met' if ratio('panel') <= 1.03 else 'MISSED'}")
         lines.append(table.render())
-        traffic = Table("N (W0)", "seconds", "panel renders", "throttled renders/s", "comm messages",
+        (fixed,) = kernel.execute(f'print("BENCH" + json.dumps(fixed_cost({3 if smoke else 9})))')
+        lines.append(f"Fixed cost of `run()` on an empty batch (build, display and finish a panel, start and "
+                     f"join the job thread), median: {fixed * 1000:.1f} ms — "
+                     f"{fixed / median([t['bare'] for t in w1_rounds]) * 100:.1f}% of the W1 bare run above.")
+        traffic = Table("workload, N", "seconds", "panel renders", "throttled renders/s", "comm messages",
                         "comm messages/s", "final counts shown")
-        for n in ((1_000,) if smoke else (10_000, 100_000)):
-            print(f"  widgets: traffic, W0 N={n} ...", file=sys.stderr, flush=True)
+        runs = (("W0-10k", 1_000),) if smoke else (("W0-10k", 10_000), ("W0-100k", 100_000), ("W1", 10_000))
+        for workload, n in runs:
+            print(f"  widgets: traffic, {workload} N={n} ...", file=sys.stderr, flush=True)
             before = kernel.comm_msgs
-            (report,) = kernel.execute(_TRAFFIC.format(n=n))
+            (report,) = kernel.execute(_TRAFFIC.format(n=n, workload=workload))
             sent = kernel.comm_msgs - before
             seconds = report["seconds"]
             # the first snapshot and the final state are always rendered; the rest is throttled
             throttled = max(0, report["renders"] - 2) / seconds
-            traffic.add(f"{n:,}", f"{seconds:.2f}", report["renders"], f"{throttled:.1f}",
+            traffic.add(f"{workload[:2]}, {n:,}", f"{seconds:.2f}", report["renders"], f"{throttled:.1f}",
                         sent, f"{sent / seconds:.1f}", report["final"])
             complete = report["final"].replace(",", "").startswith(f"{n} / {n}")
             ok = throttled <= 10.5 and complete
-            verdicts.append(f"- traffic at W0 N={n:,}: {throttled:.1f} throttled renders/s (target ≤ 10/s), "
-                            f"final state shown: {complete} → {'met' if ok else 'MISSED'}")
+            verdicts.append(f"- traffic at {workload[:2]} N={n:,} ({n / seconds:,.0f} symbols/s): {throttled:.1f} "
+                            f"throttled renders/s (target ≤ 10/s), final state shown: {complete} → "
+                            f"{'met' if ok else 'MISSED'}")
         lines.append("Widget traffic (a render sends one `comm_msg` per widget whose value changed):\n\n"
                      + traffic.render())
         if smoke:
