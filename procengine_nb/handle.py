@@ -219,7 +219,11 @@ class JobHandle:
 
         self._future.add_done_callback(wake)
         try:
-            await waiter
+            while not waiter.done():
+                # Wake up now and then: ipykernel 7.4 turns an interrupt of an async cell into a cancel
+                # set from another thread without waking this loop, so a loop asleep on one future
+                # would only see the interrupt when the job ends (measured: never, for a long job).
+                await asyncio.wait((waiter,), timeout=_POLL_SECONDS)
         except asyncio.CancelledError:
             self._cancel_and_settle()
             raise

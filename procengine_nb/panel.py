@@ -147,32 +147,28 @@ class ProgressPanel(widgets.VBox):
         self.render_count = 0
         """How many times the panel was rendered (throttled updates plus forced ones)."""
 
-        def part(widget: widgets.DOMWidget, css: str) -> Any:
-            widget.add_class(css)
-            return widget
+        # The stable CSS classes (what ``add_class`` sets) and the layout are given at construction,
+        # so they travel in the widget's opening message instead of one more update each.
+        def part(cls: type[widgets.DOMWidget], css: str, margin: str | None = None, **traits: Any) -> Any:
+            layout = traits.pop("layout", None) or widgets.Layout(margin=margin)
+            return cls(_dom_classes=(css,), layout=layout, **traits)
 
-        self.title = part(widgets.HTML(f"<b>{html_text(self._name)}</b>"), "procengine-title")
-        self.progress_bar = part(
-            widgets.IntProgress(value=0, min=0, max=1, bar_style="info",
-                                layout=widgets.Layout(flex="1 1 auto", width="auto")),
-            "procengine-bar",
-        )
-        self.counts = part(widgets.HTML(""), "procengine-counts")
-        self.errors = part(widgets.HTML(""), "procengine-errors")
-        self.elapsed = part(widgets.HTML(""), "procengine-elapsed")
-        self.eta = part(widgets.HTML(""), "procengine-eta")
-        self.rate = part(widgets.HTML(""), "procengine-rate")
-        self.running = part(widgets.HTML(""), "procengine-running")
-        self.status = part(widgets.HTML(""), "procengine-status")
-        self.stop_button = part(
-            widgets.Button(description="Stop", icon="stop", button_style="danger",
-                           tooltip="Cancel the job: pending symbols are dropped, partial results kept"),
-            "procengine-stop",
-        )
-        self.error_table = part(widgets.HTML(""), "procengine-error-table")
+        spaced = "0 1.5em 0 0"
+        self.title = part(widgets.HTML, "procengine-title", value=f"<b>{html_text(self._name)}</b>")
+        self.progress_bar = part(widgets.IntProgress, "procengine-bar", value=0, min=0, max=1, bar_style="info",
+                                 layout=widgets.Layout(flex="1 1 auto", width="auto", margin=spaced))
+        self.counts = part(widgets.HTML, "procengine-counts")
+        self.errors = part(widgets.HTML, "procengine-errors", spaced)
+        self.elapsed = part(widgets.HTML, "procengine-elapsed", spaced)
+        self.eta = part(widgets.HTML, "procengine-eta", spaced)
+        self.rate = part(widgets.HTML, "procengine-rate")
+        self.running = part(widgets.HTML, "procengine-running")
+        self.status = part(widgets.HTML, "procengine-status", spaced)
+        self.stop_button = part(widgets.Button, "procengine-stop", description="Stop", icon="stop",
+                                button_style="danger",
+                                tooltip="Cancel the job: pending symbols are dropped, partial results kept")
+        self.error_table = part(widgets.HTML, "procengine-error-table")
         self.stop_button.on_click(self._on_stop)
-        for spaced in (self.progress_bar, self.errors, self.elapsed, self.eta, self.status):
-            spaced.layout.margin = "0 1.5em 0 0"
         row = widgets.Layout(align_items="center")
         super().__init__(
             children=[
@@ -182,9 +178,9 @@ class ProgressPanel(widgets.VBox):
                 self.running,
                 widgets.HBox([self.status, self.stop_button], layout=row),
                 self.error_table,
-            ]
+            ],
+            _dom_classes=("procengine-panel",),
         )
-        self.add_class("procengine-panel")
         with self._lock:
             self._render(self._clock())
             self._last_render = -math.inf  # the first snapshot is shown at once
