@@ -515,3 +515,58 @@ def test_retry_and_resume_account_for_the_rest():
     retried = engine.retry(first)
     assert_accounted([r.symbol for r in first.errors], retried)
     assert isinstance(resumed, BatchResult) and all(r.status is not ResultStatus.CANCELLED for r in resumed)
+
+
+# -- the notebook panel closed, or never displayed, mid-job ---------------------------------------
+def test_a_panel_closed_mid_job_does_not_break_the_job():
+    from procengine_nb import run
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def processor(symbol):
+        started.set()
+        release.wait(WAIT)
+        return symbol
+
+    handle = run(processor, range(20), name="closed", display=False, max_workers=2)
+    assert started.wait(WAIT)
+    handle.panel.close()  # the user closed the output (or the widget) while the job runs
+    release.set()
+    result = handle.result(timeout=WAIT)
+    assert_accounted(list(range(20)), result)
+    assert not result.cancelled
+
+
+def test_a_panel_never_displayed_still_gets_the_final_state():
+    from procengine_nb import run
+
+    handle = run(lambda s: s, range(50), name="hidden", display=False, max_workers=2)
+    result = handle.result(timeout=WAIT)
+    assert_accounted(list(range(50)), result)
+    assert handle.panel.status.value == "Done: 50 processed"
+    assert handle.panel.progress_bar.value == 50
+    handle.panel.close()
+
+
+def test_stop_on_a_panel_never_displayed_cancels_the_job():
+    from procengine_nb import run
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def processor(symbol):
+        started.set()
+        release.wait(WAIT)
+        return symbol
+
+    handle = run(processor, range(20), display=False, max_workers=2)
+    assert started.wait(WAIT)
+    handle.panel.stop_button.click()
+    try:
+        result = handle.result(timeout=WAIT)
+    finally:
+        release.set()
+    assert_accounted(list(range(20)), result)
+    assert result.cancelled and handle.panel.status.value.startswith("Cancelled")
+    handle.panel.close()
