@@ -220,6 +220,21 @@ class LabPage:
                 continue
         raise AssertionError(f"cell {index} never ran (prompt: {prompt.inner_text()!r})")
 
+    def run_all(self, tries: int = 3) -> None:
+        """Run ▸ Run All Cells from the menu bar; retried while the first code cell does not start."""
+        from playwright.sync_api import expect
+
+        prompt = self.page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").first
+        for _ in range(tries):
+            self.page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+            self.page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+            try:
+                expect(prompt).to_have_text(re.compile(r"\[(\*|\d+)\]"), timeout=5000)
+                return
+            except AssertionError:
+                self.page.keyboard.press("Escape")  # close a menu left open
+        raise AssertionError("Run All Cells never started the notebook")
+
     def wait_cell_done(self, index: int, timeout: float = 60_000) -> None:
         """Wait until cell ``index`` shows an execution count (``[n]:``), i.e. it finished."""
         from playwright.sync_api import expect

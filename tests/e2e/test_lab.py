@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
+import nbformat
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -21,6 +23,7 @@ try:
 except ImportError:  # the chromium_path fixture fails (CI) or skips (locally) with the reason
     expect = None  # type: ignore[assignment]
 
+QUICKSTART = Path(__file__).resolve().parents[2] / "notebooks" / "01-quickstart.ipynb"
 N = 200  # symbols in the slow batch: 200 x 0.15 s on 4 workers is about 7.5 s
 
 SETUP = f"""\
@@ -191,10 +194,34 @@ def test_kernel_interrupt_during_result_cancels_the_job(lab_page, make_notebook)
     expect(lp.part(1, "status")).to_have_text(re.compile(r"^\s*Running"), timeout=30_000)
     lp.wait_bar_above(1, 5.0)
     lp.interrupt_kernel()
-    expect(lp.output(1).last).to_contain_text("KeyboardInterrupt", timeout=10_000)
+    traceback = lp.cell(1).locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    expect(traceback).to_contain_text("KeyboardInterrupt", timeout=10_000)
     expect(lp.part(1, "status")).to_have_text(re.compile(r"^\s*Cancelled"), timeout=5_000)
     processed, total = _cancelled_counts(lp.part(1, "status").inner_text())
     assert total == N and processed < N
     _assert_bar_still(lp, 1)
     lp.run_cell(2)
     expect(lp.output(2)).to_have_text("True True interrupted while waiting for the result", timeout=15_000)
+
+
+def test_quickstart_notebook_runs_top_to_bottom_in_the_lab(lab_page, notebook_dir):
+    """The shipped quickstart, stripped of its stored outputs, run as a user would: Run All Cells."""
+    nb = nbformat.read(QUICKSTART, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, notebook_dir / "quickstart.ipynb")
+    lp = lab_page
+    lp.open("quickstart.ipynb")
+    lp.run_all()
+    code_cells = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+    panel_cell = next(i for i, cell in enumerate(nb.cells) if "run(" in cell.source and cell.cell_type == "code")
+    lp.wait_cell_done(code_cells[-1])
+    expect(lp.part(panel_cell, "status")).to_have_text("Done: 24 processed")
+    assert lp.bar_percent(panel_cell) == pytest.approx(100.0)
+    page_text = lp.page.locator(".jp-Notebook").inner_text()
+    assert "24 of 24 processed: 24 ok, 0 failed" in page_text
+    assert "prices: Done: 24 processed" in page_text
+    stderr = ".jp-Notebook .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+    assert lp.page.locator(stderr).count() == 0  # no traceback, no warning
