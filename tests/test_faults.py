@@ -73,7 +73,7 @@ def _returns_unpicklable(symbol):
 
 def test_unpicklable_return_value_from_a_process_pool_is_an_error_of_that_task():
     symbols = ["a", "bad", "c", "d"]
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         engine = ProcessingEngine(_returns_unpicklable, executor=pool, chunk_size=1)
         result = engine.process_batch(symbols)
     assert_accounted(symbols, result)
