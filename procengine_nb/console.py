@@ -227,4 +227,4 @@ class ConsoleProgress:
         self._width = len(line)
 
     def __repr__(self) -> str:
-        return f"ConsoleProgress(name={self._name!r})"
+        return f"ConsoleProgress(name={clean_text(self._name)!r})"

@@ -48,7 +48,10 @@ _ANSI = re.compile(
     r"|\x1b[@-Z\\-_]"
     r"|\x9b[0-?]*[ -/]*[@-~]"
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Unicode bidirectional controls (embeddings, overrides such as U+202E, isolates, marks): invisible
+# characters that reorder what follows them ("Trojan Source"), so a symbol could show as another one.
+_BIDI = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def format_duration(ms: float | None) -> str:
@@ -134,23 +137,34 @@ def truncate(text: str, limit: int = 200) -> str:
 
 
 def clean_text(value: Any, limit: int = 200) -> str:
-    """User data made safe for one terminal line: ANSI/OSC escapes removed, other control characters
-    (newlines, ``\\r``, bells) turned into spaces, then truncated.
+    """User data made safe for one line of a terminal or a ``text/plain`` output: the one sanitiser
+    every view passes symbols, job names and exception types/messages through.
+
+    ``str(value)`` (never raises, see :func:`safe_str`) with ANSI CSI/OSC/C1 escape sequences and
+    Unicode bidi controls (U+202E, ...) removed, every other control character (newlines, ``\\r``,
+    bells, C1, U+2028/U+2029) turned into a space, then cut to ``limit`` characters by :func:`truncate`.
 
     >>> clean_text("\\x1b[31mred\\x1b[0m\\r\\nnext")
     'red  next'
+    >>> clean_text("invoice\\u202eexe.pdf"), clean_text("x" * 500, 10)
+    ('invoiceexe.pdf', 'xxxxxxxxx…')
     """
-    text = _ANSI.sub("", safe_str(value))
+    text = _BIDI.sub("", _ANSI.sub("", safe_str(value)))
     return truncate(_CONTROL.sub(" ", text), limit)
 
 
 def html_text(value: Any, limit: int = 200) -> str:
-    """User data made safe for HTML: control characters cleaned, truncated, then ``html.escape``\\ d."""
+    """:func:`clean_text`, then ``html.escape``\\ d (quotes too): user data safe in HTML text and attributes.
+
+    >>> html_text('\\x1b[1m<img src=x onerror="alert(1)">')
+    '&lt;img src=x onerror=&quot;alert(1)&quot;&gt;'
+    """
     return html.escape(clean_text(value, limit), quote=True)
 
 
 def describe_error(error: BaseException | None) -> tuple[str, str]:
-    """``(exception type name, message)`` of ``error`` (raw text; escape it where it is shown)."""
+    """``(exception type name, message)`` of ``error``: raw user data, pass it through :func:`clean_text`
+    or :func:`html_text` where it is shown."""
     if error is None:
         return ("", "")
     return (type(error).__name__, safe_str(error))
@@ -201,7 +215,11 @@ def job_state(
 
 
 def status_text(state: JobState, progress: ProcessingProgress, *, error: BaseException | None = None) -> str:
-    """The status line; it always starts with the state's name (raw text: escape it for HTML).
+    """The status line; it always starts with the state's name.
+
+    One clean line: the FAILED state's exception type name and message are user data and go through
+    :func:`clean_text` (no control/ANSI sequences, bounded length); escape the line for HTML
+    (``html.escape``) like any text.
 
     >>> p = ProcessingProgress(total_symbols=100, completed_symbols=37, cancelled=True, finished=True)
     >>> status_text(JobState.CANCELLED, p)
@@ -212,6 +230,7 @@ def status_text(state: JobState, progress: ProcessingProgress, *, error: BaseExc
     done, total = progress.completed_symbols, progress.total_symbols
     if state is JobState.FAILED:
         kind, message = describe_error(error)
+        kind, message = clean_text(kind, 80), clean_text(message, 300)
         return f"Failed: {kind}: {message}" if message else f"Failed: {kind}"
     if state is JobState.STOPPING:
         return f"Stopping… {progress.running_symbols} still running"

@@ -37,6 +37,7 @@ from procengine_nb.cancellation import CancellationToken
 from procengine_nb.formatting import (
     JobState,
     bar_style,
+    clean_text,
     describe_error,
     format_counts,
     format_duration,
@@ -402,7 +403,7 @@ class ProgressPanel(widgets.VBox):
             state = self._state()
             result, error = self._outcome if self._outcome is not None else (None, None)
             line = status_text(state, self._latest, error=error)
-            text = f"{self._name}: {line}"
+            text = f"{clean_text(self._name)}: {line}"  # text/plain: Jupyter renders ANSI there
             table = self._error_table_html(result)
         body = f"<b>{html_text(self._name)}</b>: {html.escape(line)}"
         return JobSummary(text, f'<div class="procengine-summary">{body}{table}</div>')
@@ -412,4 +413,5 @@ class ProgressPanel(widgets.VBox):
         return self.summary().html
 
     def __repr__(self) -> str:
-        return f"ProgressPanel(name={self._name!r})"
+        # The widget's text/plain output: stable (no live figures), one bounded line.
+        return f"ProgressPanel(name={clean_text(self._name)!r})"

@@ -45,32 +45,6 @@ PAYLOADS = {
     "nul-bel-backspace": "a\x00b\x07c\x08d",
     "long": "<b>" + "A" * 100_000 + "</b>",
 }
-# Payloads that carry control characters or are very long (what the terminal-side cleaning is for).
-TERMINAL_HOSTILE = {"ansi-colour", "ansi-cursor", "osc-title", "osc8-link", "c1-csi", "cr-overwrite", "newlines",
-                    "nul-bel-backspace", "long"}
-
-
-def payload_params(known_bug: str | None = None) -> list:
-    """The payloads as parameters; with ``known_bug``, the terminal-hostile ones are strict xfails that
-    name a bug found by this suite in a display module owned elsewhere (reported, not fixed here): once
-    it is fixed they XPASS, which fails, and the mark must go."""
-    params = []
-    for name, payload in PAYLOADS.items():
-        marks = [pytest.mark.xfail(strict=True, reason=known_bug)] if known_bug and name in TERMINAL_HOSTILE else []
-        params.append(pytest.param(payload, id=name, marks=marks))
-    return params
-
-
-BUG_FAILED_STATUS = (
-    "known bug (formatting.status_text): the FAILED status shows the crash's exception type name and message "
-    "raw: escaped for HTML but neither stripped of control sequences nor truncated, in the panel status, the "
-    "summary and the console's final line (ANSI/OSC injection into the terminal)"
-)
-BUG_SUMMARY_TEXT = (
-    "known bug (panel.ProgressPanel.summary): the text/plain summary starts with the raw job name, neither "
-    "stripped of control sequences (Jupyter renders ANSI in text/plain) nor truncated"
-)
-
 ALLOWED_TAGS = {"b", "i", "div", "span", "details", "summary", "table", "thead", "tbody", "tr", "th", "td", "br"}
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # everything but \t and \n
 MAX_VALUE = 20_000  # a widget value never carries a 100 KB user string
@@ -148,8 +122,9 @@ class Unprintable:
 
 
 def _error_class(payload: str) -> type[Exception]:
-    """An exception class whose *name* is the payload (the type name is shown too)."""
-    return type(payload, (Exception,), {})
+    """An exception class whose *name* is the payload (the type name is shown too). Python refuses NUL in
+    a type name, so NUL becomes another C0 control there (the message keeps the NUL)."""
+    return type(payload.replace("\x00", "\x01"), (Exception,), {})
 
 
 def _finished_job(payload: str):
@@ -181,8 +156,6 @@ def test_panel_escapes_user_data_in_every_part_after_the_end(payload):
     panel.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (panel.ProgressPanel.__repr__): the repr, which is the "
-                   "widget's text/plain output, carries the whole job name, however long")
 def test_panel_repr_is_bounded():
     panel = ProgressPanel(CancellationToken(), name=PAYLOADS["long"], ticker=False)
     try:
@@ -191,7 +164,7 @@ def test_panel_repr_is_bounded():
         panel.close()
 
 
-@pytest.mark.parametrize("payload", payload_params(BUG_SUMMARY_TEXT))
+@pytest.mark.parametrize("payload", list(PAYLOADS.values()), ids=list(PAYLOADS))
 def test_panel_summary_text_is_clean(payload):
     """``summary()`` is displayed as a ``text/plain`` output too, and Jupyter renders ANSI codes there."""
     handle = _finished_job(payload)
@@ -229,7 +202,7 @@ def test_panel_escapes_running_symbols_while_the_job_runs(payload):
     panel.close()
 
 
-@pytest.mark.parametrize("payload", payload_params(BUG_FAILED_STATUS))
+@pytest.mark.parametrize("payload", list(PAYLOADS.values()), ids=list(PAYLOADS))
 def test_panel_escapes_an_engine_crash(payload):
     """The FAILED state shows the exception that crashed the job: type name and message are user data."""
     panel = ProgressPanel(CancellationToken(), name=payload, ticker=False)
@@ -263,7 +236,7 @@ def test_console_strips_control_sequences_from_user_data(payload, tty):
     assert_safe_terminal(text, "console", tty=tty)
 
 
-@pytest.mark.parametrize("payload", payload_params(BUG_FAILED_STATUS))
+@pytest.mark.parametrize("payload", list(PAYLOADS.values()), ids=list(PAYLOADS))
 def test_console_strips_control_sequences_from_an_engine_crash(payload):
     out = io.StringIO()
     view = ConsoleProgress(name=payload, stream=out, tty=False, min_interval=0, ticker=False)
@@ -291,6 +264,42 @@ def test_clean_text_and_html_text_are_safe_for_any_value(payload):
     escaped = html_text(payload)
     assert_safe_html(escaped, "html_text")
     assert "<" not in escaped and ">" not in escaped and '"' not in escaped
+
+
+BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+BIDI_PAYLOADS = {
+    "rlo-override": "invoice\u202etxt.exe",  # shows as "invoiceexe.txt"
+    "isolates": "\u2067admin\u2069\u2066 ok\u2069",
+    "marks": "a\u200fb\u200ec\u061cd",
+}
+
+
+@pytest.mark.parametrize("payload", list(BIDI_PAYLOADS.values()), ids=list(BIDI_PAYLOADS))
+def test_bidi_controls_are_removed_from_every_display_path(payload):
+    """Bidirectional overrides ("Trojan Source") make a symbol or name display as another one: every view
+    removes them, in the text and the HTML, for a finished batch and for a crash."""
+    assert not BIDI.search(clean_text(payload)) and not BIDI.search(html_text(payload))
+    assert clean_text("line\u2028sep\u2029par") == "line sep par"  # Unicode line breaks keep one line
+    handle = _finished_job(payload)
+    panel = ProgressPanel.for_handle(handle, ticker=False)
+    out = io.StringIO()
+    handle.attach(ConsoleProgress(handle.token, name=payload, stream=out, tty=False, min_interval=0, ticker=False))
+    handle.result(timeout=WAIT)
+    crashed = ProgressPanel(CancellationToken(), name=payload, ticker=False)
+    crashed.finish(None, _error_class(payload)(payload))
+    crash_out = io.StringIO()
+    view = ConsoleProgress(name=payload, stream=crash_out, tty=False, min_interval=0, ticker=False)
+    view.finish(None, _error_class(payload)(payload))
+    try:
+        shown = {**_html_values(panel), **{f"crash {k}": v for k, v in _html_values(crashed).items()},
+                 "summary.text": panel.summary().text, "crash summary.text": crashed.summary().text,
+                 "repr": repr(panel), "console": out.getvalue(), "crash console": crash_out.getvalue()}
+        assert "ValueError" in shown["console"] and "Failed" in shown["crash console"]
+        for where, value in shown.items():
+            assert not BIDI.search(value), f"{where}: bidi control in {value[:300]!r}"
+    finally:
+        panel.close()
+        crashed.close()
 
 
 def test_the_checks_themselves_catch_unsafe_output():
