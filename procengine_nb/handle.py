@@ -22,6 +22,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Protocol
 
 from procengine_nb.cancellation import CancellationToken, _check_seconds
+from procengine_nb.formatting import clean_text
 from procengine_nb.models import BatchResult, ProcessingJob
 from procengine_nb.progress import ProcessingProgress
 
@@ -257,7 +258,8 @@ class JobHandle:
     def __repr__(self) -> str:
         p = self.progress
         state = "done" if self.done() else ("stopping" if self.stopping else "running")
-        return f"<JobHandle {self.job.display_name!r} {state} {p.completed_symbols}/{p.total_symbols}>"
+        name = clean_text(self.job.display_name, 80)
+        return f"<JobHandle {name!r} {state} {p.completed_symbols}/{p.total_symbols}>"
 
 
 def _wait_done(future: Future[Any], timeout: float | None) -> bool:

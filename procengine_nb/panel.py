@@ -355,8 +355,13 @@ class ProgressPanel(widgets.VBox):
             with button.hold_sync():
                 button.description = "Stopping…"
                 button.disabled = True
-        elif ended and not button.disabled:
-            button.disabled = True
+        elif ended:
+            # the job is over: the button no longer acts; after a cancel it says so
+            final = "Stopped" if state is JobState.CANCELLED else button.description
+            if not button.disabled or button.description != final:
+                with button.hold_sync():
+                    button.description = final
+                    button.disabled = True
 
     def _running_html(self, ended: bool) -> str:
         if ended:

@@ -219,3 +219,12 @@ def test_several_jobs_on_one_engine_at_once(no_thread_leak):
     release.set()
     assert sorted(r.value for r in first.result(10)) == list(range(5))
     assert sorted(r.value for r in second.result(10)) == list(range(5, 9))
+
+
+def test_repr_shortens_and_cleans_the_job_name():
+    from procengine_nb import ProcessingJob
+
+    handle = ProcessingEngine(str).start(ProcessingJob(["x"], name="\x1b[31m" + "n" * 10_000))
+    handle.result(10)
+    text = repr(handle)
+    assert "\x1b" not in text and len(text) < 200 and text.endswith("done 1/1>")

@@ -121,6 +121,20 @@ def test_stop_click_cancels_the_token_and_a_second_click_is_harmless(fake_clock)
     panel.close()
 
 
+def test_finished_panel_disables_stop_and_says_stopped_after_a_cancel():
+    engine = ProcessingEngine(str, max_workers=1)
+    token = CancellationToken()
+    token.cancel()
+    cancelled = engine.start(["a", "b"], cancellation_token=token)
+    panel = ProgressPanel.for_handle(cancelled, ticker=False)
+    cancelled.result(10)
+    assert panel.stop_button.disabled and panel.stop_button.description == "Stopped"
+    done = engine.start(["a", "b"])
+    panel = ProgressPanel.for_handle(done, ticker=False)
+    done.result(10)
+    assert panel.stop_button.disabled and panel.stop_button.description == "Stop"
+
+
 def test_a_cancel_from_elsewhere_shows_stopping(panel, fake_clock):
     panel._token.cancel("deadline")
     fake_clock.advance(1)
