@@ -6,6 +6,8 @@ These use a real loky pool of two worker processes (spawned once, reused by the 
 from __future__ import annotations
 
 import os
+import pickle
+import socket
 import sys
 import threading
 import time
@@ -276,8 +278,9 @@ def test_a_cancelled_token_before_the_start_runs_nothing():
 
 # -- the marker token ----------------------------------------------------------------------------------
 def test_marker_token_turns_cancelled_when_the_marker_appears(tmp_path):
+    host = socket.gethostname()
     marker = tmp_path / "stop"
-    token = MarkerToken(str(marker))
+    token = MarkerToken((host, str(marker)))
     assert not token.is_cancelled and not token.wait(0.01)
     token.throw_if_cancelled()
     marker.touch()
@@ -286,6 +289,14 @@ def test_marker_token_turns_cancelled_when_the_marker_appears(tmp_path):
     with pytest.raises(ProcessingCancelledException):
         token.throw_if_cancelled()
     assert not MarkerToken(None).wait(0)
+    # the engine was closed (its marker directory removed): every batch counts as stopped
+    closed = MarkerToken((host, str(tmp_path / "removed" / "batch")))
+    assert closed.wait(5) and closed.reason == "the engine was closed"
+    # a worker on another machine cannot see the file: its token is never cancelled
+    remote = MarkerToken(("another-host.invalid", str(tmp_path / "removed" / "batch")))
+    assert not remote.wait(0.02) and not remote.is_cancelled
+    # it travels (a processor may hand it to a subprocess of its own)
+    assert pickle.loads(pickle.dumps(token)).is_cancelled
 
 
 # -- options, cleanup, missing extra ----------------------------------------------------------------

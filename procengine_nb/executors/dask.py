@@ -85,7 +85,7 @@ def _complete(task: RemoteTask, future: Any) -> None:
 class _DaskBatch(BatchExecutor):
     def __init__(self, backend: DaskBackend, token: CancellationToken) -> None:
         self._client = backend._ensure_client()
-        self._marker = backend._markers.new_path()
+        self._marker = backend._markers.new_marker()
         self._blob = _ProcessorBlob()
         self._registration = token.register(lambda: CancelMarkers.cancel(self._marker))
         self.worker_token = None  # the engine's token cannot be pickled; workers get a MarkerToken
@@ -216,6 +216,10 @@ class DaskBackend(Backend):
                     "host": "127.0.0.1",
                     "dashboard_address": None,
                 }
+                if not {"dashboard_address", "scheduler_kwargs"} & set(self._cluster_options):
+                    # no dashboard, and the scheduler's HTTP endpoint on a free loopback port
+                    # (not 8787, which another cluster may hold)
+                    options["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}
                 options.update(self._cluster_options)
                 cluster = distributed.LocalCluster(**options)
                 try:

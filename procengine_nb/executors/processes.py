@@ -88,7 +88,7 @@ class _ProcessBatch(BatchExecutor):
     def __init__(self, backend: ProcessBackend, token: CancellationToken) -> None:
         self._backend = backend
         self._executor = backend._pool()
-        self._marker = backend._markers.new_path()
+        self._marker = backend._markers.new_marker()
         self._blob = _ProcessorBlob()
         # Stop reaches chunks already handed to workers through the marker file (same machine).
         self._registration = token.register(lambda: CancelMarkers.cancel(self._marker))

@@ -15,15 +15,18 @@ result as a whole, where one bad object fails (or, for loky, breaks) everything 
 
 The token a processor gets (when it declares ``cancellation_token``) is a worker-local
 :class:`MarkerToken`: it turns cancelled when the batch's *cancel marker* — a file in a temporary
-directory of this machine — appears. Workers on this machine (loky, a LocalCluster) therefore see Stop
-within a few milliseconds and a ``run_chunk`` stops between two symbols; workers on other hosts never
-see the file, so there the token simply stays uncancelled (Stop still drops every task not started).
+directory of this machine — appears, or when that directory is removed (the engine was closed).
+Workers on this machine (loky, a LocalCluster) therefore see Stop within a few milliseconds and a
+``run_chunk`` stops between two symbols, even one that only starts after the batch returned; workers
+on other hosts (told apart by host name) cannot see the file, so there the token stays uncancelled
+(Stop still drops every task not started).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -51,6 +54,7 @@ __all__ = [
 ]
 
 _CHECK_EVERY = 0.005  # seconds between two looks at the cancel marker on a worker
+_HOSTNAME = socket.gethostname()
 
 
 class RemoteSerializationError(RuntimeError):
@@ -72,8 +76,9 @@ class RemoteTraceback(Exception):
 class CancelMarkers:
     """A temporary directory holding one marker file per cancelled batch (parent side).
 
-    ``new_path()`` names a batch's marker, ``cancel(path)`` creates it. The directory is removed by
-    ``close()`` (or when this object is garbage-collected / the interpreter exits).
+    ``new_marker()`` names a batch's marker, ``cancel(marker)`` creates it. The directory is removed
+    by ``close()`` (or when this object is garbage-collected / the interpreter exits); workers of
+    this machine then treat every batch of this backend as stopped.
     """
 
     def __init__(self) -> None:
@@ -81,17 +86,18 @@ class CancelMarkers:
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize[..., Any] | None = None
 
-    def new_path(self) -> str:
+    def new_marker(self) -> tuple[str, str]:
+        """A new batch's marker: ``(this host's name, the path of a file that does not exist yet)``."""
         with self._lock:
             if self._directory is None:
                 self._directory = tempfile.mkdtemp(prefix="procengine-cancel-")
                 self._finalizer = weakref.finalize(self, shutil.rmtree, self._directory, True)
-            return os.path.join(self._directory, uuid.uuid4().hex)
+            return _HOSTNAME, os.path.join(self._directory, uuid.uuid4().hex)
 
     @staticmethod
-    def cancel(path: str) -> None:
+    def cancel(marker: tuple[str, str]) -> None:
         try:
-            with open(path, "x"):
+            with open(marker[1], "x"):
                 pass
         except FileExistsError:
             pass
@@ -106,15 +112,18 @@ class CancelMarkers:
 
 
 class MarkerToken(CancellationToken):
-    """A worker-local token that cancels itself once the batch's marker file exists.
+    """A worker-local token that cancels itself once the batch's marker file exists, or once the
+    marker directory is gone (the engine was closed) — on the engine's machine only.
 
-    Looks at the file at most every 5 ms (a ``stat``), only while someone asks ``is_cancelled``,
-    ``throw_if_cancelled()`` or ``wait()``; ``register`` callbacks run on the thread that notices.
+    ``marker`` is ``(hostname, path)``. On another host the file cannot be seen, so the token is
+    never cancelled there. It looks at the file at most every 5 ms (a ``stat``), only while someone
+    asks ``is_cancelled``, ``throw_if_cancelled()`` or ``wait()``; ``register`` callbacks run on the
+    thread that notices.
     """
 
     __slots__ = ("_marker", "_next_check")
 
-    def __init__(self, marker: str | None) -> None:
+    def __init__(self, marker: tuple[str, str] | None) -> None:
         super().__init__()
         self._marker = marker
         self._next_check = 0.0
@@ -127,8 +136,13 @@ class MarkerToken(CancellationToken):
             now = time.monotonic()
             if now >= self._next_check:
                 self._next_check = now + _CHECK_EVERY
-                if os.path.exists(marker):
+                host, path = marker
+                if host != _HOSTNAME:
+                    self._marker = None  # another machine: the marker cannot reach us
+                elif os.path.exists(path):
                     self.cancel("the batch was stopped")
+                elif not os.path.isdir(os.path.dirname(path)):
+                    self.cancel("the engine was closed")
         return self._event.is_set()
 
     @property
@@ -188,7 +202,7 @@ def encode_chunk(
     processor: Callable[..., Any],
     symbols: Sequence[Any],
     pass_token: bool,
-    marker: str | None,
+    marker: tuple[str, str] | None,
 ) -> tuple[tuple[Any, ...] | None, RemoteTask]:
     """Return ``(args for run_encoded or None, the RemoteTask to complete)`` for one chunk.
 
@@ -239,7 +253,9 @@ def _encode_result(result: SymbolResult) -> bytes:
         return cloudpickle.dumps((ResultStatus.ERROR, None, replacement, result.duration_ms, trace))
 
 
-def run_encoded(processor_blob: bytes, symbols_blob: bytes, pass_token: bool, marker: str | None) -> list[bytes]:
+def run_encoded(
+    processor_blob: bytes, symbols_blob: bytes, pass_token: bool, marker: tuple[str, str] | None
+) -> list[bytes]:
     """The task a worker process runs: unpickle, :func:`run_chunk`, pickle each result on its own."""
     try:
         processor = cloudpickle.loads(processor_blob)
