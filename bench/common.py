@@ -6,23 +6,15 @@ import os
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 
-__all__ = ["Table", "machine_description", "median", "percentile", "symbols", "timed"]
+__all__ = ["Table", "machine_description", "median", "percentile", "symbols"]
 
 
 def symbols(n: int) -> list[str]:
     """``n`` distinct ticker-like symbols (strings, as a user would pass)."""
     return [f"SYM{i:07d}" for i in range(n)]
-
-
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds ``fn()`` takes (wall clock, ``perf_counter``)."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def median(values: Sequence[float]) -> float:
