@@ -1,7 +1,8 @@
 """Real-browser fixtures: a JupyterLab server on loopback and Debian chromium driven by Playwright.
 
-- ``lab``: one JupyterLab per test session, on a free 127.0.0.1 port, with a token, serving a temp folder
-  (config, runtime and workspace dirs are temp dirs too). Stopped by its own process handle at the end.
+- ``lab``: one JupyterLab per test module, on a free 127.0.0.1 port, with a token, serving a temp folder
+  (config, runtime and workspace dirs are temp dirs too). Stopped by its own process handle as soon as
+  the module is done, so no server or browser idles through the rest of the suite.
 - ``notebook_dir``: that folder; ``make_notebook(name, cells)`` writes a notebook into it.
 - ``lab_page``: a fresh browser page (own context) wrapped in :class:`LabPage`; the kernels the test
   started are shut down afterwards, so the next test has both cores.
@@ -94,12 +95,12 @@ class Lab:
             self.api("DELETE", f"/api/kernels/{kernel['id']}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def notebook_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lab-root")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(chromium_path: str, notebook_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     home = tmp_path_factory.mktemp("jupyter-home")
     env = dict(
@@ -147,7 +148,7 @@ def lab(chromium_path: str, notebook_dir: Path, tmp_path_factory: pytest.TempPat
             proc.wait(10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path: str, lab: Lab) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
