@@ -10,11 +10,13 @@ and the symbols travel with cloudpickle (see :mod:`procengine_nb.executors.remot
 
 What it can and cannot do (honest limits):
 
-- Stop drops every chunk loky has not handed to a worker yet, and the processors' token (a worker-local
-  :class:`~procengine_nb.executors.remote.MarkerToken`) turns cancelled within ~5 ms, so a chunk
-  stops between two symbols and a processor that checks its token stops mid-symbol. A processor that
-  ignores its token keeps running in its worker process until it returns (loky cannot stop a running
-  task without killing the pool); the final snapshot counts it in ``running``.
+- Stop drops every chunk loky has not handed to a worker yet (a chunk already in loky's call queue
+  cannot be withdrawn, but it runs no symbol once it starts), and the processors' token (a
+  worker-local :class:`~procengine_nb.executors.remote.MarkerToken`) turns cancelled within ~5 ms, so a
+  chunk stops between two symbols and a processor that checks its token stops mid-symbol. A processor
+  that ignores its token keeps running in its worker process until it returns (loky cannot stop a
+  running task without killing the pool); the final snapshot counts exactly the chunks that had
+  started (each writes a small "running" file next to the marker while it runs).
 - A worker process that dies (``os._exit``, a segfault, the OOM killer) breaks loky's pool: every chunk
   in flight at that moment becomes ERROR results carrying loky's ``TerminatedWorkerError`` (with the
   exit code), the next chunks go to a fresh pool, and the batch goes on. ``engine.retry(result)`` reruns
@@ -28,7 +30,9 @@ What it can and cannot do (honest limits):
 
 from __future__ import annotations
 
+import os
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
@@ -92,6 +96,7 @@ class _ProcessBatch(BatchExecutor):
         self._blob = _ProcessorBlob()
         # Stop reaches chunks already handed to workers through the marker file (same machine).
         self._registration = token.register(lambda: CancelMarkers.cancel(self._marker))
+        self._token = token
         self.worker_token = None  # the engine's token cannot be pickled; workers get a MarkerToken
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
@@ -101,7 +106,8 @@ class _ProcessBatch(BatchExecutor):
         payload, task = encode_chunk(self._blob, processor, symbols, pass_token, self._marker)
         if payload is None:
             return task
-        inner = self._submit_with_retry(run_encoded, *payload)
+        task.key = f"{self._marker[1]}.{uuid.uuid4().hex}.running"
+        inner = self._submit_with_retry(run_encoded, *payload, task.key)
         task.inner = inner
         inner.add_done_callback(lambda f, task=task: _complete(task, f))
         return task
@@ -118,11 +124,19 @@ class _ProcessBatch(BatchExecutor):
         return future
 
     def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
+        stopping = self._token.is_cancelled
+        if stopping:  # before looking at the running files (the token's own callback may lag)
+            CancelMarkers.cancel(self._marker)
         for future in futures:
             inner = getattr(future, "inner", None)
             if inner is None:
                 future.cancel()
-            elif not inner.cancel():  # already handed to a worker: it runs to its end
+            elif inner.cancel():  # still in loky's pending queue: dropped
+                continue
+            elif stopping and not os.path.exists(future.key):
+                # In loky's call queue but not started: it will see the marker and run no symbol.
+                future.complete_cancelled()
+            else:  # running in a worker: it runs to its end (or until its processor sees the token)
                 with _pool_lock:
                     _abandoned.add(inner)
                 inner.add_done_callback(_forget)

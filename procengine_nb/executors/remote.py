@@ -254,16 +254,39 @@ def _encode_result(result: SymbolResult) -> bytes:
 
 
 def run_encoded(
-    processor_blob: bytes, symbols_blob: bytes, pass_token: bool, marker: tuple[str, str] | None
+    processor_blob: bytes,
+    symbols_blob: bytes,
+    pass_token: bool,
+    marker: tuple[str, str] | None,
+    running_file: str | None = None,
 ) -> list[bytes]:
-    """The task a worker process runs: unpickle, :func:`run_chunk`, pickle each result on its own."""
+    """The task a worker process runs: unpickle, :func:`run_chunk`, pickle each result on its own.
+
+    With ``running_file`` (a path next to the marker, on the engine's machine), the file exists while
+    the chunk runs, so the engine can tell a chunk that started from one still queued in the pool.
+    """
+    if running_file is not None and (marker is None or marker[0] != _HOSTNAME):
+        running_file = None
+    if running_file is not None:
+        try:
+            with open(running_file, "x"):
+                pass
+        except OSError:  # the engine was closed (no directory): the token stops the chunk anyway
+            running_file = None
     try:
-        processor = cloudpickle.loads(processor_blob)
-        symbols = cloudpickle.loads(symbols_blob)
-    except Exception as exc:
-        raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
-    results = run_chunk(processor, symbols, MarkerToken(marker), pass_token)
-    return [_encode_result(result) for result in results]
+        try:
+            processor = cloudpickle.loads(processor_blob)
+            symbols = cloudpickle.loads(symbols_blob)
+        except Exception as exc:
+            raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
+        results = run_chunk(processor, symbols, MarkerToken(marker), pass_token)
+        return [_encode_result(result) for result in results]
+    finally:
+        if running_file is not None:
+            try:
+                os.unlink(running_file)
+            except OSError:
+                pass
 
 
 # -- parent side: the engine's future -------------------------------------------------------------
