@@ -304,7 +304,7 @@ class RemoteTask(Future):  # type: ignore[type-arg]
         self.symbols = symbols
         self.local: dict[int, SymbolResult] = {}  # results made here (symbols that could not be sent)
         self.inner: Any = None  # the backend's future
-        self.key: Any = None  # the backend's task key, where it has one
+        self.key: Any = None  # Dask: the task's key; processes: the chunk's running-file path
 
     def _finish(self, results: list[SymbolResult]) -> None:
         try:
