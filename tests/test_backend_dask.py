@@ -153,9 +153,11 @@ def test_a_task_that_keeps_killing_workers_is_an_error_and_the_batch_goes_on(cli
     _accounted(result, symbols)
     assert not result.cancelled and list(result.unprocessed) == []
     errors = {r.symbol: r.error for r in result.errors}
-    assert list(errors) == [3]  # the first tasks go one symbol each
-    assert type(errors[3]).__name__ == "KilledWorker"
-    assert sorted(r.value for r in result if r.ok) == [s for s in symbols if s != 3]
+    assert 3 in errors and type(errors[3]).__name__ == "KilledWorker"
+    # Dask counts a worker's death against every task queued on it too, so a bystander can also end as
+    # KilledWorker (rarely, with allowed-failures=1 here); never anything else, never a lost symbol
+    assert all(type(e).__name__ == "KilledWorker" for e in errors.values())
+    assert sorted(r.value for r in result if r.ok) == [s for s in symbols if s not in errors]
 
 
 def _executing(client) -> int:
