@@ -194,7 +194,7 @@ def test_stop_cancels_pending_tasks_reports_the_running_ones_and_reaches_them(cl
 
 
 def stubborn(symbol):
-    time.sleep(4)  # ignores the token: Dask cannot stop it (distributed#2617)
+    time.sleep(6)  # ignores the token: Dask cannot stop it (distributed#2617)
     return symbol
 
 
