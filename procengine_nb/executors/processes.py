@@ -81,7 +81,10 @@ def _register_exit_hook() -> None:
         _exit_hook_registered = True
     register = getattr(threading, "_register_atexit", None)
     if register is not None:
-        register(_kill_abandoned_at_exit)
+        try:
+            register(_kill_abandoned_at_exit)
+        except RuntimeError:  # pragma: no cover - the interpreter is already shutting down
+            pass
     else:  # pragma: no cover - CPython < 3.9
         import atexit
 
