@@ -14,7 +14,8 @@ Which cluster:
   worker processes, default: the number of CPUs; no dashboard) at its **first batch**, keeps it for
   the next batches (starting one takes seconds), and closes it in ``engine.close()`` — or at the end
   of a ``with ProcessingEngine(...)`` block, or when the engine is garbage-collected / the interpreter
-  exits. ``cluster_options={...}`` adds ``LocalCluster`` arguments.
+  exits. Its logs below ERROR are silenced (they would land in the cell). ``cluster_options={...}``
+  adds or overrides ``LocalCluster`` arguments.
 
 Each chunk is one Dask task with a unique key (``procengine-chunk-<uuid>``), submitted with
 ``client.submit`` and followed with the Dask future's own ``add_done_callback``; at most the engine's
@@ -37,6 +38,7 @@ Honest limits:
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 import weakref
@@ -215,6 +217,9 @@ class DaskBackend(Backend):
                     "processes": True,
                     "host": "127.0.0.1",
                     "dashboard_address": None,
+                    # the cluster's WARNING logs (e.g. "event loop unresponsive" on a busy machine)
+                    # would land in the notebook cell under the panel
+                    "silence_logs": logging.ERROR,
                 }
                 if not {"dashboard_address", "scheduler_kwargs"} & set(self._cluster_options):
                     # no dashboard, and the scheduler's HTTP endpoint on a free loopback port
