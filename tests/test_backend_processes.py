@@ -360,3 +360,24 @@ def test_the_interpreter_exits_promptly_with_abandoned_tasks_still_running(tmp_p
     assert done.returncode == 0, done.stderr
     assert "running at return: 2" in done.stdout
     assert elapsed < 100  # far from the 300 s the tasks would take
+
+
+def sleeps_on_two(symbol):
+    if symbol == 2:
+        time.sleep(120)
+    return symbol
+
+
+def test_a_per_symbol_timeout_abandons_the_late_symbol_and_close_does_not_wait_for_it():
+    engine = ProcessingEngine(sleeps_on_two, backend="processes", max_workers=2, timeout=2.0)
+    try:
+        result = engine.process_batch(list(range(8)))
+        assert not result.cancelled and list(result.unprocessed) == []
+        assert [r.symbol for r in result.errors] == [2]
+        assert isinstance(result.errors[0].error, TimeoutError)
+        assert sorted(r.value for r in result if r.ok) == [0, 1, 3, 4, 5, 6, 7]
+    finally:
+        started = time.monotonic()
+        engine.close()
+        assert time.monotonic() - started < 60  # the abandoned task is killed, not awaited
+    assert not _wait_no_children()

@@ -101,6 +101,18 @@ class _ProcessBatch(BatchExecutor):
         self._registration = token.register(lambda: CancelMarkers.cancel(self._marker))
         self._token = token
         self.worker_token = None  # the engine's token cannot be pickled; workers get a MarkerToken
+        self._warm_up(token)
+
+    def _warm_up(self, token: CancellationToken) -> None:
+        """Start the worker processes before the first chunk (so ``timeout=`` does not count the
+        start-up of the pool against it); returns at once when they run already or on a cancel."""
+        try:
+            ready = self._executor.submit(int)
+        except Exception:  # a broken pool: submit() replaces it
+            return
+        _register_exit_hook()
+        while not ready.done() and not token.wait(0.02):
+            pass
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         if fn is not run_chunk:
