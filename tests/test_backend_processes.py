@@ -290,9 +290,9 @@ def test_marker_token_turns_cancelled_when_the_marker_appears(tmp_path):
     with pytest.raises(ProcessingCancelledException):
         token.throw_if_cancelled()
     assert not MarkerToken(None).wait(0)
-    # the engine was closed (its marker directory removed): every batch counts as stopped
+    # the batch is over (its directory removed): a chunk still running or starting late stops
     closed = MarkerToken((host, str(tmp_path / "removed" / "batch")))
-    assert closed.wait(5) and closed.reason == "the engine was closed"
+    assert closed.wait(5) and closed.reason == "the batch is over"
     # a worker on another machine cannot see the file: its token is never cancelled
     remote = MarkerToken(("another-host.invalid", str(tmp_path / "removed" / "batch")))
     assert not remote.wait(0.02) and not remote.is_cancelled
@@ -381,3 +381,15 @@ def test_a_per_symbol_timeout_abandons_the_late_symbol_and_close_does_not_wait_f
         engine.close()
         assert time.monotonic() - started < 60  # the abandoned task is killed, not awaited
     assert not _wait_no_children()
+
+
+def test_batches_leave_no_temporary_directory(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    token = CancellationToken()
+    with ProcessingEngine(double, backend="processes", max_workers=2) as engine:
+        engine.process_batch([1, 2, 3])
+        token.cancel()
+        engine.process_batch([1, 2, 3], cancellation_token=token)
+        assert list(tmp_path.iterdir()) == []  # removed at the end of each batch, not at close

@@ -48,7 +48,7 @@ from typing import Any
 
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.executors.base import Backend, BatchExecutor, run_chunk
-from procengine_nb.executors.remote import CancelMarkers, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
+from procengine_nb.executors.remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
 
 try:
     import cloudpickle  # noqa: F401  (used by remote; checked here for the error message)
@@ -87,9 +87,9 @@ def _complete(task: RemoteTask, future: Any) -> None:
 class _DaskBatch(BatchExecutor):
     def __init__(self, backend: DaskBackend, token: CancellationToken) -> None:
         self._client = backend._ensure_client()
-        self._marker = backend._markers.new_marker()
+        self._marker = BatchMarker()
         self._blob = _ProcessorBlob()
-        self._registration = token.register(lambda: CancelMarkers.cancel(self._marker))
+        self._registration = token.register(self._marker.cancel)
         self.worker_token = None  # the engine's token cannot be pickled; workers get a MarkerToken
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
@@ -97,7 +97,7 @@ class _DaskBatch(BatchExecutor):
         if fn is not run_chunk:
             raise TypeError("the dask backend runs procengine_nb chunks only")
         processor, symbols, _token, pass_token = args
-        payload, task = encode_chunk(self._blob, processor, symbols, pass_token, self._marker)
+        payload, task = encode_chunk(self._blob, processor, symbols, pass_token, self._marker.marker)
         if payload is None:
             return task
         key = f"procengine-chunk-{uuid.uuid4().hex}"
@@ -134,7 +134,10 @@ class _DaskBatch(BatchExecutor):
     def close(self, *, cancelled: bool) -> None:
         self._registration.unregister()
         if cancelled:
-            CancelMarkers.cancel(self._marker)
+            self._marker.cancel()
+        # The batch is over: its directory goes, and any chunk of it still queued or running on a
+        # worker of this machine sees its token cancelled (a late chunk runs no symbol).
+        self._marker.close()
 
 
 def _close_owned(client: Any, cluster: Any) -> None:
@@ -184,7 +187,6 @@ class DaskBackend(Backend):
         self._cluster: Any = None
         self._finalizer: weakref.finalize[..., Any] | None = None
         self._lock = threading.Lock()
-        self._markers = CancelMarkers()
         self._closed = False
 
     @property
@@ -248,7 +250,6 @@ class DaskBackend(Backend):
                 self._client, self._cluster = None, None
         if finalizer is not None:
             finalizer()
-        self._markers.close()
 
     def __repr__(self) -> str:
         where = "LocalCluster" if self._given is None else repr(self._given)

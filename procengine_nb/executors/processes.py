@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.executors.base import Backend, BatchExecutor, run_chunk
-from procengine_nb.executors.remote import CancelMarkers, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
+from procengine_nb.executors.remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
 
 try:
     import cloudpickle  # noqa: F401  (used by remote; checked here for the error message)
@@ -95,10 +94,10 @@ class _ProcessBatch(BatchExecutor):
     def __init__(self, backend: ProcessBackend, token: CancellationToken) -> None:
         self._backend = backend
         self._executor = backend._pool()
-        self._marker = backend._markers.new_marker()
+        self._marker = BatchMarker()
         self._blob = _ProcessorBlob()
         # Stop reaches chunks already handed to workers through the marker file (same machine).
-        self._registration = token.register(lambda: CancelMarkers.cancel(self._marker))
+        self._registration = token.register(self._marker.cancel)
         self._token = token
         self.worker_token = None  # the engine's token cannot be pickled; workers get a MarkerToken
         self._warm_up(token)
@@ -118,10 +117,10 @@ class _ProcessBatch(BatchExecutor):
         if fn is not run_chunk:
             return self._submit_with_retry(fn, *args)
         processor, symbols, _token, pass_token = args
-        payload, task = encode_chunk(self._blob, processor, symbols, pass_token, self._marker)
+        payload, task = encode_chunk(self._blob, processor, symbols, pass_token, self._marker.marker)
         if payload is None:
             return task
-        task.key = f"{self._marker[1]}.{uuid.uuid4().hex}.running"
+        task.key = self._marker.running_file()
         inner = self._submit_with_retry(run_encoded, *payload, task.key)
         task.inner = inner
         inner.add_done_callback(lambda f, task=task: _complete(task, f))
@@ -141,7 +140,7 @@ class _ProcessBatch(BatchExecutor):
     def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
         stopping = self._token.is_cancelled
         if stopping:  # before looking at the running files (the token's own callback may lag)
-            CancelMarkers.cancel(self._marker)
+            self._marker.cancel()
         for future in futures:
             inner = getattr(future, "inner", None)
             if inner is None:
@@ -159,7 +158,10 @@ class _ProcessBatch(BatchExecutor):
     def close(self, *, cancelled: bool) -> None:
         self._registration.unregister()
         if cancelled:
-            CancelMarkers.cancel(self._marker)  # chunks still queued in loky stop at once
+            self._marker.cancel()
+        # The batch is over: its directory goes, and any chunk of it still queued or running on a
+        # worker of this machine sees its token cancelled (a late chunk runs no symbol).
+        self._marker.close()
 
 
 def _forget(future: Any) -> None:
@@ -200,7 +202,6 @@ class ProcessBackend(Backend):
             raise ValueError(f"idle_timeout must be > 0, got {idle_timeout!r}")
         self._max_workers = max_workers
         self._idle_timeout = idle_timeout
-        self._markers = CancelMarkers()
         self._uses_pool = False
         self._closed = False
 
@@ -242,7 +243,6 @@ class ProcessBackend(Backend):
         if pool is not None:
             # Tasks a Stop abandoned are killed rather than waited for: close never hangs.
             pool.shutdown(wait=True, kill_workers=bool(abandoned))
-        self._markers.close()
 
     def __repr__(self) -> str:
         return f"<ProcessBackend max_workers={self._max_workers}>"

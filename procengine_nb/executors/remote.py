@@ -14,8 +14,8 @@ result as a whole, where one bad object fails (or, for loky, breaks) everything 
   result is the chunk's ``list[SymbolResult]``, completed from the backend's own future.
 
 The token a processor gets (when it declares ``cancellation_token``) is a worker-local
-:class:`MarkerToken`: it turns cancelled when the batch's *cancel marker* — a file in a temporary
-directory of this machine — appears, or when that directory is removed (the engine was closed).
+:class:`MarkerToken`: it turns cancelled when the batch's *cancel marker* — a file in the batch's
+temporary directory on this machine — appears, or when that directory is removed (the batch is over).
 Workers on this machine (loky, a LocalCluster) therefore see Stop within a few milliseconds and a
 ``run_chunk`` stops between two symbols, even one that only starts after the batch returned; workers
 on other hosts (told apart by host name) cannot see the file, so there the token stays uncancelled
@@ -28,7 +28,6 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 import time
 import traceback
 import uuid
@@ -44,7 +43,7 @@ from procengine_nb.executors.base import run_chunk
 from procengine_nb.models import ResultStatus, SymbolResult
 
 __all__ = [
-    "CancelMarkers",
+    "BatchMarker",
     "MarkerToken",
     "RemoteSerializationError",
     "RemoteTask",
@@ -73,47 +72,44 @@ class RemoteTraceback(Exception):
 
 
 # -- the cancel marker ----------------------------------------------------------------------------
-class CancelMarkers:
-    """A temporary directory holding one marker file per cancelled batch (parent side).
+def _remove_directory(directory: str) -> None:
+    for _attempt in range(3):  # a worker may create a running file while it is being removed
+        shutil.rmtree(directory, ignore_errors=True)
+        if not os.path.isdir(directory):
+            return
 
-    ``new_marker()`` names a batch's marker, ``cancel(marker)`` creates it. The directory is removed
-    by ``close()`` (or when this object is garbage-collected / the interpreter exits); workers of
-    this machine then treat every batch of this backend as stopped.
+
+class BatchMarker:
+    """One batch's temporary directory on this machine (parent side).
+
+    ``marker`` = ``(host name, path of the "stopped" file)`` goes to the workers; ``cancel()`` creates
+    that file; ``running_file()`` names a chunk's running file. ``close()`` at the end of the batch
+    removes the directory (also when this object is garbage-collected or the interpreter exits), and
+    workers of this machine then treat the batch as over: a chunk that starts late runs no symbol.
     """
 
     def __init__(self) -> None:
-        self._directory: str | None = None
-        self._lock = threading.Lock()
-        self._finalizer: weakref.finalize[..., Any] | None = None
+        self.directory = tempfile.mkdtemp(prefix="procengine-batch-")
+        self.marker = (_HOSTNAME, os.path.join(self.directory, "stopped"))
+        self._finalizer = weakref.finalize(self, _remove_directory, self.directory)
 
-    def new_marker(self) -> tuple[str, str]:
-        """A new batch's marker: ``(this host's name, the path of a file that does not exist yet)``."""
-        with self._lock:
-            if self._directory is None:
-                self._directory = tempfile.mkdtemp(prefix="procengine-cancel-")
-                self._finalizer = weakref.finalize(self, shutil.rmtree, self._directory, True)
-            return _HOSTNAME, os.path.join(self._directory, uuid.uuid4().hex)
-
-    @staticmethod
-    def cancel(marker: tuple[str, str]) -> None:
+    def cancel(self) -> None:
         try:
-            with open(marker[1], "x"):
+            with open(self.marker[1], "x"):
                 pass
-        except FileExistsError:
+        except OSError:  # already there, or the batch is closed (the directory is gone)
             pass
-        except OSError:  # the directory is gone (backend closed): nothing left to tell
-            pass
+
+    def running_file(self) -> str:
+        return os.path.join(self.directory, f"{uuid.uuid4().hex}.running")
 
     def close(self) -> None:
-        with self._lock:
-            finalizer, self._finalizer, self._directory = self._finalizer, None, None
-        if finalizer is not None:
-            finalizer()
+        self._finalizer()
 
 
 class MarkerToken(CancellationToken):
-    """A worker-local token that cancels itself once the batch's marker file exists, or once the
-    marker directory is gone (the engine was closed) — on the engine's machine only.
+    """A worker-local token that cancels itself once the batch's "stopped" file exists, or once the
+    batch's directory is gone (the batch is over) — on the engine's machine only.
 
     ``marker`` is ``(hostname, path)``. On another host the file cannot be seen, so the token is
     never cancelled there. It looks at the file at most every 5 ms (a ``stat``), only while someone
@@ -142,7 +138,7 @@ class MarkerToken(CancellationToken):
                 elif os.path.exists(path):
                     self.cancel("the batch was stopped")
                 elif not os.path.isdir(os.path.dirname(path)):
-                    self.cancel("the engine was closed")
+                    self.cancel("the batch is over")
         return self._event.is_set()
 
     @property
@@ -271,7 +267,7 @@ def run_encoded(
         try:
             with open(running_file, "x"):
                 pass
-        except OSError:  # the engine was closed (no directory): the token stops the chunk anyway
+        except OSError:  # the batch is over (no directory): the token stops the chunk anyway
             running_file = None
     try:
         try:
