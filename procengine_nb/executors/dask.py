@@ -59,6 +59,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = ["DaskBackend"]
 
 _CANCEL_REASON = "stopped by procengine_nb"
+_CALL_STACK_TIMEOUT = 2.0  # seconds a Stop waits to learn which tasks already run
 
 
 class DaskTaskCancelled(RuntimeError):
@@ -118,9 +119,12 @@ class _DaskBatch(BatchExecutor):
             return
         client = self._client
         try:  # which of them already execute on a worker (those cannot be stopped; leave them be)
-            stacks = client.call_stack(keys=[t.key for t in tasks])
+            # client.call_stack(keys=...), bounded: a worker stuck in GIL-holding C code must not
+            # delay the Stop by the comm timeouts
+            stacks = client.sync(client.scheduler.call_stack, keys=[t.key for t in tasks],
+                                 callback_timeout=_CALL_STACK_TIMEOUT)
             executing = {key for per_worker in stacks.values() for key in per_worker}
-        except Exception:  # cannot tell (a worker just died, ...): count them all as possibly running
+        except Exception:  # cannot tell (a worker just died, timeout): count them all as possibly running
             executing = {t.key for t in tasks}
         stop = [t for t in tasks if t.key not in executing]
         if stop:
