@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+from threadcheck import wait_for_threads
 
 
 class FakeClock:
@@ -27,16 +27,6 @@ class FakeClock:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
-
-
-def wait_for_threads(before: set[threading.Thread], timeout: float = 10.0) -> list[threading.Thread]:
-    """Wait until no thread other than those in ``before`` is alive; return the leftovers."""
-    deadline = time.monotonic() + timeout
-    while True:
-        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not extra or time.monotonic() > deadline:
-            return extra
-        extra[0].join(0.05)
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ MUTATIONS: dict[str, tuple[str, list[tuple[str, str]]]] = {
 
 def _copy_project(dest: Path) -> None:
     shutil.copytree(PACKAGE, dest / "procengine_nb", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("conftest.py", "test_properties.py"):
+    for name in ("conftest.py", "threadcheck.py", "test_properties.py"):
         shutil.copy(ROOT / "tests" / name, dest / name)
 
 

@@ -182,7 +182,7 @@ def _run_batches(n: int, rng: random.Random) -> None:
 
 
 def test_a_hundred_batches_leave_no_thread_pool_or_descriptor_and_memory_stays_flat():
-    from conftest import wait_for_threads
+    from threadcheck import wait_for_threads
 
     rng = random.Random(7)
     process = psutil.Process()
