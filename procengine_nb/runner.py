@@ -69,6 +69,20 @@ def _runs_in_threads(engine_options: dict[str, Any]) -> bool:
     return executor is None or isinstance(executor, ThreadPoolExecutor)
 
 
+class _CloseAtEnd:
+    """A job view that releases the engine's backend (e.g. a LocalCluster it started) when the batch
+    ends, on the job thread, before ``handle.result()`` returns."""
+
+    def __init__(self, engine: ProcessingEngine) -> None:
+        self._engine = engine
+
+    def update(self, progress: Any) -> None:
+        """Nothing to show."""
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        self._engine.close()
+
+
 def _make_panel(handle: JobHandle) -> Any:
     try:
         from procengine_nb.panel import ProgressPanel
@@ -97,6 +111,10 @@ def run(
     and otherwise writes a progress line to stderr; ``display=True`` always displays the panel,
     ``display=False`` shows nothing. ``progress_callback`` still runs for every symbol.
 
+    The engine is ``run()``'s own: what its backend started (a Dask ``LocalCluster`` when no
+    ``client=`` is given, the shared loky pool) is released when the batch ends. Pass ``client=`` to
+    keep a cluster across runs.
+
     Under a kernel, worker threads' prints and the progress callback's output go to the cell that
     called ``run()``, not to the cell running when they print.
 
@@ -121,6 +139,7 @@ def run(
         processor = _in_caller_context(processor)
     engine = ProcessingEngine(processor, **engine_options)
     handle = engine.start(job, progress_callback=progress_callback, cancellation_token=cancellation_token)
+    handle.attach(_CloseAtEnd(engine))  # run() owns its engine: a cluster it started ends with the batch
     show_panel = display if display is not None else kernel
     try:
         if display is None and not kernel:  # the terminal: show progress before importing widgets

@@ -293,3 +293,19 @@ def test_results_match_on_every_backend(client):
         outcomes[backend] = sorted((r.symbol, r.value, r.status) for r in result)
     assert outcomes["threads"] == outcomes["processes"] == outcomes["dask"]
     assert all(status is ResultStatus.SUCCESS for _, _, status in outcomes["dask"])
+
+
+def test_run_without_a_client_closes_its_cluster_when_the_batch_ends(client):
+    """run() owns the engine it builds: the LocalCluster it started ends with the batch."""
+    from procengine_nb import run
+
+    children_before = {p.pid for p in _children()}
+    handle = run(lambda s: s * 2, [1, 2, 3], backend="dask", max_workers=1, display=False)
+    result = handle.result(120)
+    assert sorted(r.value for r in result) == [2, 4, 6]
+    own = handle._batch.settings.backend.client
+    assert own is None or own.status == "closed"  # closed before result() returned
+    deadline = time.monotonic() + 30
+    while {p.pid for p in _children()} - children_before:
+        assert time.monotonic() < deadline, "run()'s LocalCluster outlived its batch"
+        time.sleep(0.1)
