@@ -165,7 +165,9 @@ class ProcessingEngine:
         the end (100% unless cancelled); if it raises, the error is logged and the batch goes on.
         When ``cancellation_token`` is cancelled, pending symbols are dropped and the partial result
         returns at once (``cancelled=True``), without waiting for running tasks; the symbols never
-        completed are in ``unprocessed``, in input order.
+        completed are in ``unprocessed``, in input order. Work that had already finished when the
+        cancel arrived is kept in the results; it is reported by the final callback rather than one
+        callback each, so a slow callback cannot delay the Stop.
 
         >>> token = CancellationToken()
         >>> token.cancel()
