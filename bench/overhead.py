@@ -55,7 +55,7 @@ def _cell(times: dict[str, list[float]], name: str) -> str:
 
 def run(*, smoke: bool, repeat: int, workers: int = 4, only: Sequence[str] = ()) -> str:
     measured = calibrate_w2()
-    lines = [f"W2 calibrated to {measured * 1000:.2f} ms per call. {workers} workers; {repeat} rounds per "
+    lines = [f"W2 calibrated to {measured * 1000:.2f} ms of CPU per call. {workers} workers; {repeat} rounds per "
              "workload, runners in rotating order. Times are medians; ratios are medians of per-round ratios "
              "to the bare executor (min-max in brackets). CPU = process CPU time over all threads."]
     verdicts: list[str] = []

@@ -33,19 +33,20 @@ def w2(symbol: Any) -> int:
 
 
 def calibrate_w2(target_seconds: float = 0.001, rounds: int = 5) -> float:
-    """Set the W2 loop count so one call takes ``target_seconds`` here; returns the measured time."""
+    """Set the W2 loop count so one call takes ``target_seconds`` of CPU here; returns the measured CPU
+    time per call. Thread CPU time, not the wall clock: other processes on a shared machine do not skew it."""
     global _W2_LOOPS
     _W2_LOOPS = 20_000
     samples = []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = time.thread_time()
         w2(None)
-        samples.append(time.perf_counter() - start)
-    _W2_LOOPS = max(1, int(20_000 * target_seconds / min(samples)))
-    start = time.perf_counter()
+        samples.append(time.thread_time() - start)
+    _W2_LOOPS = max(1, int(20_000 * target_seconds / max(min(samples), 1e-6)))
+    start = time.thread_time()
     for _ in range(20):
         w2(None)
-    return (time.perf_counter() - start) / 20
+    return (time.thread_time() - start) / 20
 
 
 @dataclass(frozen=True)
