@@ -12,8 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+from threadcheck import child_processes
 
 from procengine_nb import CancellationToken, ProcessingEngine, ResultStatus
 from procengine_nb.executors.remote import RemoteSerializationError
@@ -237,19 +237,8 @@ def test_an_address_gets_its_own_client_closed_by_the_engine(client, cluster):
     assert client.status == "running"
 
 
-def _children() -> list[psutil.Process]:
-    out = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "resource_tracker" not in " ".join(child.cmdline()):
-                out.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 def test_without_a_client_the_engine_starts_and_closes_a_local_cluster(client):
-    children_before = {p.pid for p in _children()}
+    children_before = {p.pid for p in child_processes()}
     before = set(threading.enumerate())
     with ProcessingEngine(lambda s: s + 1, backend="dask", max_workers=1) as engine:
         assert engine.backend.client is None  # started lazily, at the first batch
@@ -262,7 +251,7 @@ def test_without_a_client_the_engine_starts_and_closes_a_local_cluster(client):
     assert sorted(r.value for r in first) == [2, 3] and [r.value for r in second] == [4]
     assert own.status == "closed"
     deadline = time.monotonic() + 30
-    while {p.pid for p in _children()} - children_before:
+    while {p.pid for p in child_processes()} - children_before:
         assert time.monotonic() < deadline, "the LocalCluster's processes outlived engine.close()"
         time.sleep(0.05)
     assert not _extra_threads(before)
@@ -299,13 +288,13 @@ def test_run_without_a_client_closes_its_cluster_when_the_batch_ends(client):
     """run() owns the engine it builds: the LocalCluster it started ends with the batch."""
     from procengine_nb import run
 
-    children_before = {p.pid for p in _children()}
+    children_before = {p.pid for p in child_processes()}
     handle = run(lambda s: s * 2, [1, 2, 3], backend="dask", max_workers=1, display=False)
     result = handle.result(120)
     assert sorted(r.value for r in result) == [2, 4, 6]
     own = handle._batch.settings.backend.client
     assert own is None or own.status == "closed"  # closed before result() returned
     deadline = time.monotonic() + 30
-    while {p.pid for p in _children()} - children_before:
+    while {p.pid for p in child_processes()} - children_before:
         assert time.monotonic() < deadline, "run()'s LocalCluster outlived its batch"
         time.sleep(0.1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from threadcheck import child_processes
 
 from procengine_nb import CancellationToken, ProcessingCancelledException, ProcessingEngine, ResultStatus
 from procengine_nb.executors import make_backend
@@ -55,22 +56,10 @@ def bad_results(symbol):
     return symbol.upper()
 
 
-def _children() -> list[psutil.Process]:
-    """Our child processes, without multiprocessing's process-wide resource tracker."""
-    out = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "resource_tracker" not in " ".join(child.cmdline()):
-                out.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 def _wait_no_children(timeout: float = 20.0) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout
     while True:
-        left = [c for c in _children() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        left = [c for c in child_processes() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
@@ -262,7 +251,7 @@ def test_a_processor_that_ignores_stop_keeps_running_until_close_kills_it(tmp_pa
     result = handle.result(timeout=60)
     assert result.cancelled and len(result) == 0 and len(result.unprocessed) == 10
     assert result.progress.running_symbols == 2  # exactly the two started, reported, not waited for
-    assert _children(), "the stubborn processors should still be running"
+    assert child_processes(), "the stubborn processors should still be running"
     started = time.monotonic()
     engine.close()  # kills the workers a Stop left running instead of waiting two minutes
     assert time.monotonic() - started < 60

@@ -1,9 +1,11 @@
-"""Waiting for threads to end: what the no-thread-leak checks share (not a test module)."""
+"""Leftover threads and processes: what the leak checks share (not a test module)."""
 
 from __future__ import annotations
 
 import threading
 import time
+
+import psutil
 
 
 def wait_for_threads(before: set[threading.Thread], timeout: float = 10.0) -> list[threading.Thread]:
@@ -14,3 +16,15 @@ def wait_for_threads(before: set[threading.Thread], timeout: float = 10.0) -> li
         if not extra or time.monotonic() > deadline:
             return extra
         extra[0].join(0.05)
+
+
+def child_processes() -> list[psutil.Process]:
+    """This process's children, without multiprocessing's/loky's process-wide resource trackers."""
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                out.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return out
