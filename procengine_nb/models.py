@@ -87,8 +87,10 @@ class ProcessingJob:
         object.__setattr__(self, "symbols", coerce_symbols(self.symbols))
         if not isinstance(self.job_type, JobType):
             raise TypeError(f"job_type must be a JobType, not {type(self.job_type).__name__}")
-        if not isinstance(self.job_id, str) or not self.job_id:
-            raise TypeError("job_id must be a non-empty str")
+        if not isinstance(self.job_id, str):
+            raise TypeError(f"job_id must be a str, not {type(self.job_id).__name__}")
+        if not self.job_id:
+            raise ValueError("job_id must not be empty")
         if self.name is not None and not isinstance(self.name, str):
             raise TypeError(f"name must be a str or None, not {type(self.name).__name__}")
 

@@ -104,7 +104,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("job symbols str", lambda: ProcessingJob("AAPL"), TypeError, "symbols"),
     ("job job_type str", lambda: ProcessingJob(["a"], job_type="fetch"), TypeError, "job_type"),
     ("job job_id int", lambda: ProcessingJob(["a"], job_id=5), TypeError, "job_id"),
-    ("job job_id empty", lambda: ProcessingJob(["a"], job_id=""), (TypeError, ValueError), "job_id"),
+    ("job job_id empty", lambda: ProcessingJob(["a"], job_id=""), ValueError, "job_id"),
     ("job name int", lambda: ProcessingJob(["a"], name=5), TypeError, "name"),
     # CancellationToken
     ("token cancel reason", lambda: CancellationToken().cancel(5), TypeError, "reason"),

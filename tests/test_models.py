@@ -25,13 +25,19 @@ def test_job_keeps_symbols_as_tuple_in_order():
         ({"symbols": "AAPL"}, "not a single str"),
         ({"symbols": b"AAPL"}, "not a single bytes"),
         ({"symbols": [1], "job_type": "generic"}, "job_type must be a JobType"),
-        ({"symbols": [1], "job_id": ""}, "job_id"),
         ({"symbols": [1], "name": 3}, "name must be a str"),
     ],
 )
 def test_job_rejects_bad_input(kwargs, needle):
     with pytest.raises(TypeError, match=needle):
         ProcessingJob(**kwargs)
+
+
+def test_job_id_must_be_a_non_empty_str():
+    with pytest.raises(TypeError, match="job_id must be a str, not int"):
+        ProcessingJob([1], job_id=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="job_id must not be empty"):
+        ProcessingJob([1], job_id="")
 
 
 def test_unprocessed_view_is_head_then_tail_in_input_order():
