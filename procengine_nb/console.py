@@ -40,6 +40,7 @@ from procengine_nb.formatting import (
 )
 from procengine_nb.models import BatchResult
 from procengine_nb.progress import ProcessingProgress
+from procengine_nb.ticker import Ticker
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.cancellation import CancellationToken
@@ -113,8 +114,7 @@ class ConsoleProgress:
         self._last_write = -math.inf
         self._width = 0
         self._ended = False
-        self._ticker: threading.Thread | None = None
-        self._ticker_stop = threading.Event()
+        self._ticker: Ticker | None = None
         self.lines_written = 0
         """How many progress lines (or in-place redraws) were written."""
 
@@ -141,8 +141,8 @@ class ConsoleProgress:
             if now - self._last_write >= self._min_interval:
                 self._write_progress(now)
             if self._use_ticker and self._ticker is None:
-                self._ticker = threading.Thread(target=self._tick_loop, name="procengine-console-ticker",
-                                                daemon=True)
+                self._ticker = Ticker(self.tick, interval=max(self._min_interval, 0.05),
+                                      name="procengine-console-ticker")
                 start = True
         if start:
             assert self._ticker is not None
@@ -155,9 +155,8 @@ class ConsoleProgress:
                 return
             self._ended = True
             ticker = self._ticker
-        self._ticker_stop.set()
-        if ticker is not None and ticker is not threading.current_thread():
-            ticker.join()
+        if ticker is not None:
+            ticker.stop()
         with self._lock:
             progress = result.progress if result is not None else self._latest
             if progress is None:
@@ -195,11 +194,6 @@ class ConsoleProgress:
             now = self._clock()
             if now - self._last_write >= self._min_interval:
                 self._write_progress(now)
-
-    def _tick_loop(self) -> None:
-        interval = max(self._min_interval, 0.05)
-        while not self._ticker_stop.wait(interval):
-            self.tick()
 
     # -- writing ---------------------------------------------------------------------------------------
     def _write_progress(self, now: float) -> None:

@@ -49,6 +49,7 @@ from procengine_nb.formatting import (
 )
 from procengine_nb.models import BatchResult
 from procengine_nb.progress import ProcessingProgress
+from procengine_nb.ticker import Ticker
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.handle import JobHandle
@@ -144,8 +145,7 @@ class ProgressPanel(widgets.VBox):
         self._ending = False
         self._outcome: tuple[BatchResult | None, BaseException | None] | None = None
         self._stop_clicked = False
-        self._ticker: threading.Thread | None = None
-        self._ticker_stop = threading.Event()
+        self._ticker: Ticker | None = None
         self.render_count = 0
         """How many times the panel was rendered (throttled updates plus forced ones)."""
 
@@ -228,8 +228,8 @@ class ProgressPanel(widgets.VBox):
             else:
                 self._dirty = True
             if self._use_ticker and self._ticker is None:
-                self._ticker = threading.Thread(target=self._tick_loop, name="procengine-panel-ticker",
-                                                daemon=True)
+                self._ticker = Ticker(self.tick, interval=max(self._min_interval, 0.01),
+                                      name="procengine-panel-ticker")
                 start_ticker = True
         if start_ticker:
             assert self._ticker is not None
@@ -264,19 +264,10 @@ class ProgressPanel(widgets.VBox):
             if (self._dirty and since >= self._min_interval) or since >= self._refresh_interval:
                 self._render(now)
 
-    def _tick_loop(self) -> None:
-        interval = max(self._min_interval, 0.01)
-        while not self._ticker_stop.wait(interval):
-            try:
-                self.tick()
-            except Exception:  # the ticker must never die noisily in a loop
-                _log.exception("progress panel refresh failed")
-                return
-
-    def _stop_ticker(self, ticker: threading.Thread | None) -> None:
-        self._ticker_stop.set()
-        if ticker is not None and ticker is not threading.current_thread():
-            ticker.join()
+    @staticmethod
+    def _stop_ticker(ticker: Ticker | None) -> None:
+        if ticker is not None:
+            ticker.stop()
 
     def close(self) -> None:
         """Stop the ticker and close the panel's widgets (the view disappears from the notebook)."""

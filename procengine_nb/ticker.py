@@ -1,0 +1,63 @@
+"""A background refresh for views: call a function every few seconds until stopped.
+
+Views (the panel, the terminal line) redraw on each snapshot, throttled; while no symbol completes they
+still need elapsed/ETA/"Stopping…" to move. A :class:`Ticker` is that heartbeat: one daemon thread that
+calls ``fn()`` every ``interval`` seconds and is joined by :meth:`stop`, so it never outlives its job.
+
+>>> calls = []
+>>> ticker = Ticker(lambda: calls.append(1), interval=0.01, name="doc-ticker")
+>>> ticker.start()
+>>> ticker.stop()
+>>> ticker.alive
+False
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+__all__ = ["Ticker"]
+
+_log = logging.getLogger(__name__)
+
+
+class Ticker:
+    """Calls ``fn()`` every ``interval`` seconds on a daemon thread named ``name``.
+
+    ``start()`` starts the thread (once); ``stop()`` ends it and joins it (unless called from the ticker
+    thread itself). If ``fn`` raises, the error is logged once and the ticker stops: a broken refresh
+    must not flood the log ten times a second.
+    """
+
+    def __init__(self, fn: Callable[[], object], *, interval: float, name: str) -> None:
+        self._fn = fn
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread; a ticker already stopped stays stopped."""
+        if not self._stop.is_set():
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it to end (safe before ``start`` and from the thread itself)."""
+        self._stop.set()
+        thread = self._thread
+        if thread.ident is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._fn()
+            except Exception:
+                _log.exception("%s: refresh failed; it stops here", self._thread.name)
+                return
