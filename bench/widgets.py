@@ -118,7 +118,7 @@ class _Kernel:
 
 def run(*, smoke: bool, repeat: int) -> str:
     try:
-        import procengine_nb.panel  # noqa: F401
+        import procengine_nb.views.panel  # noqa: F401
     except ImportError as exc:
         return f"pending: the panel cannot be imported ({exc})."
     print("  widgets: starting a kernel ...", file=sys.stderr, flush=True)

@@ -31,12 +31,12 @@ from procengine_nb.models import (
 from procengine_nb.progress import ProcessingProgress, ProgressCallback, ProgressTracker
 
 if TYPE_CHECKING:  # pragma: no cover
-    from procengine_nb.panel import ProgressPanel
-    from procengine_nb.runner import run
+    from procengine_nb.one_liner import run
+    from procengine_nb.views.panel import ProgressPanel
 
 # The notebook names are imported on first use, so ``import procengine_nb`` and the engine never
 # import ipywidgets or IPython.
-_LAZY = {"ProgressPanel": "procengine_nb.panel", "run": "procengine_nb.runner"}
+_LAZY = {"ProgressPanel": "procengine_nb.views.panel", "run": "procengine_nb.one_liner"}
 
 
 def __getattr__(name: str) -> Any:

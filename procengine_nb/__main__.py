@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.runner import run
+from procengine_nb.one_liner import run
 
 __all__ = ["demo_processor", "main"]
 

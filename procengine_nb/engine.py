@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any, Protocol, runtime_checkable
 
-from procengine_nb.batch_run import BatchRun, BatchSettings
+from procengine_nb._batch import BatchRun, BatchSettings
+from procengine_nb.backends import Backend, make_backend
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.executors import Backend, make_backend
 from procengine_nb.handle import JobHandle
 from procengine_nb.models import BatchResult, JobType, ProcessingJob, ResultStatus, coerce_symbols
 from procengine_nb.progress import ProgressCallback
@@ -82,7 +82,7 @@ class ProcessingEngine:
         backend: ``"threads"`` (default), ``"processes"`` (loky worker processes, for CPU-bound work),
             ``"dask"`` (a ``distributed`` cluster: ``client=`` a Client or an address; without one a
             LocalCluster is started at the first batch and closed by :meth:`close`), or a
-            :class:`~procengine_nb.executors.Backend`. See ``procengine_nb.executors``.
+            :class:`~procengine_nb.backends.Backend`. See ``procengine_nb.backends``.
         max_errors: cancel the batch (with a reason) once more than this many symbols failed.
         timeout: seconds a symbol may take from being handed to a worker; a late one becomes an
             ERROR with a ``TimeoutError`` (its thread finishes on its own; its result is dropped).

@@ -22,12 +22,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Protocol
 
 from procengine_nb.cancellation import CancellationToken, _check_seconds
-from procengine_nb.formatting import clean_text
 from procengine_nb.models import BatchResult, ProcessingJob
 from procengine_nb.progress import ProcessingProgress
+from procengine_nb.views._format import clean_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from procengine_nb.batch_run import BatchRun
+    from procengine_nb._batch import BatchRun
 
 __all__ = ["JobHandle", "JobView"]
 

@@ -124,12 +124,12 @@ def test_broken_view_and_callback_never_stop_the_job():
 
 
 def test_engine_crash_is_reported_not_swallowed(monkeypatch):
-    from procengine_nb import batch_run
+    from procengine_nb import _batch
 
     def crash(self):
         raise RuntimeError("engine bug")
 
-    monkeypatch.setattr(batch_run.BatchRun, "run", crash)
+    monkeypatch.setattr(_batch.BatchRun, "run", crash)
     handle = ProcessingEngine(str).start(["x"])
     view = RecordingView()
     with pytest.raises(RuntimeError, match="engine bug"):

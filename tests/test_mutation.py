@@ -43,18 +43,18 @@ MUTATIONS: dict[str, tuple[str, list[tuple[str, str]]]] = {
         [("failed += 1", "failed += 2"), ("self.errors += count", "self.errors += 2 * count")],
     ),
     "lose one finished result": (
-        "batch_run.py",
+        "_batch.py",
         [("self._results.extend(chunk)", "self._results.extend(chunk[1:])"),
          ("append(result)", "append(result) if result is not chunk[0] else None")],
     ),
     "forget a symbol a stopped chunk never ran": (
-        "batch_run.py",
+        "_batch.py",
         [("self._dropped.extend(range(start + len(chunk), stop))",
           "self._dropped.extend(range(start + len(chunk) + 1, stop))"),
          ("dropped.extend(range(start + len(chunk), stop))", "dropped.extend(range(start + len(chunk) + 1, stop))")],
     ),
     "skip the final callback": (
-        "batch_run.py",
+        "_batch.py",
         [("callback(final)", "None")],
     ),
 }

@@ -22,10 +22,10 @@ from html.parser import HTMLParser
 import pytest
 
 from procengine_nb import CancellationToken, ProcessingEngine, ProcessingJob, ProcessingProgress
-from procengine_nb.console import ConsoleProgress, progress_line
-from procengine_nb.formatting import clean_text, html_text
-from procengine_nb.panel import ProgressPanel
-from procengine_nb.runner import run
+from procengine_nb.one_liner import run
+from procengine_nb.views._format import clean_text, html_text
+from procengine_nb.views.console import ConsoleProgress, progress_line
+from procengine_nb.views.panel import ProgressPanel
 
 WAIT = 30
 

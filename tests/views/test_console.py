@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from procengine_nb import CancellationToken, ProcessingEngine, ProcessingProgress
-from procengine_nb.console import ConsoleProgress, progress_line
 from procengine_nb.models import BatchResult, ResultStatus, SymbolResult
+from procengine_nb.views.console import ConsoleProgress, progress_line
 
 
 def snap(done, total=10, **kw):

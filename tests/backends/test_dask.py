@@ -16,7 +16,7 @@ import pytest
 from threadcheck import child_processes
 
 from procengine_nb import CancellationToken, ProcessingEngine, ResultStatus
-from procengine_nb.executors.remote import RemoteSerializationError
+from procengine_nb.backends._remote import RemoteSerializationError
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -268,7 +268,7 @@ def test_bad_options_and_the_missing_extra(monkeypatch):
     with pytest.raises(TypeError, match="client"):
         ProcessingEngine(double, client="tcp://127.0.0.1:1")  # client= without backend="dask"
     monkeypatch.setitem(sys.modules, "distributed", None)
-    monkeypatch.delitem(sys.modules, "procengine_nb.executors.dask", raising=False)
+    monkeypatch.delitem(sys.modules, "procengine_nb.backends.dask", raising=False)
     with pytest.raises(ImportError, match=r"procengine_nb\[dask\]"):
         ProcessingEngine(double, backend="dask")
 

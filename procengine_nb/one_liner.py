@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.console import ConsoleProgress
 from procengine_nb.engine import ProcessingEngine
 from procengine_nb.handle import JobHandle
 from procengine_nb.models import ProcessingJob, coerce_symbols
 from procengine_nb.progress import ProgressCallback
+from procengine_nb.views.console import ConsoleProgress
 
 __all__ = ["in_jupyter_kernel", "run"]
 
@@ -85,7 +85,7 @@ class _CloseAtEnd:
 
 def _make_panel(handle: JobHandle) -> Any:
     try:
-        from procengine_nb.panel import ProgressPanel
+        from procengine_nb.views.panel import ProgressPanel
     except ImportError as exc:  # ipywidgets missing: the terminal view still works
         _log.info("no progress panel (%s); using the terminal view", exc)
         return None

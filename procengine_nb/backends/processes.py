@@ -1,7 +1,7 @@
 """The ``"processes"`` backend: loky's reusable process pool (``pip install procengine_nb[processes]``).
 
 For CPU-bound processors that hold the GIL. Functions defined in a notebook cell work: the processor
-and the symbols travel with cloudpickle (see :mod:`procengine_nb.executors.remote`).
+and the symbols travel with cloudpickle (see :mod:`procengine_nb.backends._remote`).
 
 >>> from procengine_nb import ProcessingEngine
 >>> with ProcessingEngine(abs, backend="processes", max_workers=2) as engine:   # doctest: +SKIP
@@ -12,7 +12,7 @@ What it can and cannot do (honest limits):
 
 - Stop drops every chunk loky has not handed to a worker yet (a chunk already in loky's call queue
   cannot be withdrawn, but it runs no symbol once it starts), and the processors' token (a
-  worker-local :class:`~procengine_nb.executors.remote.MarkerToken`) turns cancelled within ~5 ms, so a
+  worker-local :class:`~procengine_nb.backends._remote.MarkerToken`) turns cancelled within ~5 ms, so a
   chunk stops between two symbols and a processor that checks its token stops mid-symbol. A processor
   that ignores its token keeps running in its worker process until it returns (loky cannot stop a
   running task without killing the pool); the final snapshot counts exactly the chunks that had
@@ -36,9 +36,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
+from procengine_nb.backends._remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
+from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.executors.base import Backend, BatchExecutor, run_chunk
-from procengine_nb.executors.remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
 
 try:
     import cloudpickle  # noqa: F401  (used by remote; checked here for the error message)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from procengine_nb.ticker import Ticker
+from procengine_nb.views._ticker import Ticker
 
 
 def test_ticker_calls_until_stopped_and_stops_on_error(no_thread_leak, caplog):

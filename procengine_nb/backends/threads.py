@@ -7,8 +7,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
+from procengine_nb.backends.base import Backend, BatchExecutor
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.executors.base import Backend, BatchExecutor
 
 __all__ = ["ExecutorBackend", "ThreadBackend", "default_worker_count"]
 

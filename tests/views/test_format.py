@@ -7,7 +7,7 @@ import math
 import pytest
 
 from procengine_nb import ProcessingProgress
-from procengine_nb.formatting import (
+from procengine_nb.views._format import (
     JobState,
     bar_style,
     clean_text,

@@ -6,7 +6,7 @@ result as a whole, where one bad object fails (or, for loky, breaks) everything 
 - the parent pickles the processor and the chunk's symbols itself with cloudpickle (functions defined
   in a notebook cell travel by value); a symbol that cannot be pickled becomes that symbol's ERROR
   result at once, the processor failing to pickle makes every symbol of the chunk an ERROR;
-- the worker runs :func:`~procengine_nb.executors.base.run_chunk` and pickles each result on its own,
+- the worker runs :func:`~procengine_nb.backends.base.run_chunk` and pickles each result on its own,
   so a value (or exception) that cannot be pickled turns only that symbol into an ERROR;
 - the parent unpickles each result on its own, so a result that cannot be unpickled here is only
   that symbol's ERROR, and rebuilds each :class:`SymbolResult` with the caller's own symbol object;
@@ -38,8 +38,8 @@ from typing import Any
 
 import cloudpickle
 
+from procengine_nb.backends.base import run_chunk
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.executors.base import run_chunk
 from procengine_nb.models import ResultStatus, SymbolResult
 
 __all__ = [

@@ -13,9 +13,9 @@ import pytest
 from comm.base_comm import BaseComm
 
 from procengine_nb import CancellationToken, ProcessingEngine, ProcessingProgress
-from procengine_nb.formatting import JobState
 from procengine_nb.models import BatchResult, ResultStatus, SymbolResult
-from procengine_nb.panel import STOP_REASON, ProgressPanel
+from procengine_nb.views._format import JobState
+from procengine_nb.views.panel import STOP_REASON, ProgressPanel
 
 CSS = [
     "procengine-title", "procengine-bar", "procengine-counts", "procengine-errors", "procengine-elapsed",

@@ -35,7 +35,9 @@ import ipywidgets as widgets
 from ipywidgets.widgets.widget_string import HTMLStyle
 
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.formatting import (
+from procengine_nb.models import BatchResult
+from procengine_nb.progress import ProcessingProgress
+from procengine_nb.views._format import (
     JobState,
     bar_style,
     clean_text,
@@ -47,9 +49,7 @@ from procengine_nb.formatting import (
     job_state,
     status_text,
 )
-from procengine_nb.models import BatchResult
-from procengine_nb.progress import ProcessingProgress
-from procengine_nb.ticker import Ticker
+from procengine_nb.views._ticker import Ticker
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.handle import JobHandle

@@ -28,7 +28,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
-from procengine_nb.formatting import (
+from procengine_nb.models import BatchResult
+from procengine_nb.progress import ProcessingProgress
+from procengine_nb.views._format import (
     JobState,
     clean_text,
     describe_error,
@@ -38,9 +40,7 @@ from procengine_nb.formatting import (
     job_state,
     status_text,
 )
-from procengine_nb.models import BatchResult
-from procengine_nb.progress import ProcessingProgress
-from procengine_nb.ticker import Ticker
+from procengine_nb.views._ticker import Ticker
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.cancellation import CancellationToken

@@ -18,8 +18,8 @@ import pytest
 from threadcheck import child_processes
 
 from procengine_nb import CancellationToken, ProcessingCancelledException, ProcessingEngine, ResultStatus
-from procengine_nb.executors import make_backend
-from procengine_nb.executors.remote import MarkerToken, RemoteSerializationError, RemoteTraceback
+from procengine_nb.backends import make_backend
+from procengine_nb.backends._remote import MarkerToken, RemoteSerializationError, RemoteTraceback
 
 loky = pytest.importorskip("loky")
 
@@ -312,7 +312,7 @@ def test_a_closed_backend_refuses_new_batches_and_close_is_idempotent():
 
 def test_missing_extra_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "loky", None)
-    monkeypatch.delitem(sys.modules, "procengine_nb.executors.processes", raising=False)
+    monkeypatch.delitem(sys.modules, "procengine_nb.backends.processes", raising=False)
     with pytest.raises(ImportError, match=r"procengine_nb\[processes\]"):
         ProcessingEngine(double, backend="processes")
 

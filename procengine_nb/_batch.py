@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
+from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.executors.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult, UnprocessedView
 from procengine_nb.progress import ProcessingProgress, ProgressCallback, ProgressTracker
 

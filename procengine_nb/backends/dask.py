@@ -27,7 +27,7 @@ Honest limits:
   cannot be stopped by Dask (distributed#2617): it is left to finish, and the final snapshot counts it in
   ``running`` (found with ``client.call_stack``; a task that starts in the few milliseconds between
   that query and the cancel is missed). On workers of this machine (a LocalCluster) the processors'
-  token still turns cancelled within ~5 ms (see :class:`~procengine_nb.executors.remote.MarkerToken`), so
+  token still turns cancelled within ~5 ms (see :class:`~procengine_nb.backends._remote.MarkerToken`), so
   a chunk stops at its next symbol; on remote workers that token is never cancelled.
 - A worker that dies is handled by the scheduler: its tasks run again on another worker, so no symbol
   is lost. A task that keeps killing its workers fails after ``distributed.scheduler.allowed-failures``
@@ -46,9 +46,9 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
+from procengine_nb.backends._remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
+from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.executors.base import Backend, BatchExecutor, run_chunk
-from procengine_nb.executors.remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
 
 try:
     import cloudpickle  # noqa: F401  (used by remote; checked here for the error message)

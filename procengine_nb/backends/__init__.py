@@ -9,8 +9,8 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from typing import Any
 
-from procengine_nb.executors.base import Backend, BatchExecutor, run_chunk
-from procengine_nb.executors.threads import ExecutorBackend, ThreadBackend, default_worker_count
+from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
+from procengine_nb.backends.threads import ExecutorBackend, ThreadBackend, default_worker_count
 
 __all__ = [
     "BACKENDS",
@@ -54,12 +54,12 @@ def make_backend(
         return ThreadBackend(max_workers)
     if backend == "processes":
         _only(options, "processes", {"idle_timeout"})
-        from procengine_nb.executors.processes import ProcessBackend
+        from procengine_nb.backends.processes import ProcessBackend
 
         return ProcessBackend(max_workers, **options)
     if backend == "dask":
         _only(options, "dask", {"client", "cluster_options"})
-        from procengine_nb.executors.dask import DaskBackend
+        from procengine_nb.backends.dask import DaskBackend
 
         return DaskBackend(max_workers, **options)
     raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")

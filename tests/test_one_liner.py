@@ -12,7 +12,7 @@ import pytest
 
 import procengine_nb
 from procengine_nb import CancellationToken, ProcessingJob, ProgressPanel, run
-from procengine_nb import runner as runner_module
+from procengine_nb import one_liner as runner_module
 from procengine_nb.__main__ import demo_processor, main
 
 
