@@ -29,6 +29,7 @@ from procengine_nb.models import (
     UnprocessedView,
 )
 from procengine_nb.progress import ProcessingProgress, ProgressCallback, ProgressTracker
+from procengine_nb.store import ResultStore, load_results
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.one_liner import run
@@ -63,8 +64,10 @@ __all__ = [
     "ProgressPanel",
     "ProgressTracker",
     "ResultStatus",
+    "ResultStore",
     "SymbolResult",
     "UnprocessedView",
+    "load_results",
     "run",
 ]
 

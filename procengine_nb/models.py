@@ -132,6 +132,8 @@ class SymbolResult:
     """The exception the processor raised (None for SUCCESS)."""
     duration_ms: float = 0.0
     """Time spent in the processor for this symbol, in milliseconds."""
+    from_store: bool = False
+    """True when the result was read from a ``store=`` (a rerun that did not run this symbol again)."""
 
     @property
     def ok(self) -> bool:
