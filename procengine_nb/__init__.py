@@ -28,16 +28,22 @@ from procengine_nb.models import (
     SymbolResult,
     UnprocessedView,
 )
+from procengine_nb.observe import JobView
 from procengine_nb.progress import ProcessingProgress, ProgressCallback, ProgressTracker
 from procengine_nb.store import ResultStore, load_results
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.one_liner import run
+    from procengine_nb.views.console import ConsoleProgress
     from procengine_nb.views.panel import ProgressPanel
 
-# The notebook names are imported on first use, so ``import procengine_nb`` and the engine never
-# import ipywidgets or IPython.
-_LAZY = {"ProgressPanel": "procengine_nb.views.panel", "run": "procengine_nb.one_liner"}
+# The views and the notebook one-liner are imported on first use, so ``import procengine_nb`` and the
+# engine never import ipywidgets or IPython.
+_LAZY = {
+    "ConsoleProgress": "procengine_nb.views.console",
+    "ProgressPanel": "procengine_nb.views.panel",
+    "run": "procengine_nb.one_liner",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -53,9 +59,11 @@ __all__ = [
     "BatchResult",
     "CancellationRegistration",
     "CancellationToken",
+    "ConsoleProgress",
     "IProcessingEngine",
     "JobHandle",
     "JobType",
+    "JobView",
     "ProcessingCancelledException",
     "ProcessingEngine",
     "ProcessingJob",

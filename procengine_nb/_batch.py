@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
+from procengine_nb._safe import describe, safe_repr
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult, UnprocessedView
-from procengine_nb.progress import ProcessingProgress, ProgressCallback, ProgressTracker
+from procengine_nb.observe import Publisher
+from procengine_nb.progress import ProcessingProgress, ProgressTracker
 
 __all__ = ["BatchRun", "BatchSettings"]
 
@@ -49,62 +50,19 @@ class BatchSettings:
         self.window_per_worker = window_per_worker
 
 
-class _CallbackGuard:
-    """Calls the user's progress callback; logs each distinct failure once and never raises."""
-
-    __slots__ = ("callback", "seen", "failures")
-
-    def __init__(self, callback: ProgressCallback | None) -> None:
-        self.callback = callback
-        self.seen: set[tuple[str, str]] = set()
-        self.failures = 0
-
-    def __call__(self, snapshot: ProcessingProgress) -> None:
-        callback = self.callback
-        if callback is None:
-            return
-        try:
-            callback(snapshot)
-        except Exception as exc:  # a broken callback never stops the batch
-            self._failed(callback, exc)
-
-    def each(self, snapshots: Iterable[ProcessingProgress], token: CancellationToken) -> None:
-        """Consume ``snapshots`` (consuming records them) and call the callback with each. After a
-        cancel, the rest is reported by the final snapshot alone: a slow callback must not delay the
-        Stop by one run per symbol still queued."""
-        callback = self.callback
-        if callback is None:
-            deque(snapshots, maxlen=0)
-            return
-        for snapshot in snapshots:
-            if token.is_cancelled:
-                continue
-            try:
-                callback(snapshot)
-            except Exception as exc:  # a broken callback never stops the batch
-                self._failed(callback, exc)
-
-    def _failed(self, callback: ProgressCallback, exc: Exception) -> None:
-        self.failures += 1
-        key = (type(exc).__name__, str(exc))
-        if key not in self.seen:
-            self.seen.add(key)
-            _log.error("progress callback %r raised %s: %s (further identical errors are not logged)",
-                       callback, key[0], key[1], exc_info=exc)
-
-
 class BatchRun:
     """Runs one :class:`ProcessingJob` to its :class:`BatchResult`. Use once."""
 
     def __init__(self, settings: BatchSettings, job: ProcessingJob,
-                 callback: ProgressCallback | None, token: CancellationToken) -> None:
+                 publisher: Publisher, token: CancellationToken) -> None:
         self.settings = settings
         self.job = job
+        self.publisher = publisher
+        """The batch's one fan-out to its listeners (the user's callback, the handle's views)."""
         self.user_token = token
         # The batch's own token: cancelled by the user's token, the error budget or the engine itself,
         # without ever cancelling the caller's token on the caller's behalf.
         self.token = CancellationToken.linked(token)
-        self._callback = _CallbackGuard(callback)
         self.tracker = ProgressTracker(len(job.symbols), clock=settings.clock, smoothing=settings.eta_smoothing)
         self._inflight: dict[Future[Any], tuple[int, int, float]] = {}
         self._abandoned: set[Future[Any]] = set()
@@ -133,6 +91,32 @@ class BatchRun:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> BatchResult:
+        """Run the batch to its :class:`BatchResult` and publish the end to every listener.
+
+        An interrupt that escapes the loop (``KeyboardInterrupt``, ``SystemExit``: a Ctrl-C while the
+        caller blocks, or raised by a callback) cancels the batch; the partial result is published as the
+        end, attached to the exception as ``partial_result`` and the exception is re-raised. Anything else
+        escaping is an engine failure: listeners get it as the error, and it is re-raised.
+        """
+        try:
+            result = self._loop()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            partial = self._interrupted_result
+            if partial is None:  # it escaped before the result was made
+                self.publisher.finish(None, exc)
+                raise
+            exc.partial_result = partial  # type: ignore[union-attr]
+            _add_note(exc, "procengine_nb: the batch was cancelled; its partial BatchResult is this "
+                           "exception's .partial_result")
+            self.publisher.finish(partial, None)
+            raise
+        except BaseException as exc:
+            self.publisher.finish(None, exc)
+            raise
+        self.publisher.finish(result, None)
+        return result
+
+    def _loop(self) -> BatchResult:
         settings = self.settings
         symbols = self.job.symbols
         total = len(symbols)
@@ -148,6 +132,7 @@ class BatchRun:
         workers = settings.backend.max_workers
         window = workers if timeout is not None else max(1, workers * settings.window_per_worker)
         executor: BatchExecutor | None = None
+        self._interrupted_result: BatchResult | None = None
         try:
             executor = settings.backend.open(token)
             worker_token = executor.worker_token
@@ -162,8 +147,8 @@ class BatchRun:
                         future = executor.submit(run_chunk, processor, symbols[next_index:stop],
                                                  worker_token, pass_token)
                     except Exception as exc:  # e.g. an executor that was shut down
-                        _log.error("job %s: the executor refused a task: %r", self.job.job_id, exc)
-                        token.cancel(f"the executor refused new tasks: {type(exc).__name__}: {exc}")
+                        _log.error("job %s: the executor refused a task: %s", self.job.job_id, describe(exc))
+                        token.cancel(f"the executor refused new tasks: {describe(exc)}")
                         break
                     inflight[future] = (next_index, stop, clock())
                     tracker.running += size
@@ -200,21 +185,23 @@ class BatchRun:
                 # never wait for tasks given up on (cancelled, or past their timeout)
                 executor.close(cancelled=cancelled or bool(self._abandoned))
             token.close()
+            self._settle(next_index, cancelled)
+        return results
+
+    def _settle(self, next_index: int, cancelled: bool) -> None:
+        """Complete the result: what never completed, the cancel flag and reason, the final snapshot.
+        Runs however the loop ended, so an interrupt still leaves a whole partial result."""
+        tracker, inflight, results, token = self.tracker, self._inflight, self._results, self.token
         # What a cancel left running on workers (tasks that ignore the token): reported, not awaited.
         tracker.running = sum(stop - start for f, (start, stop, _) in inflight.items() if not f.done())
         tracker.cancelled = cancelled
         head = [i for start, stop, _ in inflight.values() for i in range(start, stop)]
         head.extend(self._dropped)
-        results.unprocessed = UnprocessedView(symbols, head, next_index)
+        results.unprocessed = UnprocessedView(self.job.symbols, head, next_index)
         results.cancelled = cancelled
         results.cancel_reason = token.reason if cancelled else None
-        final = tracker.refresh(finished=True)
-        results.progress = final
-        callback = self._callback
-        callback(final)
-        if callback.failures:
-            _log.warning("progress callback raised %d time(s) during job %s", callback.failures, self.job.job_id)
-        return results
+        results.progress = tracker.refresh(finished=True)
+        self._interrupted_result = results
 
     def _take(self, future: Future[Any]) -> None:
         """Record the outcome of a finished task: one result and one progress callback per symbol."""
@@ -230,9 +217,15 @@ class BatchRun:
         if chunk:
             self._results.extend(chunk)
             error_status = ResultStatus.ERROR
-            # one clock reading for the chunk, one snapshot (and callback) per symbol
-            self._callback.each(tracker.record_group([r.symbol for r in chunk],
-                                                     [r.status is error_status for r in chunk]), token)
+            failed = [r.status is error_status for r in chunk]
+            # one clock reading for the chunk, one snapshot per symbol (the callback sees each)
+            publisher = self.publisher
+            publisher.updates(tracker.record_group([r.symbol for r in chunk], failed),
+                              cancelled=lambda: token.is_cancelled)
+            if True in failed:
+                for r in chunk:
+                    if r.status is error_status:
+                        publisher.failed(r)
             per_symbol = sum(r.duration_ms for r in chunk) / 1000.0 / len(chunk)
             mean = self._mean_seconds
             self._mean_seconds = per_symbol if mean == 0.0 else 0.5 * (mean + per_symbol)
@@ -291,9 +284,17 @@ class BatchRun:
             self._abandoned.add(future)
             self.tracker.running -= stop - start
             for index in range(start, stop):
-                error = TimeoutError(
-                    f"symbol {symbols[index]!r} did not finish within {timeout:g}s of being handed to a worker"
-                )
-                self._results.append(SymbolResult(symbols[index], ResultStatus.ERROR, None, error, timeout * 1000.0))
-                self._callback(self.tracker.record(symbols[index], error=True))
+                error = TimeoutError(f"symbol {safe_repr(symbols[index], 200)} did not finish within "
+                                     f"{timeout:g}s of being handed to a worker")
+                result = SymbolResult(symbols[index], ResultStatus.ERROR, None, error, timeout * 1000.0)
+                self._results.append(result)
+                self.publisher.update(self.tracker.record(symbols[index], error=True))
+                self.publisher.failed(result)
         self._check_budget()
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    try:
+        exc.add_note(note)
+    except Exception:  # pragma: no cover - an exception class that refuses notes
+        pass

@@ -18,10 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from procengine_nb.models import SymbolResult
+from procengine_nb._validation import check_seconds
 
 __all__ = ["CancellationRegistration", "CancellationToken", "ProcessingCancelledException"]
 
@@ -32,7 +31,9 @@ class ProcessingCancelledException(Exception):
     """Raised by :meth:`CancellationToken.throw_if_cancelled` when the token has been cancelled.
 
     ``partial_results`` holds the results finished before the cancel, where the raiser knows them
-    (``None`` otherwise); ``reason`` is the token's cancel reason.
+    (``None`` otherwise: a processor's own ``throw_if_cancelled()`` does not know them;
+    ``BatchResult.raise_if_cancelled()`` raises one carrying the whole partial ``BatchResult``);
+    ``reason`` is the token's cancel reason.
 
     >>> ProcessingCancelledException("stopped", partial_results=[]).partial_results
     []
@@ -42,7 +43,7 @@ class ProcessingCancelledException(Exception):
         self,
         message: str = "processing was cancelled",
         *,
-        partial_results: Sequence[SymbolResult] | None = None,
+        partial_results: Sequence[Any] | None = None,
         reason: str | None = None,
     ) -> None:
         super().__init__(message)
@@ -158,7 +159,7 @@ class CancellationToken:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the token is cancelled or ``timeout`` seconds pass; return ``is_cancelled``."""
         if timeout is not None:
-            _check_seconds(timeout, "timeout")
+            check_seconds(timeout, "timeout")
         return self._event.wait(timeout)
 
     # -- callbacks ------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ class CancellationToken:
 
         The timer is a daemon thread that is cancelled as soon as the token is, so it never outlives it.
         """
-        _check_seconds(seconds, "seconds")
+        check_seconds(seconds, "seconds")
         message = reason if reason is not None else f"deadline of {seconds:g}s reached"
         timer = threading.Timer(seconds, self.cancel, args=(message,))
         timer.daemon = True
@@ -242,10 +243,3 @@ class CancellationToken:
         state = "cancelled" if self.is_cancelled else "active"
         reason = f" reason={self._reason!r}" if self._reason else ""
         return f"<CancellationToken {state}{reason}>"
-
-
-def _check_seconds(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not 0 <= value < float("inf"):  # also refuses NaN; an infinite wait overflows the OS timer
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")

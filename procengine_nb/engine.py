@@ -15,10 +15,12 @@ from concurrent.futures import Executor
 from typing import Any, Protocol, runtime_checkable
 
 from procengine_nb._batch import BatchRun, BatchSettings
+from procengine_nb._validation import check_callable, check_int, check_number, check_seconds, check_type
 from procengine_nb.backends import Backend, make_backend
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.handle import JobHandle
 from procengine_nb.models import BatchResult, JobType, ProcessingJob, ResultStatus, coerce_symbols
+from procengine_nb.observe import JobView, Publisher
 from procengine_nb.progress import ProgressCallback
 
 __all__ = ["IProcessingEngine", "ProcessingEngine"]
@@ -52,20 +54,6 @@ def _accepts_token(processor: Callable[..., Any]) -> bool:
     return parameter is not None and parameter.kind in (
         inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY,
     )
-
-
-def _optional_number(value: object, name: str, *, integer: bool, minimum: float, strict: bool = False) -> None:
-    if value is None:
-        return
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an int" if integer else "a number"
-        raise TypeError(f"{name} must be {kind} or None, not {type(value).__name__}")
-    if value != value or value < minimum or (strict and value == minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be {relation} {minimum:g}, got {value!r}")
-    if value == float("inf"):  # an infinite wait overflows the OS timer; None means "no limit"
-        raise ValueError(f"{name} must be finite (None for no limit), got {value!r}")
 
 
 class ProcessingEngine:
@@ -114,24 +102,17 @@ class ProcessingEngine:
         clock: Callable[[], float] = time.perf_counter,
         **backend_options: Any,
     ) -> None:
-        if not callable(processor):
-            raise TypeError(f"processor must be callable, not {type(processor).__name__}")
-        _optional_number(max_workers, "max_workers", integer=True, minimum=1)
-        _optional_number(max_errors, "max_errors", integer=True, minimum=0)
-        _optional_number(timeout, "timeout", integer=False, minimum=0, strict=True)
-        _optional_number(chunk_size, "chunk_size", integer=True, minimum=1)
-        if eta_smoothing is not None:
-            _optional_number(eta_smoothing, "eta_smoothing", integer=False, minimum=0, strict=True)
-            if eta_smoothing > 1:
-                raise ValueError(f"eta_smoothing must be <= 1, got {eta_smoothing!r}")
-        if executor is not None and not isinstance(executor, Executor):
-            raise TypeError(f"executor must be a concurrent.futures.Executor, not {type(executor).__name__}")
+        check_callable(processor, "processor")
+        check_int(max_workers, "max_workers", minimum=1, allow_none=True)
+        check_int(max_errors, "max_errors", minimum=0, allow_none=True)
+        check_seconds(timeout, "timeout", strict=True, allow_none=True)
+        check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
+        check_number(eta_smoothing, "eta_smoothing", minimum=0, strict=True, maximum=1, allow_none=True)
+        check_type(executor, Executor, "executor", allow_none=True)
         if executor is not None and backend not in (None, "threads"):
             raise ValueError("pass either executor= or backend=, not both")
-        if backend is not None and not isinstance(backend, (str, Backend)):
-            raise TypeError(f"backend must be a str or a Backend, not {type(backend).__name__}")
-        if not callable(clock):
-            raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+        check_type(backend, (str, Backend), "backend", what="a str or a Backend", allow_none=True)
+        check_callable(clock, "clock")
         self.processor = processor
         self.backend = make_backend(backend, max_workers=max_workers, executor=executor, **backend_options)
         self._owns_backend = not isinstance(backend, Backend)
@@ -158,6 +139,8 @@ class ProcessingEngine:
         job_or_symbols: ProcessingJob | Iterable[Any],
         progress_callback: ProgressCallback | None = None,
         cancellation_token: CancellationToken | None = None,
+        *,
+        views: Iterable[JobView] = (),
     ) -> BatchResult:
         """Process every symbol and return the :class:`BatchResult` (blocking).
 
@@ -175,13 +158,15 @@ class ProcessingEngine:
         >>> ProcessingEngine(str).process_batch(["A", "B"], cancellation_token=token).unprocessed
         UnprocessedView(['A', 'B'])
         """
-        return self._prepare(job_or_symbols, progress_callback, cancellation_token).run()
+        return self._prepare(job_or_symbols, progress_callback, cancellation_token, views).run()
 
     def start(
         self,
         job_or_symbols: ProcessingJob | Iterable[Any],
         progress_callback: ProgressCallback | None = None,
         cancellation_token: CancellationToken | None = None,
+        *,
+        views: Iterable[JobView] = (),
     ) -> JobHandle:
         """Start :meth:`process_batch` on a background thread and return its :class:`JobHandle` at once.
 
@@ -189,7 +174,7 @@ class ProcessingEngine:
         >>> sorted(r.value for r in handle.result(timeout=10))
         ['A', 'B']
         """
-        batch = self._prepare(job_or_symbols, progress_callback, cancellation_token)
+        batch = self._prepare(job_or_symbols, progress_callback, cancellation_token, views)
         return JobHandle._start(batch)
 
     def retry(
@@ -203,8 +188,7 @@ class ProcessingEngine:
         """Process again only the symbols that failed in ``previous`` (and, by default, those that
         stopped cooperatively), as a new batch of type ``JobType.RETRY``."""
         self._check_previous(previous)
-        if not isinstance(include_cancelled, bool):
-            raise TypeError(f"include_cancelled must be a bool, not {type(include_cancelled).__name__}")
+        check_type(include_cancelled, bool, "include_cancelled")
         wanted = {ResultStatus.ERROR, ResultStatus.CANCELLED} if include_cancelled else {ResultStatus.ERROR}
         symbols = [r.symbol for r in previous if r.status in wanted]
         job = ProcessingJob(symbols, JobType.RETRY, name=self._follow_up_name(previous, "retry"))
@@ -248,26 +232,25 @@ class ProcessingEngine:
         job_or_symbols: ProcessingJob | Iterable[Any],
         progress_callback: ProgressCallback | None,
         cancellation_token: CancellationToken | None,
+        views: Iterable[JobView] = (),
     ) -> BatchRun:
         if isinstance(job_or_symbols, ProcessingJob):
             job = job_or_symbols
         else:
             job = ProcessingJob(coerce_symbols(job_or_symbols, "job_or_symbols"))
-        if progress_callback is not None and not callable(progress_callback):
-            raise TypeError(f"progress_callback must be callable or None, not {type(progress_callback).__name__}")
+        check_callable(progress_callback, "progress_callback", allow_none=True)
+        check_type(cancellation_token, CancellationToken, "cancellation_token",
+                   what="a procengine_nb.CancellationToken", allow_none=True)
         if cancellation_token is None:
             cancellation_token = CancellationToken()
-        elif not isinstance(cancellation_token, CancellationToken):
-            raise TypeError(
-                "cancellation_token must be a procengine_nb.CancellationToken or None, "
-                f"not {type(cancellation_token).__name__}"
-            )
-        return BatchRun(self._settings, job, progress_callback, cancellation_token)
+        if isinstance(views, (str, bytes)) or not isinstance(views, Iterable):
+            raise TypeError(f"views must be an iterable of views, not {type(views).__name__}")
+        publisher = Publisher(progress_callback, views)
+        return BatchRun(self._settings, job, publisher, cancellation_token)
 
     @staticmethod
     def _check_previous(previous: object) -> None:
-        if not isinstance(previous, BatchResult):
-            raise TypeError(f"previous must be a BatchResult, not {type(previous).__name__}")
+        check_type(previous, BatchResult, "previous", what="a BatchResult")
 
     @staticmethod
     def _follow_up_name(previous: BatchResult, verb: str) -> str:

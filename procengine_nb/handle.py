@@ -19,31 +19,23 @@ import threading
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from procengine_nb.cancellation import CancellationToken, _check_seconds
+from procengine_nb._safe import safe_str
+from procengine_nb._validation import check_callable, check_int, check_seconds
+from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult, ProcessingJob
+from procengine_nb.observe import JobView
 from procengine_nb.progress import ProcessingProgress
-from procengine_nb.views._format import clean_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb._batch import BatchRun
 
-__all__ = ["JobHandle", "JobView"]
+__all__ = ["JobHandle"]
 
 _log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.05
 _INTERRUPT_REASON = "interrupted while waiting for the result"
-
-
-class JobView(Protocol):
-    """Anything that shows a job: it gets every snapshot and, once, the outcome."""
-
-    def update(self, progress: ProcessingProgress) -> None:
-        """A new snapshot (called on the job's thread after every symbol; throttle yourself)."""
-
-    def finish(self, result: BatchResult | None, error: BaseException | None) -> None:
-        """The job ended with ``result`` or crashed with ``error``; show the final state now."""
 
 
 class JobHandle:
@@ -55,35 +47,26 @@ class JobHandle:
       then re-raises, so nothing keeps running behind your back.
     - ``await handle`` waits without blocking the event loop (in JupyterLab on ipykernel >= 7.4 the
       Stop button keeps working meanwhile); cancelling the awaiting task cancels the job.
-    - Views attached with ``attach(view)`` get every snapshot and the final state, which is applied
-      before ``result()`` returns.
+    - ``future`` is the job's ``concurrent.futures.Future``: ``concurrent.futures.wait([handle.future])``
+      and ``asyncio.wrap_future(handle.future)`` accept it (cancelling it does not stop the job: use
+      ``cancel()``).
+    - Views attached with ``attach(view)`` (or ``start(..., views=[...])``) are listeners of the batch;
+      the final state is applied before ``result()`` returns.
+
+    The handle runs the batch's thread and waits for it; it knows nothing of screens.
     """
 
     def __init__(self, batch: BatchRun) -> None:
         self._batch = batch
         self._future: Future[BatchResult] = Future()
-        self._lock = threading.Lock()
-        self._views: list[JobView] = []
-        self._outcome: tuple[BatchResult | None, BaseException | None] | None = None
         self._thread: threading.Thread | None = None
+        self._partial: BatchResult | None = None
         self.panel: Any = None
-        """The ProgressPanel showing this job, when ``run()`` made one."""
+        """The view ``run()`` made for this job (a ProgressPanel), else None."""
 
     @classmethod
     def _start(cls, batch: BatchRun) -> JobHandle:
         handle = cls(batch)
-        user_callback = batch._callback.callback
-
-        def on_progress(snapshot: ProcessingProgress) -> None:
-            for view in handle._views:  # the list is replaced, never mutated in place
-                try:
-                    view.update(snapshot)
-                except Exception:  # a view must never stop the batch
-                    _log.exception("view %r failed to update", view)
-            if user_callback is not None:
-                user_callback(snapshot)  # failures are logged by the batch's guard
-
-        batch._callback.callback = on_progress
         name = f"procengine-job-{batch.job.job_id}"
         # The job thread runs in a copy of the starter's context (as asyncio.to_thread does): under
         # ipykernel >= 7 the output parent is a ContextVar, so prints and logs from the job thread (the
@@ -94,29 +77,18 @@ class JobHandle:
         return handle
 
     def _run(self) -> None:
-        result: BatchResult | None = None
-        error: BaseException | None = None
+        # The batch publishes its end to the views before it returns or raises, so the views show the
+        # final state before the future (and so ``result()``) completes.
         try:
             result = self._batch.run()
-        except BaseException as exc:  # the engine itself failed: report it, never swallow it
-            error = exc
-            _log.exception("job %s failed", self._batch.job.job_id)
-        with self._lock:
-            self._outcome = (result, error)
-            views = self._views
-        for view in views:
-            self._finish_view(view, result, error)
-        if error is None:
-            self._future.set_result(result)  # type: ignore[arg-type]
+        except BaseException as exc:  # an interrupt (partial result attached) or an engine failure
+            self._partial = getattr(exc, "partial_result", None)
+            if self._partial is None:
+                _log.error("job %s failed", self._batch.job.job_id, exc_info=(type(exc), exc, exc.__traceback__))
+                self._batch.publisher.finish(None, exc)  # no-op when the batch already published it
+            self._future.set_exception(exc)
         else:
-            self._future.set_exception(error)
-
-    @staticmethod
-    def _finish_view(view: JobView, result: BatchResult | None, error: BaseException | None) -> None:
-        try:
-            view.finish(result, error)
-        except Exception:
-            _log.exception("view %r failed to show the final state", view)
+            self._future.set_result(result)
 
     # -- what the job is --------------------------------------------------------------------
     @property
@@ -136,11 +108,24 @@ class JobHandle:
 
     def running_symbols(self, limit: int = 8) -> list[Any]:
         """Up to ``limit`` symbols being processed right now."""
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        check_int(limit, "limit", minimum=0)
         return self._batch.running_symbols(limit)
+
+    @property
+    def future(self) -> Future[BatchResult]:
+        """The job's ``concurrent.futures.Future`` (its result is the :class:`BatchResult`)."""
+        return self._future
+
+    @property
+    def partial_result(self) -> BatchResult | None:
+        """The :class:`BatchResult` so far once the job ended: the result, or, when an interrupt escaped the
+        batch (a ``KeyboardInterrupt`` or ``SystemExit`` raised in a callback), the partial result it left.
+        None while running and after an engine failure."""
+        if not self._future.done():
+            return None
+        if self._future.exception() is None:
+            return self._future.result()
+        return self._partial
 
     @property
     def stopping(self) -> bool:
@@ -168,6 +153,7 @@ class JobHandle:
             self._wait(timeout)
         except FutureTimeout:
             return False
+        self._batch.publisher.waited()
         return True
 
     def result(self, timeout: float | None = None) -> BatchResult:
@@ -178,11 +164,11 @@ class JobHandle:
         waits for it to return, and is re-raised.
         """
         self._wait(timeout)
+        self._batch.publisher.waited()
         return self._future.result()
 
     def _wait(self, timeout: float | None) -> None:
-        if timeout is not None:
-            _check_seconds(timeout, "timeout")
+        check_seconds(timeout, "timeout", allow_none=True)
         try:
             # Short waits keep the main thread responsive to signals (KeyboardInterrupt).
             if timeout is None:
@@ -228,37 +214,24 @@ class JobHandle:
         except asyncio.CancelledError:
             self._cancel_and_settle()
             raise
+        self._batch.publisher.waited()
         return self._future.result()
 
     def add_done_callback(self, fn: Callable[[JobHandle], Any]) -> None:
         """Call ``fn(handle)`` when the job is done (at once if it already is), on the job's thread."""
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        check_callable(fn, "fn")
         self._future.add_done_callback(lambda _f: fn(self))
 
     # -- views ------------------------------------------------------------------------------
     def attach(self, view: JobView) -> None:
-        """Show this job in ``view`` from now on; a view attached after the end gets the end at once."""
-        if not (callable(getattr(view, "update", None)) and callable(getattr(view, "finish", None))):
-            raise TypeError(
-                f"view must have update(progress) and finish(result, error) methods, not {type(view).__name__}"
-            )
-        with self._lock:
-            outcome = self._outcome
-            if outcome is None:
-                self._views = [*self._views, view]
-        if outcome is None:
-            try:
-                view.update(self.progress)
-            except Exception:
-                _log.exception("view %r failed to update", view)
-        else:
-            self._finish_view(view, *outcome)
+        """Make ``view`` a listener of the batch from now on (see :class:`~procengine_nb.observe.JobView`);
+        it gets the latest snapshot at once, and a view attached after the end gets the end at once."""
+        self._batch.publisher.add(view, latest=self._batch.progress)
 
     def __repr__(self) -> str:
         p = self.progress
         state = "done" if self.done() else ("stopping" if self.stopping else "running")
-        name = clean_text(self.job.display_name, 80)
+        name = safe_str(self.job.display_name)[:80]
         return f"<JobHandle {name!r} {state} {p.completed_symbols}/{p.total_symbols}>"
 
 

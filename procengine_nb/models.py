@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
+from procengine_nb.cancellation import ProcessingCancelledException
 from procengine_nb.progress import ProcessingProgress
 
 __all__ = [
@@ -243,6 +244,21 @@ class BatchResult(list[SymbolResult]):
             cancelled=cancelled,
             finished=True,
         )
+
+    def raise_if_cancelled(self) -> BatchResult:
+        """Return this result, or raise :class:`~procengine_nb.ProcessingCancelledException` carrying it
+        (``partial_results``) when the batch was cancelled: for caller code that prefers an exception.
+
+        >>> BatchResult(cancelled=True, cancel_reason="Stop").raise_if_cancelled()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        procengine_nb.cancellation.ProcessingCancelledException: the batch was cancelled (Stop): 0 of 0 processed...
+        """
+        if self.cancelled:
+            reason = f" ({self.cancel_reason})" if self.cancel_reason else ""
+            raise ProcessingCancelledException(
+                f"the batch was cancelled{reason}: {self.summary()}", partial_results=self, reason=self.cancel_reason,
+            )
+        return self
 
     @property
     def errors(self) -> list[SymbolResult]:

@@ -217,10 +217,10 @@ def test_a_refused_view_is_not_kept():
     release = threading.Event()
     handle = ProcessingEngine(lambda s: release.wait(30), max_workers=1).start(["a"])
     try:
-        views_before = list(handle._views)
+        views_before = list(handle._batch.publisher._views)
         with pytest.raises(TypeError):
             handle.attach(object())
-        assert handle._views == views_before
+        assert list(handle._batch.publisher._views) == views_before
     finally:
         release.set()
     handle.result(timeout=10)

@@ -1,13 +1,13 @@
 """Mutation check (marker ``slow``): the property tests catch a broken engine accounting.
 
-Each case copies the package into a temporary directory, breaks one piece of the accounting there (drop
-an unprocessed symbol, count an error twice, lose a finished result...), and runs
-``tests/test_properties.py`` against the copy in a subprocess: it must fail. A control run on the
-unmutated copy must pass, so a failure is the mutation's doing, not the harness's. Only the copy is
-ever mutated; the real code is never touched.
+Each case runs ``tests/test_properties.py`` in a subprocess with one piece of the accounting broken at
+run time (drop an unprocessed symbol, count an error twice, lose a finished result, ...): it must fail.
+A control run without a mutation must pass, so a failure is the mutation's doing.
 
-When the engine's code changes so much that a mutation's target text is gone, the case fails with
-"mutation target not found": update ``MUTATIONS`` to break the same accounting in the new code.
+Mutations patch the engine's objects at their seams (the result list, the unprocessed view, the
+tracker, the publisher) from a pytest plugin loaded in the subprocess, never the source text, so a
+refactor of the code does not break them. Each mutated seam leaves a marker file when it runs: a case
+whose seam the engine no longer uses fails with "mutation never ran" instead of passing vacuously.
 """
 
 from __future__ import annotations
@@ -24,92 +24,128 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "procengine_nb"
 
-# name -> (file in the package, [(text, replacement), ...]); every text found is replaced, at least one
-# must be found. Several alternatives keep a mutation alive across refactors of the hot path.
-MUTATIONS: dict[str, tuple[str, list[tuple[str, str]]]] = {
-    "drop one never-started unprocessed symbol": (
-        "models.py",
-        [("self._tail_start = len(source) if tail_start is None else tail_start",
-          "self._tail_start = len(source) if tail_start is None else min(len(source), tail_start + 1)")],
-    ),
-    "drop one in-flight unprocessed symbol": (
-        "models.py",
-        [("self._head = tuple(sorted(head_indices))", "self._head = tuple(sorted(head_indices))[1:]")],
-    ),
-    "count an error twice": (
-        "progress.py",
-        [("failed += 1", "failed += 2"), ("self.errors += count", "self.errors += 2 * count")],
-    ),
-    "lose one finished result": (
-        "_batch.py",
-        [("self._results.extend(chunk)", "self._results.extend(chunk[1:])"),
-         ("append(result)", "append(result) if result is not chunk[0] else None")],
-    ),
-    "forget a symbol a stopped chunk never ran": (
-        "_batch.py",
-        [("self._dropped.extend(range(start + len(chunk), stop))",
-          "self._dropped.extend(range(start + len(chunk) + 1, stop))"),
-         ("dropped.extend(range(start + len(chunk), stop))", "dropped.extend(range(start + len(chunk) + 1, stop))")],
-    ),
-    "skip the final callback": (
-        "_batch.py",
-        [("callback(final)", "None")],
-    ),
-}
+# The plugin applies the mutation named by PROCENGINE_MUTATION and touches PROCENGINE_MUTATION_RAN
+# the first time the mutated code runs.
+PLUGIN = """
+import os
+from pathlib import Path
+
+from procengine_nb import models, observe, progress
+
+NAME = os.environ.get("PROCENGINE_MUTATION", "")
+RAN = Path(os.environ.get("PROCENGINE_MUTATION_RAN", os.devnull))
 
 
-def _copy_project(dest: Path) -> None:
-    shutil.copytree(PACKAGE, dest / "procengine_nb", ignore=shutil.ignore_patterns("__pycache__"))
+def ran():
+    if str(RAN) != os.devnull:
+        RAN.touch()
+
+
+def patch(owner, attribute, make):
+    original = getattr(owner, attribute)
+    setattr(owner, attribute, make(original))
+
+
+if NAME == "drop one never-started unprocessed symbol":
+    def make(init):
+        def mutated(self, source, head_indices=(), tail_start=None):
+            init(self, source, head_indices, tail_start)
+            if self._tail_start < len(source):
+                ran()
+                self._tail_start += 1
+        return mutated
+    patch(models.UnprocessedView, "__init__", make)
+elif NAME == "drop one in-flight unprocessed symbol":
+    def make(init):
+        def mutated(self, source, head_indices=(), tail_start=None):
+            head = sorted(head_indices)
+            if head:
+                ran()
+            init(self, source, head[1:], tail_start)
+        return mutated
+    patch(models.UnprocessedView, "__init__", make)
+elif NAME == "count an error twice":
+    def make(record_group):
+        def mutated(self, symbols, errors):
+            for snapshot in record_group(self, symbols, errors):
+                yield snapshot
+            if any(errors):
+                ran()
+                self.errors += 1
+        return mutated
+    patch(progress.ProgressTracker, "record_group", make)
+elif NAME in ("lose one finished result", "count a finished result twice"):
+    def make(extend):
+        def mutated(self, items):
+            items = list(items)
+            if items and not getattr(self, "_mutated", False):
+                ran()
+                self._mutated = True
+                items = items[1:] if NAME.startswith("lose") else [*items, items[0]]
+            extend(self, items)
+        return mutated
+    patch(models.BatchResult, "extend", make)
+elif NAME == "skip the final callback":
+    def make(finish):
+        def mutated(self, result, error):
+            if self._callback is not None:
+                ran()
+                self._listeners = tuple(x for x in self._listeners if x is not self._callback)
+            finish(self, result, error)
+        return mutated
+    patch(observe.Publisher, "finish", make)
+elif NAME:
+    raise RuntimeError(f"unknown mutation {NAME!r}")
+"""
+
+MUTATIONS = [
+    "drop one never-started unprocessed symbol",
+    "drop one in-flight unprocessed symbol",
+    "count an error twice",
+    "lose one finished result",
+    "count a finished result twice",
+    "skip the final callback",
+]
+
+
+def _copy_tests(dest: Path) -> None:
     for name in ("conftest.py", "threadcheck.py", "test_properties.py"):
         shutil.copy(ROOT / "tests" / name, dest / name)
+    (dest / "mutation_plugin.py").write_text(PLUGIN)
 
 
-def _run_properties(where: Path) -> subprocess.CompletedProcess[str]:
+def _run_properties(where: Path, mutation: str = "") -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "PYTHONPATH": str(where),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
         "PROCENGINE_PROPERTY_EXAMPLES": "40",
         "PROCENGINE_PROPERTY_NO_SHRINK": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
+        "PROCENGINE_MUTATION": mutation,
+        "PROCENGINE_MUTATION_RAN": str(where / "mutation-ran"),
     }
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", "--timeout=120",
-         "test_properties.py"],
+        [sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", "-p", "mutation_plugin",
+         "--timeout=120", "test_properties.py"],
         cwd=where, env=env, capture_output=True, text=True, timeout=600,
     )
 
 
-def test_control_the_unmutated_copy_passes_and_is_the_one_imported(tmp_path):
-    _copy_project(tmp_path)
-    where = subprocess.run(
-        [sys.executable, "-c", "import procengine_nb; print(procengine_nb.__file__)"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
-        check=True,
-    ).stdout.strip()
-    assert Path(where).resolve().is_relative_to(tmp_path.resolve()), where
+def test_control_the_unmutated_run_passes(tmp_path):
+    _copy_tests(tmp_path)
     run = _run_properties(tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert not (tmp_path / "mutation-ran").exists()
 
 
-@pytest.mark.parametrize("name", list(MUTATIONS))
+@pytest.mark.parametrize("name", MUTATIONS)
 def test_the_property_tests_catch_the_mutation(name, tmp_path):
-    _copy_project(tmp_path)
-    filename, alternatives = MUTATIONS[name]
-    target = tmp_path / "procengine_nb" / filename
-    assert target.resolve().is_relative_to(tmp_path.resolve())  # only ever the copy is mutated
-    source = target.read_text()
-    mutated = source
-    for text, replacement in alternatives:
-        mutated = mutated.replace(text, replacement)
-    assert mutated != source, f"mutation target not found in {filename}: update MUTATIONS[{name!r}]"
-    target.write_text(mutated)
-    run = _run_properties(tmp_path)
+    _copy_tests(tmp_path)
+    run = _run_properties(tmp_path, name)
     output = run.stdout + run.stderr
+    assert (tmp_path / "mutation-ran").exists(), f"mutation never ran: update the seam of {name!r}\n{output[-2000:]}"
     # 1 = tests failed (not 2 = interrupted, 3 = internal error, 4 = usage error, 5 = no tests)
     assert run.returncode == 1, f"the mutation {name!r} was not caught:\n{output[-3000:]}"
     caught_by = re.findall(r"^FAILED test_properties\.py::(test_\w+)", output, re.MULTILINE)
     assert caught_by and "test_assert_accounted_rejects_a_lost_symbol" not in caught_by, output[-3000:]
-    assert (PACKAGE / filename).read_text() != mutated, "the real package was mutated"
-

@@ -1,0 +1,214 @@
+"""How a batch is observed: the :class:`JobView` protocol and the batch's single :class:`Publisher`.
+
+A batch run is the one publisher of what happens to it. Everything that watches it (the user's
+``progress_callback``, views such as the notebook panel or the terminal line, a user's own view) is a
+*listener* of the batch's publisher, which calls each one through the same guard:
+
+- ``update(progress)`` with each snapshot (the user callback gets every snapshot; views, which throttle
+  anyway, get the last snapshot of each completed group);
+- ``failed(result)`` with each failed :class:`~procengine_nb.SymbolResult`, as it happens (optional);
+- ``finish(result, error)`` once, when the batch returned (``error`` is None) or crashed;
+- ``waited()`` (optional) on the thread that waited for the job (``handle.result()``, ``await handle``)
+  after it ended, so a view can show its final state from there too (in Jupyter: the waiting cell).
+
+A listener that raises, whatever it raises (an exception whose ``__str__`` raises, ``SystemExit``, a
+custom ``BaseException``), is logged a bounded number of times per batch with a count at the end, and
+never stops the batch nor loses a result. Only ``KeyboardInterrupt`` goes through: it is the user's Ctrl-C
+landing in a callback that runs on the main thread, and the batch treats it as an interrupt.
+
+>>> seen = []
+>>> publisher = Publisher(seen.append)
+>>> from procengine_nb.progress import ProcessingProgress
+>>> publisher.update(ProcessingProgress(total_symbols=2, completed_symbols=1))
+>>> [p.completed_symbols for p in seen]
+[1]
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from procengine_nb._safe import describe
+
+if TYPE_CHECKING:  # pragma: no cover
+    from procengine_nb.models import BatchResult, SymbolResult
+    from procengine_nb.progress import ProcessingProgress, ProgressCallback
+
+__all__ = ["MAX_LOGGED_FAILURES", "JobView", "Publisher"]
+
+_log = logging.getLogger("procengine_nb.observe")
+
+MAX_LOGGED_FAILURES = 3
+"""Distinct failures logged (with their traceback) per listener and batch; a failure identical to one
+already logged, and any after these, is only counted (one line at the end of the batch)."""
+
+
+@runtime_checkable
+class JobView(Protocol):
+    """What a view of a job implements: every snapshot, and once, the outcome.
+
+    Optional methods, looked up by name: ``failed(result)`` (a failed ``SymbolResult`` as it happens) and
+    ``waited()`` (called on the thread that waited for the ended job). All run on the batch's thread
+    except ``waited``; keep them quick (throttle rendering yourself).
+
+    >>> class Counter:
+    ...     def __init__(self): self.updates = 0
+    ...     def update(self, progress): self.updates += 1
+    ...     def finish(self, result, error): pass
+    >>> isinstance(Counter(), JobView)
+    True
+    """
+
+    def update(self, progress: ProcessingProgress) -> None:
+        """A new snapshot."""
+
+    def finish(self, result: BatchResult | None, error: BaseException | None) -> None:
+        """The job ended with ``result`` or crashed with ``error``; show the final state now."""
+
+
+def check_view(view: object) -> None:
+    """Raise a TypeError naming the problem unless ``view`` has ``update`` and ``finish`` methods."""
+    if not (callable(getattr(view, "update", None)) and callable(getattr(view, "finish", None))):
+        raise TypeError(
+            f"view must have update(progress) and finish(result, error) methods, not {type(view).__name__}"
+        )
+
+
+class _Listener:
+    """One listener with its failure count (the guard's bookkeeping)."""
+
+    __slots__ = ("target", "update", "failed", "finish", "waited", "failures", "logged", "every_snapshot")
+
+    def __init__(self, target: Any, *, callback: bool = False) -> None:
+        self.target = target
+        self.failures = 0
+        self.logged: set[str] = set()  # the distinct failures logged (at most MAX_LOGGED_FAILURES)
+        self.every_snapshot = callback
+        if callback:  # the user's progress_callback: a plain callable
+            self.update, self.failed, self.finish, self.waited = target, None, None, None
+        else:
+            self.update = target.update
+            self.finish = target.finish
+            failed, waited = getattr(target, "failed", None), getattr(target, "waited", None)
+            self.failed = failed if callable(failed) else None
+            self.waited = waited if callable(waited) else None
+
+
+class Publisher:
+    """The batch's one fan-out to its listeners, with one guard for all of them.
+
+    Thread safety: listeners may be added from any thread (the list is replaced, never mutated in
+    place); ``update``/``failed``/``finish`` are called by the batch's thread only. A listener added after
+    the end gets ``finish`` at once, with the outcome.
+    """
+
+    def __init__(self, callback: ProgressCallback | None = None, views: Iterable[Any] = ()) -> None:
+        self._lock = threading.Lock()
+        self._listeners: tuple[_Listener, ...] = ()
+        self._callback: _Listener | None = None
+        self._views: tuple[_Listener, ...] = ()
+        self._outcome: tuple[BatchResult | None, BaseException | None] | None = None
+        if callback is not None:
+            self._callback = _Listener(callback, callback=True)
+            self._listeners = (self._callback,)
+        for view in views:
+            self.add(view)
+
+    @property
+    def has_listeners(self) -> bool:
+        """True when anyone listens (the batch skips making per-symbol snapshots for nobody)."""
+        return bool(self._listeners)
+
+    def add(self, view: Any, *, latest: ProcessingProgress | None = None) -> None:
+        """Add a view (``update``/``finish``, optionally ``failed``/``waited``). Before the end it gets
+        ``latest`` at once (when given); after the end it gets the outcome at once."""
+        check_view(view)
+        listener = _Listener(view)
+        with self._lock:
+            outcome = self._outcome
+            if outcome is None:
+                self._views = (*self._views, listener)
+                self._listeners = (*self._listeners, listener)
+        if outcome is not None:
+            self._call(listener, listener.finish, *outcome)
+        elif latest is not None:
+            self._call(listener, listener.update, latest)
+
+    # -- what the batch publishes -----------------------------------------------------------------
+    def update(self, snapshot: ProcessingProgress) -> None:
+        """One snapshot to every listener."""
+        for listener in self._listeners:
+            self._call(listener, listener.update, snapshot)
+
+    def updates(self, snapshots: Iterable[ProcessingProgress], *, cancelled: Callable[[], bool]) -> None:
+        """Snapshots of symbols that completed together: the user callback gets each one, views only the
+        last (they render at most a few times a second). Once ``cancelled()`` is true, the callback is no
+        longer called per symbol (the final snapshot reports the rest): a slow callback must not delay a
+        Stop by one run per symbol still queued. ``snapshots`` is always consumed to the end."""
+        callback = self._callback
+        last = None
+        for snapshot in snapshots:
+            last = snapshot
+            if callback is not None and not cancelled():
+                self._call(callback, callback.update, snapshot)
+        if last is not None:
+            for view in self._views:
+                self._call(view, view.update, last)
+
+    def failed(self, result: SymbolResult) -> None:
+        """A failed result, as it happens, to the listeners that want it."""
+        for listener in self._views:
+            if listener.failed is not None:
+                self._call(listener, listener.failed, result)
+
+    def finish(self, result: BatchResult | None, error: BaseException | None) -> None:
+        """The end, once: the final snapshot to every listener (unless the batch crashed), then every view's
+        ``finish``; then one line per listener that failed more often than it was logged."""
+        with self._lock:
+            if self._outcome is not None:
+                return
+            self._outcome = (result, error)
+            listeners = self._listeners
+        if result is not None:  # the final snapshot (100% unless cancelled) to everyone
+            for listener in listeners:
+                self._call(listener, listener.update, result.progress)
+        for view in self._views:
+            self._call(view, view.finish, result, error)
+        for listener in listeners:
+            if listener.failures > len(listener.logged):
+                _log.warning("%s raised %d times in this batch (%d distinct failures were logged)",
+                             _name(listener), listener.failures, len(listener.logged))
+
+    def waited(self) -> None:
+        """Tell the views that a waiter saw the end (call on the waiting thread)."""
+        for listener in self._views:
+            if listener.waited is not None:
+                self._call(listener, listener.waited)
+
+    # -- the guard --------------------------------------------------------------------------------
+    @staticmethod
+    def _call(listener: _Listener, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except KeyboardInterrupt:
+            raise  # the user's Ctrl-C on the main thread: the batch handles it as an interrupt
+        except BaseException as exc:  # a listener never stops the batch, whatever it raises
+            listener.failures += 1
+            logged = listener.logged
+            if len(logged) < MAX_LOGGED_FAILURES:
+                text = describe(exc)
+                if text not in logged:
+                    logged.add(text)
+                    _log.error("%s raised %s (identical failures are not logged again; at most %d per batch)",
+                               _name(listener), text, MAX_LOGGED_FAILURES,
+                               exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def _name(listener: _Listener) -> str:
+    kind = "progress callback" if listener.every_snapshot else "view"
+    from procengine_nb._safe import safe_repr
+
+    return f"{kind} {safe_repr(listener.target, 80)}"
