@@ -1,6 +1,8 @@
-"""``python -m procengine_nb demo``: a demo batch with a progress line in the terminal.
+"""``python -m procengine_nb [demo]`` (or ``procengine-demo``): a demo batch with a progress line in the terminal.
 
     python -m procengine_nb demo --symbols 200 --fail-rate 0.05 --delay-ms 20 --workers 4 --seed 1
+
+With no command, the demo runs with its defaults.
 
 Which symbols fail and how long each takes are decided by ``--seed`` (random without it). Exit status:
 0 when the batch ends (even with failed symbols), 130 after Ctrl-C, which cancels the batch and prints
@@ -67,7 +69,7 @@ def _non_negative(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m procengine_nb", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command")
     demo = commands.add_parser("demo", help="run a demo batch with a progress line (Ctrl-C stops it)")
     demo.add_argument("--symbols", type=_at_least(0), default=200, help="how many symbols (default 200)")
     demo.add_argument("--fail-rate", type=_fraction, default=0.05, help="share of symbols that fail (0.05)")
@@ -79,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 done, 130 interrupted, 2 bad arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "demo")  # no command: the demo (its options may follow)
     args = _parser().parse_args(argv)
     symbols = [f"SYM{i:05d}" for i in range(args.symbols)]
     processor = demo_processor(args.fail_rate, args.delay_ms, args.seed)

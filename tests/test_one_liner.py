@@ -125,7 +125,17 @@ def test_main_runs_a_demo_batch(capsys, no_thread_leak):
     assert "demo: Done with errors: " in err
 
 
-@pytest.mark.parametrize("bad", [["demo", "--fail-rate", "2"], ["demo", "--workers", "0"], ["nothing"], []])
+def test_no_command_runs_the_demo_and_options_alone_go_to_it(capsys, no_thread_leak, monkeypatch):
+    """``procengine-demo`` with no argument runs the demo (it used to exit 2 asking for a command)."""
+    assert main(["--symbols", "5", "--delay-ms", "0", "--seed", "1", "--fail-rate", "0"]) == 0
+    assert capsys.readouterr().out.startswith("5 of 5 processed: 5 ok")
+    monkeypatch.setattr(sys, "argv", ["procengine-demo"])
+    monkeypatch.setattr("procengine_nb.__main__.demo_processor", lambda *a: str.upper)
+    assert main() == 0
+    assert capsys.readouterr().out.startswith("200 of 200 processed: 200 ok")
+
+
+@pytest.mark.parametrize("bad", [["demo", "--fail-rate", "2"], ["demo", "--workers", "0"], ["nothing"]])
 def test_main_refuses_bad_arguments(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(bad)

@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 # PyPI names whose conda-forge package is named or split differently
-CONDA_NAMES = {"dask[distributed]": ["dask", "distributed"]}
+CONDA_NAMES = {"dask[distributed]": ["dask", "distributed"], "playwright": ["playwright-python"]}
 
 
 def pyproject_requirements() -> dict[str, str]:
@@ -76,6 +76,30 @@ def test_engine_imports_without_jupyter():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_the_engine_side_imports_nothing_from_the_views():
+    """The import graph reads top-down: the engine, the handle, the backends and the models never import a
+    view (views import them, not the other way round). Only the notebook one-liner joins the two."""
+    package = ROOT / "procengine_nb"
+    joiners = {package / "one_liner.py", package / "__init__.py", package / "__main__.py"}
+    for path in package.rglob("*.py"):
+        if path.is_relative_to(package / "views") or path in joiners:
+            continue
+        bad = {m for m in _imports(path) if m.startswith(("procengine_nb.views", "ipywidgets", "IPython"))}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
 def test_package_is_typed():

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import importlib
 from concurrent.futures import Executor
 from typing import Any
 
+from procengine_nb._safe import safe_repr
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.backends.threads import ExecutorBackend, ThreadBackend, default_worker_count
 
@@ -54,15 +56,30 @@ def make_backend(
         return ThreadBackend(max_workers)
     if backend == "processes":
         _only(options, "processes", {"idle_timeout"})
+        _require_extra("processes", ("loky", "cloudpickle"))
         from procengine_nb.backends.processes import ProcessBackend
 
         return ProcessBackend(max_workers, **options)
     if backend == "dask":
         _only(options, "dask", {"client", "cluster_options"})
+        _require_extra("dask", ("distributed", "cloudpickle"))
         from procengine_nb.backends.dask import DaskBackend
 
         return DaskBackend(max_workers, **options)
-    raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {safe_repr(backend, 80)}")
+
+
+def _require_extra(name: str, modules: tuple[str, ...]) -> None:
+    """Import each module the backend needs; if one is missing, raise an ImportError naming the extra
+    that installs it (``pip install "procengine_nb[name]"``), before the backend module is imported."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ImportError(
+                f'backend="{name}" needs {", ".join(modules)} ({module} is missing): '
+                f'pip install "procengine_nb[{name}]"'
+            ) from exc
 
 
 def _only(options: dict[str, Any], name: str, allowed: set[str]) -> None:

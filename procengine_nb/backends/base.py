@@ -2,7 +2,7 @@
 
 A *backend* is configuration (how many workers, which pool); for each batch it opens a
 :class:`BatchExecutor`, which submits tasks, cancels the ones not started, and closes at the end of the
-batch. Backends say honestly what they can do (``cancels_running``, ``shares_memory``) so the engine
+batch. Backends say honestly what they can do (``shares_memory``) so the engine
 never assumes a capability a backend lacks.
 """
 
@@ -77,8 +77,6 @@ class Backend(abc.ABC):
 
     #: short name used in errors and views
     name: str = "backend"
-    #: True when a task that already started can be stopped by the backend itself
-    cancels_running: bool = False
     #: True when workers share this process's memory (the cancellation token reaches processors)
     shares_memory: bool = False
     #: seconds of work the engine groups into one task when symbols are tiny (adaptive chunking);

@@ -164,7 +164,6 @@ class DaskBackend(Backend):
     """
 
     name = "dask"
-    cancels_running = False
     shares_memory = False
     target_task_seconds = 0.05  # a Dask task costs ~1-15 ms of overhead; Stop stays prompt (marker token)
 

@@ -78,16 +78,10 @@ def _register_exit_hook() -> None:
         if _exit_hook_registered:
             return
         _exit_hook_registered = True
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        try:
-            register(_kill_abandoned_at_exit)
-        except RuntimeError:  # pragma: no cover - the interpreter is already shutting down
-            pass
-    else:  # pragma: no cover - CPython < 3.9
-        import atexit
-
-        atexit.register(_kill_abandoned_at_exit)
+    try:
+        threading._register_atexit(_kill_abandoned_at_exit)  # type: ignore[attr-defined]
+    except RuntimeError:  # pragma: no cover - the interpreter is already shutting down
+        pass
 
 
 class _ProcessBatch(BatchExecutor):
@@ -189,7 +183,6 @@ class ProcessBackend(Backend):
     """
 
     name = "processes"
-    cancels_running = False
     shares_memory = False
     target_task_seconds = 0.01  # a hand-off to a process costs ~0.1-0.5 ms; Stop stays prompt (marker token)
 
