@@ -1,8 +1,16 @@
-"""The default backend: a thread pool per batch, or any ``concurrent.futures.Executor`` you pass."""
+"""The default backend: a thread pool per batch, or any ``concurrent.futures.Executor`` you pass.
+
+The engine's own pool (:class:`DaemonThreadPool`) runs its tasks on daemon threads: a task that a Stop
+abandoned (it ignores its token, maybe forever) never keeps the interpreter or a kernel from exiting,
+whereas ``ThreadPoolExecutor``'s workers are joined at exit (``concurrent.futures`` waits for their
+current task, forever for an endless one).
+"""
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
@@ -10,7 +18,7 @@ from typing import Any
 from procengine_nb.backends.base import Backend, BatchExecutor
 from procengine_nb.cancellation import CancellationToken
 
-__all__ = ["ExecutorBackend", "ThreadBackend", "default_worker_count"]
+__all__ = ["DaemonThreadPool", "ExecutorBackend", "ThreadBackend", "default_worker_count"]
 
 
 def default_worker_count() -> int:
@@ -18,9 +26,90 @@ def default_worker_count() -> int:
     return min(32, (os.cpu_count() or 1) + 4)
 
 
+class DaemonThreadPool(Executor):
+    """A minimal thread pool whose workers are daemon threads, never joined at interpreter exit.
+
+    Same contract as ``ThreadPoolExecutor`` for ``submit`` and ``shutdown(wait, cancel_futures=...)``:
+    threads start on demand up to ``max_workers`` (an idle one is reused first), and after
+    ``shutdown`` each thread exits as soon as the task it runs returns. The difference: at exit the
+    interpreter does not wait for a task that is still running (a Stop abandoned it), so ``exit()``,
+    the end of a script and a kernel shutdown complete at once.
+
+    >>> pool = DaemonThreadPool(2)
+    >>> pool.submit(pow, 2, 10).result()
+    1024
+    >>> pool.shutdown()
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "procengine-worker") -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        self._max_workers = max_workers
+        self._prefix = thread_name_prefix
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: Future[Any] = Future()
+            self._work.put((future, fn, args, kwargs))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
+                thread = threading.Thread(target=self._worker, daemon=True,
+                                          name=f"{self._prefix}_{len(self._threads)}")
+                thread.start()
+                self._threads.append(thread)
+            return future
+
+    def _worker(self) -> None:
+        work = self._work
+        while True:
+            item = work.get()
+            if item is None:  # shut down: pass the word on to the next thread
+                work.put(None)
+                return
+            future, fn, args, kwargs = item
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                    del exc
+                else:
+                    future.set_result(result)
+                    del result
+            del future, fn, args, kwargs
+            if self._shutdown:
+                work.put(None)
+                return
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._work.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            self._work.put(None)
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+
 class _OwnedPoolBatch(BatchExecutor):
     def __init__(self, max_workers: int, token: CancellationToken) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="procengine-worker")
+        self._pool = DaemonThreadPool(max_workers, thread_name_prefix="procengine-worker")
         self.worker_token = token
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
@@ -45,10 +134,11 @@ class _SharedExecutorBatch(BatchExecutor):
 
 
 class ThreadBackend(Backend):
-    """A fresh ``ThreadPoolExecutor`` for each batch, shut down when the batch ends.
+    """A fresh :class:`DaemonThreadPool` for each batch, shut down when the batch ends.
 
     No thread outlives its last task: after a normal end the pool is joined; after a cancel it is shut
-    down without waiting, and each thread exits as soon as the task it runs returns.
+    down without waiting, and each thread exits as soon as the task it runs returns. Its threads are
+    daemons, so a task a Stop abandoned never delays the interpreter's exit or a kernel shutdown.
     """
 
     name = "threads"
