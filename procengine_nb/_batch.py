@@ -98,22 +98,26 @@ class BatchRun:
         end, attached to the exception as ``partial_result`` and the exception is re-raised. Anything else
         escaping is an engine failure: listeners get it as the error, and it is re-raised.
         """
+        publisher = self.publisher
         try:
             result = self._loop()
-        except (KeyboardInterrupt, SystemExit) as exc:
-            partial = self._interrupted_result
-            if partial is None:  # it escaped before the result was made
-                self.publisher.finish(None, exc)
-                raise
-            exc.partial_result = partial  # type: ignore[union-attr]
-            _add_note(exc, "procengine_nb: the batch was cancelled; its partial BatchResult is this "
-                           "exception's .partial_result")
-            self.publisher.finish(partial, None)
-            raise
         except BaseException as exc:
-            self.publisher.finish(None, exc)
+            partial = self._interrupted_result if isinstance(exc, (KeyboardInterrupt, SystemExit)) else None
+            if partial is None:  # an engine failure, or an interrupt before the result was made
+                publisher.finish(None, exc)
+                raise
+            _attach_partial(exc, partial)
+            try:
+                publisher.finish(partial, None)
+            except KeyboardInterrupt as again:  # a listener's Ctrl-C at the very end
+                _attach_partial(again, partial)
+                raise
             raise
-        self.publisher.finish(result, None)
+        try:
+            publisher.finish(result, None)
+        except KeyboardInterrupt as exc:  # Ctrl-C landing in the final callback: the result is whole
+            _attach_partial(exc, result)
+            raise
         return result
 
     def _loop(self) -> BatchResult:
@@ -293,8 +297,11 @@ class BatchRun:
         self._check_budget()
 
 
-def _add_note(exc: BaseException, note: str) -> None:
+def _attach_partial(exc: BaseException, partial: BatchResult) -> None:
+    """Keep the partial result reachable from the interrupt that ended the batch."""
     try:
-        exc.add_note(note)
-    except Exception:  # pragma: no cover - an exception class that refuses notes
+        exc.partial_result = partial  # type: ignore[attr-defined]
+        exc.add_note("procengine_nb: the batch was cancelled; its partial BatchResult is this "
+                     "exception's .partial_result")
+    except Exception:  # pragma: no cover - an exception class with __slots__ or that refuses notes
         pass

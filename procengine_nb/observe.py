@@ -172,15 +172,24 @@ class Publisher:
                 return
             self._outcome = (result, error)
             listeners = self._listeners
+        # An interrupt (Ctrl-C landing in a callback) does not cut the end short: every view still gets
+        # its final state, then the interrupt goes on.
+        interrupt: KeyboardInterrupt | None = None
+        calls: list[tuple[_Listener, Callable[..., Any], tuple[Any, ...]]] = []
         if result is not None:  # the final snapshot (100% unless cancelled) to everyone
-            for listener in listeners:
-                self._call(listener, listener.update, result.progress)
-        for view in self._views:
-            self._call(view, view.finish, result, error)
+            calls.extend((listener, listener.update, (result.progress,)) for listener in listeners)
+        calls.extend((view, view.finish, (result, error)) for view in self._views)
+        for listener, fn, args in calls:
+            try:
+                self._call(listener, fn, *args)
+            except KeyboardInterrupt as exc:
+                interrupt = interrupt or exc
         for listener in listeners:
             if listener.failures > len(listener.logged):
                 _log.warning("%s raised %d times in this batch (%d distinct failures were logged)",
                              _name(listener), listener.failures, len(listener.logged))
+        if interrupt is not None:
+            raise interrupt
 
     def waited(self) -> None:
         """Tell the views that a waiter saw the end (call on the waiting thread)."""
