@@ -161,7 +161,9 @@ class BatchRun:
                 if not inflight:
                     break
                 if token.is_cancelled:
-                    # keep what already finished (its completion is queued), then stop waiting
+                    # let a backend that stops running tasks (asyncio) unwind them, keep what
+                    # already finished (its completion is queued), then stop waiting
+                    executor.stop_running(list(inflight))
                     while True:
                         try:
                             item = completions.get_nowait()

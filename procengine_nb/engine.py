@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from procengine_nb._batch import BatchRun, BatchSettings
 from procengine_nb._validation import check_callable, check_int, check_number, check_seconds, check_type
 from procengine_nb.backends import Backend, make_backend
+from procengine_nb.backends.asyncio import is_async_callable, is_async_generator_callable
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.handle import JobHandle
 from procengine_nb.models import BatchResult, JobType, ProcessingJob, ResultStatus, coerce_symbols
@@ -56,6 +57,31 @@ def _accepts_token(processor: Callable[..., Any]) -> bool:
     )
 
 
+def _coroutine_backend(processor: Callable[..., Any], backend: str | Backend | None,
+                       executor: Executor | None) -> str | Backend:
+    """The backend for an async processor: ``"asyncio"`` unless one that can await was asked for.
+
+    Refuses, naming the fix, what cannot run coroutines (a worker process or a Dask worker has no
+    event loop of ours, and a user's executor would hand back coroutine objects)."""
+    name = getattr(processor, "__qualname__", type(processor).__name__)
+    fix = ("drop it (the engine then awaits the coroutines on its own event loop, max_workers at once), "
+           "or pass a sync function")
+    if executor is not None:
+        raise TypeError(f"processor {name!r} is an async function, which executor= cannot run: {fix}")
+    if isinstance(backend, Backend):
+        if getattr(backend, "runs_coroutines", False):
+            return backend
+        raise TypeError(f"processor {name!r} is an async function, which the {backend.name} backend "
+                        f"cannot run: {fix}")
+    if backend in (None, "threads", "asyncio"):
+        return "asyncio"
+    if backend in ("processes", "dask"):
+        raise TypeError(f"processor {name!r} is an async function, which the {backend} backend cannot "
+                        f"run (its workers have no event loop): use backend='asyncio' (the default for "
+                        f"async functions), or a sync function that calls asyncio.run() itself")
+    return backend  # an unknown name: make_backend says which ones exist
+
+
 class ProcessingEngine:
     """Runs a batch of symbols through ``processor`` on a pool of workers, with progress and cancel.
 
@@ -63,8 +89,13 @@ class ProcessingEngine:
         processor: called once per symbol, ``processor(symbol)``; if it declares a
             ``cancellation_token`` parameter it also gets the batch's token (cooperative cancel).
             Raising :class:`ProcessingCancelledException` ends that symbol as CANCELLED; any other
-            exception as ERROR. Never stops the batch.
-        max_workers: how many symbols run at once (default: ``min(32, cpu_count + 4)`` threads).
+            exception as ERROR. Never stops the batch. An ``async def`` processor (or a partial of
+            one, or an object with an ``async def __call__``) runs on the ``"asyncio"`` backend: its
+            coroutines are awaited on an event loop the batch owns, and a cancel stops them at their
+            next ``await`` (CANCELLED). A sync processor that returns an awaitable has it awaited on
+            the batch's loop too (on threads, by the worker that called it).
+        max_workers: how many symbols run at once (default: ``min(32, cpu_count + 4)`` threads; 32
+            coroutines for an async processor).
         executor: any ``concurrent.futures.Executor`` to run on instead of the engine's own thread
             pool; the engine never shuts it down.
         backend: ``"threads"`` (default), ``"processes"`` (loky worker processes, for CPU-bound work),
@@ -74,6 +105,8 @@ class ProcessingEngine:
         max_errors: cancel the batch (with a reason) once more than this many symbols failed.
         timeout: seconds a symbol may take from being handed to a worker; a late one becomes an
             ERROR with a ``TimeoutError`` (its thread finishes on its own; its result is dropped).
+            On the asyncio backend it counts from the start of the symbol's own coroutine, which
+            is cancelled when it runs late.
         eta_smoothing: None for the average rate since the start, or an EMA factor in (0, 1].
         chunk_size: symbols per executor task; None adapts it to measured task time (tiny tasks are
             grouped so the executor's hand-off does not dominate, long ones go one at a time).
@@ -113,9 +146,19 @@ class ProcessingEngine:
             raise ValueError("pass either executor= or backend=, not both")
         check_type(backend, (str, Backend), "backend", what="a str or a Backend", allow_none=True)
         check_callable(clock, "clock")
+        if is_async_generator_callable(processor):
+            raise TypeError("processor is an async generator function (async def with yield), which "
+                            "returns no awaitable result; make it return its value instead of yielding")
+        if is_async_callable(processor):
+            backend = _coroutine_backend(processor, backend, executor)
+        if backend == "asyncio" and timeout is not None:
+            backend_options["timeout"] = timeout
         self.processor = processor
         self.backend = make_backend(backend, max_workers=max_workers, executor=executor, **backend_options)
         self._owns_backend = not isinstance(backend, Backend)
+        if self.backend.times_symbols and timeout is not None and getattr(self.backend, "timeout", None) != timeout:
+            raise ValueError(f"the {self.backend.name} backend object times symbols itself: give it the "
+                             f"timeout (e.g. AsyncBackend(timeout={timeout!r})) instead of the engine")
         self._settings = BatchSettings(
             processor=processor,
             pass_token=_accepts_token(processor),
@@ -123,7 +166,7 @@ class ProcessingEngine:
             clock=clock,
             eta_smoothing=eta_smoothing,
             max_errors=max_errors,
-            timeout=timeout,
+            timeout=None if self.backend.times_symbols else timeout,
             chunk_size=chunk_size,
             target_chunk_seconds=self.backend.target_task_seconds,
         )

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from procengine_nb.backends.asyncio import is_async_callable
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.engine import ProcessingEngine
 from procengine_nb.handle import JobHandle
@@ -135,7 +136,9 @@ def run(
         job = ProcessingJob(coerce_symbols(symbols, "symbols"), name=name)
 
     kernel = in_jupyter_kernel()
-    if kernel and _runs_in_threads(engine_options):
+    if kernel and _runs_in_threads(engine_options) and not is_async_callable(processor):
+        # (an async processor runs on the batch's loop, whose tasks start in the job thread's
+        # context, a copy of this one: its prints go to this cell already)
         processor = _in_caller_context(processor)
     engine = ProcessingEngine(processor, **engine_options)
     handle = engine.start(job, progress_callback=progress_callback, cancellation_token=cancellation_token)

@@ -1,6 +1,7 @@
 """Backends: where the engine runs its tasks (threads by default; see ``make_backend``).
 
-``"threads"`` (default), ``"processes"`` (loky, extra ``procengine_nb[processes]``) and ``"dask"``
+``"threads"`` (default), ``"asyncio"`` (an event loop per batch; chosen by the engine for an ``async
+def`` processor), ``"processes"`` (loky, extra ``procengine_nb[processes]``) and ``"dask"``
 (``distributed``, extra ``procengine_nb[dask]``); the optional ones are imported only when asked for.
 """
 
@@ -25,7 +26,7 @@ __all__ = [
     "run_chunk",
 ]
 
-BACKENDS = ("threads", "processes", "dask")
+BACKENDS = ("threads", "processes", "dask", "asyncio")
 """The backend names ``ProcessingEngine(backend=...)`` accepts."""
 
 
@@ -39,8 +40,8 @@ def make_backend(
     """Build the backend for ``ProcessingEngine``'s arguments (validated there).
 
     ``options`` are the backend's own keyword arguments: ``client=`` and ``cluster_options=`` for
-    ``"dask"``, ``idle_timeout=`` for ``"processes"``; none for threads. A missing extra raises an
-    ImportError that names it.
+    ``"dask"``, ``idle_timeout=`` for ``"processes"``, ``timeout=`` for ``"asyncio"`` (the engine
+    passes its own); none for threads. A missing extra raises an ImportError that names it.
     """
     if isinstance(backend, Backend):
         if options:
@@ -54,6 +55,11 @@ def make_backend(
         if options:
             raise TypeError(f"unexpected options for the threads backend: {', '.join(sorted(options))}")
         return ThreadBackend(max_workers)
+    if backend == "asyncio":
+        _only(options, "asyncio", {"timeout"})
+        from procengine_nb.backends.asyncio import AsyncBackend
+
+        return AsyncBackend(max_workers, **options)
     if backend == "processes":
         _only(options, "processes", {"idle_timeout"})
         _require_extra("processes", ("loky", "cloudpickle"))

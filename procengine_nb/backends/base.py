@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from procengine_nb.backends._loop import awaiter_for, cannot_await, is_awaitable
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
 from procengine_nb.models import ResultStatus, SymbolResult
 
@@ -32,6 +33,10 @@ def run_chunk(
     is cancelled between two symbols; the engine counts the rest as unprocessed. Every exception a
     processor raises, ``KeyboardInterrupt`` and ``SystemExit`` included, becomes that symbol's ERROR
     result; :class:`ProcessingCancelledException` becomes CANCELLED.
+
+    A value that is an awaitable (a sync callable that returned a coroutine) is awaited on the batch's
+    event loop when the batch has one for its workers (the threads backends, see ``_loop.Awaiter``), else it
+    is that symbol's ERROR (a ``TypeError`` saying so): never a coroutine object as a value.
     """
     results: list[SymbolResult] = []
     append = results.append
@@ -42,6 +47,11 @@ def run_chunk(
         start = clock()
         try:
             value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
+            if is_awaitable(value):
+                awaiter = awaiter_for(token)
+                if awaiter is None:
+                    raise cannot_await(value)
+                value = awaiter.wait(value)
         except ProcessingCancelledException as exc:
             append(SymbolResult(symbol, ResultStatus.CANCELLED, None, exc, (clock() - start) * 1000.0))
         except BaseException as exc:
@@ -66,6 +76,11 @@ class BatchExecutor(abc.ABC):
         for future in futures:
             future.cancel()
 
+    def stop_running(self, futures: Iterable[Future[Any]]) -> None:  # noqa: B027 - optional hook
+        """After the batch's token is cancelled, before the batch collects what finished: stop the
+        given tasks that already run, where the backend can, and return once their outcomes are out
+        (briefly: a cancel must stay prompt). Default: nothing (running tasks keep running)."""
+
     @abc.abstractmethod
     def close(self, *, cancelled: bool) -> None:
         """End of the batch: release what this batch opened. Must not wait for running tasks when
@@ -79,6 +94,11 @@ class Backend(abc.ABC):
     name: str = "backend"
     #: True when workers share this process's memory (the cancellation token reaches processors)
     shares_memory: bool = False
+    #: True when the backend awaits coroutines itself (an ``async def`` processor may run on it)
+    runs_coroutines: bool = False
+    #: True when the backend enforces the per-symbol ``timeout`` itself, from each symbol's own start
+    #: (the engine then gives it the timeout instead of timing tasks from their submission)
+    times_symbols: bool = False
     #: seconds of work the engine groups into one task when symbols are tiny (adaptive chunking);
     #: larger where handing a task over costs more (processes, a Dask cluster)
     target_task_seconds: float = 0.002

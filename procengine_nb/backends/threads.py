@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
+from procengine_nb.backends._loop import Awaiter, register_awaiter, unregister_awaiter
 from procengine_nb.backends.base import Backend, BatchExecutor
 from procengine_nb.cancellation import CancellationToken
 
@@ -111,13 +112,20 @@ class _OwnedPoolBatch(BatchExecutor):
     def __init__(self, max_workers: int, token: CancellationToken) -> None:
         self._pool = DaemonThreadPool(max_workers, thread_name_prefix="procengine-worker")
         self.worker_token = token
+        # Awaitables a sync processor returns are awaited on the batch's own loop (started at the
+        # first one); workers find it by the batch token run_chunk gets.
+        self._awaiter = Awaiter(token)
+        register_awaiter(token, self._awaiter)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         return self._pool.submit(fn, *args)
 
     def close(self, *, cancelled: bool) -> None:
         # Cancelled: drop what has not started and return at once; the threads exit after their
-        # current task. Otherwise every task has finished and the join is immediate.
+        # current task. Otherwise every task has finished and the join is immediate. The loop (if an
+        # awaitable started one) stops first: a worker waiting on it after a cancel is released.
+        unregister_awaiter(self.worker_token)
+        self._awaiter.close(wait=not cancelled)
         self._pool.shutdown(wait=not cancelled, cancel_futures=True)
 
 
@@ -125,12 +133,18 @@ class _SharedExecutorBatch(BatchExecutor):
     def __init__(self, executor: Executor, token: CancellationToken, shares_memory: bool) -> None:
         self._executor = executor
         self.worker_token = token if shares_memory else None
+        self._awaiter = Awaiter(token) if shares_memory else None
+        if self._awaiter is not None:
+            register_awaiter(token, self._awaiter)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         return self._executor.submit(fn, *args)
 
     def close(self, *, cancelled: bool) -> None:
-        """The executor is the caller's: it is never shut down here."""
+        """The executor is the caller's: it is never shut down here (the batch's loop is)."""
+        if self._awaiter is not None:
+            unregister_awaiter(self.worker_token)
+            self._awaiter.close(wait=not cancelled)
 
 
 class ThreadBackend(Backend):

@@ -1,0 +1,219 @@
+"""An event loop a batch owns: a thread running its own asyncio loop, started for the batch and
+stopped at its end (no thread outlives it), plus what sync workers use to await on it.
+
+Two users:
+
+- the asyncio backend (:mod:`procengine_nb.backends.asyncio`) runs every chunk of an async processor
+  as a task on a :class:`LoopThread`;
+- the threads backends hand it the awaitables a *sync* processor returns (a callable that returns a
+  coroutine is only detected when it runs): the worker thread that got one waits for it on the batch's
+  loop (:class:`Awaiter`), started at the first awaitable only, so a plain sync batch starts no loop.
+  Workers find their batch's awaiter by the batch token they are given (``awaiter_for``), so the
+  tasks handed to an executor stay exactly ``run_chunk(...)``.
+
+Running on our own loop, never on the caller's, is what lets a batch run from a notebook whose
+kernel loop is already running, and what lets ``process_batch`` block without deadlocking it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import weakref
+from collections.abc import Awaitable, Coroutine
+from concurrent.futures import CancelledError, Future
+from typing import Any
+
+from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
+
+__all__ = ["Awaiter", "LoopThread", "awaiter_for", "cannot_await", "is_awaitable", "register_awaiter",
+           "unregister_awaiter"]
+
+_STUBBORN_RECANCEL_SECONDS = 1.0
+
+
+def is_awaitable(value: object) -> bool:
+    """True when ``value`` can be awaited (a coroutine, a future, anything with ``__await__``).
+
+    Cheaper than ``inspect.isawaitable`` for the plain values a sync processor returns (one type lookup).
+
+    >>> async def f(): pass
+    >>> coro = f(); is_awaitable(coro), is_awaitable("x")
+    (True, False)
+    >>> coro.close()
+    """
+    return getattr(type(value), "__await__", None) is not None
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+class LoopThread:
+    """A daemon thread running a fresh asyncio event loop until :meth:`stop`.
+
+    ``stop()`` cancels every task still on the loop, waits for them (re-cancelling, once a second, a
+    task that swallows the cancel), shuts down the loop's async generators and default executor
+    (``asyncio.to_thread`` threads), closes the loop, and the thread ends.
+
+    >>> loop = LoopThread("doc-loop")
+    >>> async def double(x): return 2 * x
+    >>> loop.submit(double(21)).result(timeout=5)
+    42
+    >>> loop.stop(wait=True); loop.is_alive()
+    False
+    """
+
+    def __init__(self, name: str = "procengine-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._stopping = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            pending = asyncio.all_tasks(loop)
+            while pending:
+                for task in pending:
+                    task.cancel()
+                _, pending = loop.run_until_complete(asyncio.wait(pending, timeout=_STUBBORN_RECANCEL_SECONDS))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def call_soon(self, callback: Any, *args: Any) -> bool:
+        """Run ``callback(*args)`` on the loop (from any thread); False once the loop is stopping."""
+        with self._lock:
+            if self._stopping:
+                return False
+            self.loop.call_soon_threadsafe(callback, *args)
+            return True
+
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> Future[Any]:
+        """Run ``coroutine`` as a task on the loop; cancelling the returned future cancels the task."""
+        with self._lock:
+            if self._stopping:
+                coroutine.close()
+                future: Future[Any] = Future()
+                future.cancel()
+                return future
+            return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def stop(self, *, wait: bool) -> None:
+        """Stop the loop (cancelling what still runs on it); join the thread when ``wait``. Idempotent."""
+        with self._lock:
+            if not self._stopping:
+                self._stopping = True
+                self.loop.call_soon_threadsafe(self.loop.stop)
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def is_alive(self) -> bool:
+        """True while the loop's thread runs."""
+        return self._thread.is_alive()
+
+
+class Awaiter:
+    """What a sync worker thread uses to await an awaitable its processor returned: the batch's loop.
+
+    The loop thread starts at the first awaitable (a sync batch that never returns one starts none).
+    The awaitable runs in a copy of the context captured when the awaiter was made (the batch thread's,
+    which under ``run()`` is the calling cell's), so its prints go where the processor's do. The worker
+    thread waits for it (so at most ``max_workers`` run at once, as for sync work); a cancel of the
+    batch's token cancels it at its next ``await`` and the symbol ends CANCELLED.
+    """
+
+    def __init__(self, token: CancellationToken | None, name: str = "procengine-loop") -> None:
+        self._token = token
+        self._name = name
+        self._context = contextvars.copy_context()
+        self._lock = threading.Lock()
+        self._loop: LoopThread | None = None
+        self._closed = False
+
+    def wait(self, awaitable: Awaitable[Any]) -> Any:
+        """Await ``awaitable`` on the batch's loop and return its value (raises what it raises)."""
+        loop = self._get_loop()
+        if loop is None:
+            _close(awaitable)
+            raise ProcessingCancelledException("the batch ended before this awaitable could run")
+        future = self._context.copy().run(loop.submit, _await(awaitable))
+        token = self._token
+        registration = token.register(future.cancel) if token is not None else None
+        try:
+            return future.result()
+        except CancelledError:
+            reason = token.reason if token is not None else None
+            raise ProcessingCancelledException(
+                "processing was cancelled" + (f": {reason}" if reason else ""), reason=reason,
+            ) from None
+        finally:
+            if registration is not None:
+                registration.unregister()
+
+    def _get_loop(self) -> LoopThread | None:
+        with self._lock:
+            if self._closed:
+                return None
+            if self._loop is None:
+                self._loop = LoopThread(self._name)
+            return self._loop
+
+    def close(self, *, wait: bool) -> None:
+        """End of the batch: stop the loop if one was started (cancelling what still runs on it)."""
+        with self._lock:
+            self._closed = True
+            loop = self._loop
+        if loop is not None:
+            loop.stop(wait=wait)
+
+
+def _close(awaitable: object) -> None:
+    close = getattr(awaitable, "close", None)  # a coroutine never awaited: no RuntimeWarning
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            pass
+
+
+_awaiters: weakref.WeakKeyDictionary[CancellationToken, Awaiter] = weakref.WeakKeyDictionary()
+_awaiters_lock = threading.Lock()
+
+
+def register_awaiter(token: CancellationToken, awaiter: Awaiter) -> None:
+    """Make ``awaiter`` the one for the batch whose token (``worker_token``) is ``token``."""
+    with _awaiters_lock:
+        _awaiters[token] = awaiter
+
+
+def unregister_awaiter(token: CancellationToken) -> None:
+    """The batch of ``token`` ended: its awaitables can no longer be awaited."""
+    with _awaiters_lock:
+        _awaiters.pop(token, None)
+
+
+def awaiter_for(token: object) -> Awaiter | None:
+    """The awaiter of the batch whose worker token is ``token`` (None where there is none: a worker
+    process, a Dask worker, an executor that does not share memory)."""
+    if not isinstance(token, CancellationToken):
+        return None
+    with _awaiters_lock:
+        return _awaiters.get(token)
+
+
+def cannot_await(value: object) -> TypeError:
+    """The error for an awaitable returned where no loop can await it (closing it first)."""
+    _close(value)
+    return TypeError(
+        f"the processor returned an awaitable ({type(value).__name__}), which this worker cannot await "
+        "(processes, Dask and executor= workers have no event loop): use backend='asyncio' or the "
+        "default threads backend"
+    )

@@ -1,0 +1,248 @@
+"""The asyncio backend: an async processor's coroutines, awaited on an event loop the batch owns.
+
+``ProcessingEngine(async_fn)`` picks it for an ``async def`` processor (a ``functools.partial`` of one,
+or an object whose ``__call__`` is ``async def``) when no other backend is asked for; pass
+``backend="asyncio"`` for a sync callable that returns awaitables. Each batch starts a thread running
+its own event loop and stops it at the end (no thread outlives the batch), so it also runs from a
+notebook whose kernel loop is already running.
+
+- At most ``max_workers`` coroutines run at once (an ``asyncio.Semaphore``). A chunk of symbols (tiny
+  tasks are grouped, as on threads) is one task on the loop that awaits its symbols one after another.
+- A cancel of the batch's token cancels every running coroutine at its next ``await``: that symbol is
+  CANCELLED; the chunk's later symbols and the chunks waiting for a slot never start (unprocessed).
+  ``process_batch`` returns as soon as the cancelled coroutines have unwound (bounded by
+  ``CANCEL_GRACE_SECONDS``; one that swallows the cancel is left running and counted unprocessed).
+- ``timeout=`` counts from the moment the symbol's own coroutine starts (never while it waits for a
+  slot): past it the coroutine is cancelled and the symbol is an ERROR with a ``TimeoutError``.
+
+Blocking (non-``await``) code inside a coroutine holds the whole loop, as in any asyncio program.
+Objects bound to another loop (say an ``aiohttp.ClientSession`` made in a notebook cell) cannot be
+used from this one: create them inside the coroutine, or per batch.
+
+>>> import asyncio
+>>> from procengine_nb import ProcessingEngine
+>>> async def double(x):
+...     await asyncio.sleep(0)
+...     return 2 * x
+>>> engine = ProcessingEngine(double, max_workers=4)
+>>> engine.backend.name, sorted(r.value for r in engine.process_batch([1, 2, 3]))
+('asyncio', [2, 4, 6])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from procengine_nb.backends._loop import LoopThread, is_awaitable
+from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
+from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
+from procengine_nb.models import ResultStatus, SymbolResult
+
+__all__ = ["CANCEL_GRACE_SECONDS", "DEFAULT_ASYNC_WORKERS", "AsyncBackend", "is_async_callable"]
+
+DEFAULT_ASYNC_WORKERS = 32
+"""Coroutines at once when ``max_workers`` is not given (they wait on I/O, not on a core)."""
+
+CANCEL_GRACE_SECONDS = 0.1
+"""How long a cancel waits for the cancelled coroutines to unwind before the batch returns anyway."""
+
+
+def is_async_callable(fn: object) -> bool:
+    """True when calling ``fn`` makes a coroutine by construction: an ``async def`` function or method,
+    a ``functools.partial`` of one, or an object whose ``__call__`` is ``async def``.
+
+    A sync callable that merely returns an awaitable is not detected here; the engine notices it when
+    it runs (see :mod:`procengine_nb.backends._loop`).
+
+    >>> async def f(x): return x
+    >>> is_async_callable(f), is_async_callable(functools.partial(f, 1)), is_async_callable(len)
+    (True, True, False)
+    """
+    return inspect.iscoroutinefunction(_underlying(fn))
+
+
+def is_async_generator_callable(fn: object) -> bool:
+    """True for an ``async def`` with ``yield`` (or a partial of one): it returns no awaitable."""
+    return inspect.isasyncgenfunction(_underlying(fn))
+
+
+def _underlying(fn: object) -> object:
+    """The function a call of ``fn`` runs: through partials, and to ``__call__`` for an instance."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, type):
+        return fn
+    call = inspect.getattr_static(type(fn), "__call__", None)
+    return call if call is not None else fn
+
+
+class _AsyncBatch(BatchExecutor):
+    """One batch on its own loop thread. ``submit`` runs on the batch thread; everything whose name
+    says *loop* runs on the loop thread, the only one that touches ``_tasks`` and the semaphore."""
+
+    def __init__(self, max_workers: int, token: CancellationToken, timeout: float | None) -> None:
+        self.worker_token = token
+        self._timeout = timeout
+        self._loop_thread = LoopThread("procengine-asyncio")
+        self._semaphore = asyncio.Semaphore(max_workers)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cancel_asked = False
+        self._cancel_lock = threading.Lock()
+        self._settled = threading.Event()  # set once a cancel has unwound every chunk task
+        self._registration = token.register(self._ask_cancel)
+
+    # -- batch thread -----------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        if fn is not run_chunk:
+            raise TypeError(f"the asyncio backend runs only chunks of symbols, not {fn!r}")
+        future: Future[list[SymbolResult]] = Future()
+        if not self._loop_thread.call_soon(self._loop_start, future, *args):
+            future.cancel()
+        return future
+
+    def stop_running(self, futures: Iterable[Future[Any]]) -> None:
+        """Drop the chunks the loop has not started, cancel the running coroutines (the token's own
+        callback may not have run yet) and wait, at most ``CANCEL_GRACE_SECONDS``, until they have
+        unwound, so the symbols they were on are reported CANCELLED rather than lost in flight."""
+        for future in futures:
+            future.cancel()
+        self._ask_cancel()
+        self._settled.wait(CANCEL_GRACE_SECONDS)
+
+    def close(self, *, cancelled: bool) -> None:
+        self._registration.unregister()
+        self._loop_thread.stop(wait=not cancelled)
+
+    def _ask_cancel(self) -> None:
+        """On the token's cancel (any thread), once: have the loop cancel every chunk task."""
+        with self._cancel_lock:
+            if self._cancel_asked:
+                return
+            self._cancel_asked = True
+        if not self._loop_thread.call_soon(self._loop_cancel):
+            self._settled.set()
+
+    # -- loop thread --------------------------------------------------------------------------------
+    def _loop_start(self, future: Future[list[SymbolResult]], processor: Callable[..., Any],
+                    symbols: Any, token: CancellationToken | None, pass_token: bool) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        if self._cancel_asked:
+            future.set_result([])
+            return
+        task = asyncio.get_running_loop().create_task(self._loop_chunk(future, processor, symbols, token, pass_token))
+        self._tasks.add(task)
+        task.add_done_callback(self._loop_forget)
+
+    def _loop_forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._cancel_asked and not self._tasks:
+            self._settled.set()
+
+    def _loop_cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if not self._tasks:
+            self._settled.set()
+
+    async def _loop_chunk(self, future: Future[list[SymbolResult]], processor: Callable[..., Any],
+                          symbols: Any, token: CancellationToken | None, pass_token: bool) -> None:
+        results: list[SymbolResult] = []
+        try:
+            async with self._semaphore:
+                for symbol in symbols:
+                    if token is not None and token.is_cancelled:
+                        break
+                    result = await self._loop_symbol(processor, symbol, token, pass_token)
+                    results.append(result)
+                    if result.status is ResultStatus.CANCELLED and _being_cancelled():
+                        break
+        except asyncio.CancelledError:  # cancelled while waiting for a slot: its symbols never started
+            pass
+        finally:
+            # The chunk's future is set before the task ends, so its done-callbacks (the batch's
+            # completion queue) have run by the time a cancel sees the task settled.
+            future.set_result(results)
+
+    async def _loop_symbol(self, processor: Callable[..., Any], symbol: Any,
+                           token: CancellationToken | None, pass_token: bool) -> SymbolResult:
+        clock = time.perf_counter
+        timeout = self._timeout
+        start = clock()
+        try:
+            value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
+            if is_awaitable(value):
+                if timeout is None:
+                    value = await value
+                else:
+                    scope = asyncio.timeout(timeout)
+                    try:
+                        async with scope:
+                            value = await value
+                    except TimeoutError:
+                        if not scope.expired():
+                            raise
+                        error = TimeoutError(f"did not finish within {timeout:g}s of starting")
+                        return SymbolResult(symbol, ResultStatus.ERROR, None, error, (clock() - start) * 1000.0)
+        except ProcessingCancelledException as exc:
+            return SymbolResult(symbol, ResultStatus.CANCELLED, None, exc, (clock() - start) * 1000.0)
+        except asyncio.CancelledError as exc:
+            if not _being_cancelled():  # the processor's own CancelledError (an awaited future it cancelled)
+                return SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0)
+            reason = token.reason if token is not None else None
+            stopped = ProcessingCancelledException(
+                "processing was cancelled" + (f": {reason}" if reason else ""), reason=reason,
+            )
+            return SymbolResult(symbol, ResultStatus.CANCELLED, None, stopped, (clock() - start) * 1000.0)
+        except BaseException as exc:  # as run_chunk: every exception is that symbol's ERROR
+            return SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0)
+        return SymbolResult(symbol, ResultStatus.SUCCESS, value, None, (clock() - start) * 1000.0)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class AsyncBackend(Backend):
+    """Awaits each symbol's coroutine on an event loop the batch owns, ``max_workers`` at once.
+
+    Args:
+        max_workers: coroutines at once (default ``DEFAULT_ASYNC_WORKERS``).
+        timeout: seconds a symbol's coroutine may run, from its own start; ``ProcessingEngine(...,
+            timeout=)`` sets it when the engine builds this backend.
+
+    >>> AsyncBackend(8).max_workers
+    8
+    """
+
+    name = "asyncio"
+    cancels_running = True
+    shares_memory = True
+    runs_coroutines = True
+    times_symbols = True
+
+    def __init__(self, max_workers: int | None = None, *, timeout: float | None = None) -> None:
+        for value, label in ((max_workers, "max_workers"), (timeout, "timeout")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise TypeError(f"{label} must be a number or None, not {type(value).__name__}")
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        if timeout is not None and not 0 < timeout < float("inf"):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        self._max_workers = max_workers if max_workers is not None else DEFAULT_ASYNC_WORKERS
+        self.timeout = timeout
+
+    @property
+    def max_workers(self) -> int:
+        return self._max_workers
+
+    def open(self, token: CancellationToken) -> BatchExecutor:
+        return _AsyncBatch(self._max_workers, token, self.timeout)
