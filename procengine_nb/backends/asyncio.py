@@ -224,7 +224,6 @@ class AsyncBackend(Backend):
     """
 
     name = "asyncio"
-    cancels_running = True
     shares_memory = True
     runs_coroutines = True
     times_symbols = True
