@@ -1,7 +1,8 @@
 """A real ipykernel (via jupyter_client): the background thread updates the panel after the cell returns,
 worker prints land in the cell that started the job, a kernel interrupt during ``handle.result()`` or
-``await handle`` cancels the job and leaves no thread, and a Stop click reaches the kernel while an async
-cell awaits the handle."""
+``await handle`` cancels the job and leaves no thread, a Stop click reaches the kernel while an async
+cell awaits the handle, and an async processor runs through ``run()`` on its own loop while the kernel's
+loop runs."""
 
 from __future__ import annotations
 
@@ -188,6 +189,55 @@ def test_interrupt_during_await_cancels_the_job(kernel):
     assert reply["status"] == "error", reply
     check = kernel.execute("print(handle.done(), handle.result().cancelled, job_threads())")
     assert kernel.stdout(check) == "True True []\n", (reply["ename"], kernel.stdout(check))
+
+
+def test_async_processor_via_run_shows_the_panel_prints_in_its_cell_and_is_awaited(kernel):
+    # The kernel's own loop is running (and busy with the cells); the batch awaits the coroutines on its
+    # own loop. Coroutine prints land in the cell that called run(), even while another cell runs.
+    start = len(kernel.messages)
+    cell = kernel.execute("""
+        import asyncio
+        async_gate = threading.Event()
+        async def fetch(symbol):
+            while not async_gate.is_set():
+                await asyncio.sleep(0.01)
+            print(f"async-print {symbol}")
+            return symbol * 2
+        handle = run(fetch, range(30), max_workers=5, name="async-kernel")
+        print(handle.job.name, type(handle.panel).__name__)
+    """)
+    assert kernel.stdout(cell) == "async-kernel ProgressPanel\n", kernel.errors(cell)
+    (bar,) = kernel.comm_ids("procengine-bar", start)
+    other = kernel.execute("async_gate.set(); time.sleep(0.5); print('other cell')")
+    waited = kernel.execute("""
+        r = await handle
+        print(r.summary(), sorted(x.value for x in r) == [2 * s for s in range(30)],
+              handle.panel.status.value, job_threads())
+    """)
+    assert kernel.stdout(waited) == "30 of 30 processed: 30 ok, 0 failed True Done: 30 processed []\n", \
+        kernel.errors(waited)
+    assert kernel.stdout(other) == "other cell\n"
+    assert kernel.stdout(cell).count("async-print") == 30
+    assert kernel.updates(bar, "value")[-1][1] == 30
+
+
+def test_stop_click_cancels_running_coroutines_while_a_cell_awaits_the_handle(kernel):
+    start = len(kernel.messages)
+    cell = kernel.execute("""
+        import asyncio
+        async def forever(symbol):
+            await asyncio.Event().wait()
+        handle = run(forever, range(100), max_workers=3, name="async-stop")
+        r = await handle
+        print(r.cancelled, sorted(x.status.name for x in r), len(r.unprocessed), job_threads())
+    """, wait=False)
+    kernel.pump(lambda: bool(kernel.comm_ids("procengine-stop", start)))
+    (stop,) = kernel.comm_ids("procengine-stop", start)
+    time.sleep(0.5)
+    kernel.click(stop)
+    kernel.pump(lambda: kernel.idle(cell), timeout=60)
+    assert kernel.reply(cell)["status"] == "ok", kernel.errors(cell)
+    assert kernel.stdout(cell) == "True ['CANCELLED', 'CANCELLED', 'CANCELLED'] 97 []\n", kernel.errors(cell)
 
 
 if __name__ == "__main__":  # pragma: no cover
