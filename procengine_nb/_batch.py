@@ -226,8 +226,7 @@ class BatchRun:
             failed = [r.status is error_status for r in chunk]
             # one clock reading for the chunk, one snapshot per symbol (the callback sees each)
             publisher = self.publisher
-            publisher.updates(tracker.record_group([r.symbol for r in chunk], failed),
-                              cancelled=lambda: token.is_cancelled)
+            publisher.updates(tracker.record_group([r.symbol for r in chunk], failed), cancelled=token.cancelled_now)
             if True in failed:
                 for r in chunk:
                     if r.status is error_status:

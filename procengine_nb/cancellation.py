@@ -120,6 +120,11 @@ class CancellationToken:
         return self._event.is_set()
 
     @property
+    def cancelled_now(self) -> Callable[[], bool]:
+        """``is_cancelled`` as a function (the event's own ``is_set``): for hot loops that ask per item."""
+        return self._event.is_set
+
+    @property
     def reason(self) -> str | None:
         """The reason given to the first :meth:`cancel` call, or None."""
         return self._reason

@@ -150,10 +150,21 @@ class Publisher:
         Stop by one run per symbol still queued. ``snapshots`` is always consumed to the end."""
         callback = self._callback
         last = None
-        for snapshot in snapshots:
-            last = snapshot
-            if callback is not None and not cancelled():
-                self._call(callback, callback.update, snapshot)
+        if callback is None:
+            for last in snapshots:  # noqa: B007 - consuming records them; only the last is kept
+                pass
+        else:  # the hot path (one call per symbol): the guard inlined
+            fn = callback.update
+            for snapshot in snapshots:
+                last = snapshot
+                if cancelled():
+                    continue
+                try:
+                    fn(snapshot)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
+                    self._failed(callback, exc)
         if last is not None:
             for view in self._views:
                 self._call(view, view.update, last)
@@ -198,22 +209,25 @@ class Publisher:
                 self._call(listener, listener.waited)
 
     # -- the guard --------------------------------------------------------------------------------
-    @staticmethod
-    def _call(listener: _Listener, fn: Callable[..., Any], *args: Any) -> None:
+    @classmethod
+    def _call(cls, listener: _Listener, fn: Callable[..., Any], *args: Any) -> None:
         try:
             fn(*args)
         except KeyboardInterrupt:
             raise  # the user's Ctrl-C on the main thread: the batch handles it as an interrupt
         except BaseException as exc:  # a listener never stops the batch, whatever it raises
-            listener.failures += 1
-            logged = listener.logged
-            if len(logged) < MAX_LOGGED_FAILURES:
-                text = describe(exc)
-                if text not in logged:
-                    logged.add(text)
-                    _log.error("%s raised %s (identical failures are not logged again; at most %d per batch)",
-                               _name(listener), text, MAX_LOGGED_FAILURES,
-                               exc_info=(type(exc), exc, exc.__traceback__))
+            cls._failed(listener, exc)
+
+    @staticmethod
+    def _failed(listener: _Listener, exc: BaseException) -> None:
+        listener.failures += 1
+        logged = listener.logged
+        if len(logged) < MAX_LOGGED_FAILURES:
+            text = describe(exc)
+            if text not in logged:
+                logged.add(text)
+                _log.error("%s raised %s (identical failures are not logged again; at most %d per batch)",
+                           _name(listener), text, MAX_LOGGED_FAILURES, exc_info=(type(exc), exc, exc.__traceback__))
 
 
 def _name(listener: _Listener) -> str:
