@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from procengine_nb.backends._loop import awaiter_for, cannot_await, is_awaitable
+from procengine_nb.backends._loop import _NOT_AWAITABLE, awaiter_for, cannot_await, is_awaitable
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
 from procengine_nb.models import ResultStatus, SymbolResult
 
@@ -41,13 +41,14 @@ def run_chunk(
     results: list[SymbolResult] = []
     append = results.append
     clock = time.perf_counter
+    not_awaitable = _NOT_AWAITABLE
     for symbol in symbols:
         if token is not None and token.is_cancelled:
             break
         start = clock()
         try:
             value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
-            if is_awaitable(value):
+            if type(value) not in not_awaitable and is_awaitable(value):
                 awaiter = awaiter_for(token)
                 if awaiter is None:
                     raise cannot_await(value)
