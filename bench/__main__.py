@@ -2,7 +2,8 @@
 
 Parts: overhead (W0/W1/W2 against the baselines), memory (1M symbols), cancel (latency p99), widgets
 (panel traffic and cost in a real kernel), backends (threads vs processes vs Dask, when
-``bench/bench_backends.py`` exists). No part given: all of them. ``--smoke`` runs tiny sizes in seconds
+``bench/bench_backends.py`` exists), async (async processors against ``asyncio.gather`` and
+``tqdm.asyncio``; cancel latency with coroutines). No part given: all of them. ``--smoke`` runs tiny sizes in seconds
 and asserts nothing about timing (CI runs it so the suite never rots).
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 from bench.common import machine_description
 
-PARTS = ("overhead", "memory", "cancel", "widgets", "backends")
+PARTS = ("overhead", "memory", "cancel", "widgets", "backends", "async")
 
 
 def _backends(smoke: bool, repeat: int) -> str:
@@ -31,6 +32,8 @@ def _backends(smoke: bool, repeat: int) -> str:
 def _part(name: str) -> Callable[..., str]:
     if name == "backends":
         return _backends
+    if name == "async":  # a keyword: the module is bench/aio.py
+        return importlib.import_module("bench.aio").run  # type: ignore[no-any-return]
     return importlib.import_module(f"bench.{name}").run  # type: ignore[no-any-return]
 
 

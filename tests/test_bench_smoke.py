@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 
+from bench import aio
 from bench.__main__ import main
 from bench.baselines import RUNNERS
 from bench.common import Table, percentile
@@ -42,4 +43,17 @@ def test_smoke_run_of_one_part_writes_the_report(tmp_path, capsys):
     assert "## cancel" in text and "Machine:" in text and "p99" in text
     assert "p99" in capsys.readouterr().out
     # a smoke run prints no verdicts (a passing CI log must not say MISSED)
+    assert "MISSED" not in text and "Targets:" not in text and "→ met" not in text
+
+
+@pytest.mark.parametrize("name", sorted(aio.RUNNERS))
+def test_every_async_runner_processes_every_symbol(name):
+    assert aio.RUNNERS[name](aio.aw0, [f"S{i}" for i in range(37)], 4) == 37
+
+
+def test_smoke_run_of_the_async_part_prints_figures_and_no_verdicts(tmp_path):
+    out = tmp_path / "report.md"
+    assert main(["--smoke", "async", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "## async" in text and "bare asyncio.gather" in text and "tqdm.asyncio" in text and "p99" in text
     assert "MISSED" not in text and "Targets:" not in text and "→ met" not in text

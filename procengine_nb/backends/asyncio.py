@@ -139,12 +139,6 @@ class _AsyncBatch(BatchExecutor):
             return
         task = asyncio.get_running_loop().create_task(self._loop_chunk(future, processor, symbols, token, pass_token))
         self._tasks.add(task)
-        task.add_done_callback(self._loop_forget)
-
-    def _loop_forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if self._cancel_asked and not self._tasks:
-            self._settled.set()
 
     def _loop_cancel(self) -> None:
         for task in self._tasks:
@@ -167,9 +161,13 @@ class _AsyncBatch(BatchExecutor):
         except asyncio.CancelledError:  # cancelled while waiting for a slot: its symbols never started
             pass
         finally:
-            # The chunk's future is set before the task ends, so its done-callbacks (the batch's
-            # completion queue) have run by the time a cancel sees the task settled.
+            # The chunk's done-callbacks (the batch's completion queue) run in set_result, before a
+            # cancel can see this chunk settled; settled at once, not a loop turn later (a task's own
+            # done-callbacks are only scheduled): the cancel returns that much sooner.
             future.set_result(results)
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if self._cancel_asked and not self._tasks:
+                self._settled.set()
 
     async def _loop_symbol(self, processor: Callable[..., Any], symbol: Any,
                            token: CancellationToken | None, pass_token: bool) -> SymbolResult:
@@ -180,12 +178,14 @@ class _AsyncBatch(BatchExecutor):
             value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
             if is_awaitable(value):
                 if timeout is None:
-                    value = await value
+                    while is_awaitable(value):  # (an awaitable may resolve to another one)
+                        value = await value
                 else:
                     scope = asyncio.timeout(timeout)
                     try:
                         async with scope:
-                            value = await value
+                            while is_awaitable(value):
+                                value = await value
                     except TimeoutError:
                         if not scope.expired():
                             raise

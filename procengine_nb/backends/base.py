@@ -48,7 +48,7 @@ def run_chunk(
         start = clock()
         try:
             value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
-            if type(value) not in not_awaitable and is_awaitable(value):
+            while type(value) not in not_awaitable and is_awaitable(value):  # (it may resolve to another)
                 awaiter = awaiter_for(token)
                 if awaiter is None:
                     raise cannot_await(value)

@@ -334,6 +334,20 @@ def test_stop_cancels_an_awaitable_a_worker_thread_waits_for(no_thread_leak):
     assert {r.status for r in result} <= {ResultStatus.CANCELLED}
 
 
+@pytest.mark.parametrize("backend", ["threads", "asyncio"])
+def test_an_awaitable_resolving_to_another_is_awaited_to_the_end(backend, no_thread_leak):
+    async def outer(x):
+        return double(x)  # returns a coroutine, not its value
+
+    def factory(x):
+        return outer(x)
+
+    result = ProcessingEngine(factory, backend=backend).process_batch([1, 2])
+    assert sorted(r.value for r in result) == [2, 4]
+    result = ProcessingEngine(outer, timeout=5).process_batch([3])
+    assert [r.value for r in result] == [6]
+
+
 def test_a_user_thread_pool_awaits_too(no_thread_leak):
     with ThreadPoolExecutor(2) as pool:
         result = ProcessingEngine(lambda x: double(x), executor=pool).process_batch([1, 2, 3])
