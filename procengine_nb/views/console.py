@@ -4,6 +4,8 @@ On a TTY the line is redrawn in place (``\\r``) at most every ``min_interval`` (
 (a log file, CI) a plain line is written every ``min_interval`` (5 s by default) so logs stay short.
 The end of the job always prints the final line and the summary; user data (symbols, messages, the
 job name) is stripped of control and ANSI sequences so it cannot move the cursor or recolour the terminal.
+While the line is shown on a TTY, log records written to the same terminal appear on their own lines
+with the progress line redrawn below them (see :mod:`procengine_nb.views._loglines`).
 A ``KeyboardInterrupt`` while waiting in ``handle.result()`` cancels the job (see ``JobHandle``), and
 :meth:`ConsoleProgress.finish` then prints the partial summary.
 
@@ -20,10 +22,8 @@ demo: Done: 2 processed
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, TextIO
 from procengine_nb.models import BatchResult
 from procengine_nb.progress import ProcessingProgress
 from procengine_nb.views._format import (
-    JobState,
     clean_text,
     describe_error,
     format_counts,
@@ -40,7 +39,8 @@ from procengine_nb.views._format import (
     job_state,
     status_text,
 )
-from procengine_nb.views._ticker import Ticker
+from procengine_nb.views._live import Throttle, check_interval, shown_times
+from procengine_nb.views._loglines import LogLineGuard
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.cancellation import CancellationToken
@@ -79,6 +79,7 @@ class ConsoleProgress:
         min_interval: seconds between two lines (default 0.1 on a TTY, 5.0 otherwise).
         clock: the time source in seconds (injectable for tests).
         ticker: on a TTY, redraw every ``min_interval`` while nothing completes (elapsed moves).
+        redirect_logging: on a TTY, keep log records written to the same terminal off the line.
     """
 
     def __init__(
@@ -91,30 +92,30 @@ class ConsoleProgress:
         min_interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         ticker: bool = True,
+        redirect_logging: bool = True,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if stream is not None and not callable(getattr(stream, "write", None)):
             raise TypeError(f"stream must be a text stream with write(), not {type(stream).__name__}")
         if min_interval is not None:
-            if isinstance(min_interval, bool) or not isinstance(min_interval, (int, float)):
-                raise TypeError(f"min_interval must be a number of seconds, not {type(min_interval).__name__}")
-            if not min_interval >= 0 or min_interval == math.inf:
-                raise ValueError(f"min_interval must be a finite number >= 0, got {min_interval!r}")
+            min_interval = check_interval(min_interval, "min_interval")
         self._token = token
         self._name = name
         self._stream = stream
         self._tty = self._isatty() if tty is None else bool(tty)
         self._min_interval = float(min_interval) if min_interval is not None else (0.1 if self._tty else 5.0)
         self._clock = clock
-        self._use_ticker = ticker and self._tty
-        self._lock = threading.Lock()
+        self._throttle = Throttle(self._write_progress, min_interval=self._min_interval, clock=clock,
+                                  ticker_name="procengine-console-ticker" if ticker and self._tty else None)
+        self._lock = self._throttle.lock
         self._latest: ProcessingProgress | None = None
         self._received_at = 0.0
-        self._last_write = -math.inf
         self._width = 0
+        self._line = ""
         self._ended = False
-        self._ticker: Ticker | None = None
+        self._guard: LogLineGuard | None = None
+        self._redirect_logging = bool(redirect_logging) and self._tty
         self.lines_written = 0
         """How many progress lines (or in-place redraws) were written."""
 
@@ -131,22 +132,12 @@ class ConsoleProgress:
     # -- JobView ------------------------------------------------------------------------------------
     def update(self, progress: ProcessingProgress) -> None:
         """Take a snapshot; write a line if the last one is ``min_interval`` old."""
-        start = False
         with self._lock:
             if self._ended:
                 return
-            now = self._clock()
             self._latest = progress
-            self._received_at = now
-            if now - self._last_write >= self._min_interval:
-                self._write_progress(now)
-            if self._use_ticker and self._ticker is None:
-                self._ticker = Ticker(self.tick, interval=max(self._min_interval, 0.05),
-                                      name="procengine-console-ticker")
-                start = True
-        if start:
-            assert self._ticker is not None
-            self._ticker.start()
+            self._received_at = self._clock()
+        self._throttle.offer()
 
     def finish(self, result: BatchResult | None, error: BaseException | None) -> None:
         """Write the final line, then the summary (and the first failed symbols)."""
@@ -154,10 +145,11 @@ class ConsoleProgress:
             if self._ended:
                 return
             self._ended = True
-            ticker = self._ticker
-        if ticker is not None:
-            ticker.stop()
+        self._throttle.end()
         with self._lock:
+            guard, self._guard = self._guard, None
+            if guard is not None:
+                guard.remove()
             progress = result.progress if result is not None else self._latest
             if progress is None:
                 progress = ProcessingProgress(total_symbols=0)
@@ -173,14 +165,14 @@ class ConsoleProgress:
                 if len(result.errors) > _SHOWN_ERRORS:
                     lines.append(f"  +{len(result.errors) - _SHOWN_ERRORS} more failed (see result.errors)")
             stream = self.stream
-            if state in (JobState.CANCELLED, JobState.FAILED):  # a stopped job has no time remaining
-                progress = dataclasses.replace(progress, estimated_remaining_ms=None)
-            line = progress_line(self._name, progress)
+            _, eta_ms = shown_times(progress, state, since_snapshot=0.0, ended=True)
+            line = progress_line(self._name, dataclasses.replace(progress, estimated_remaining_ms=eta_ms))
             if self._tty and self._width:
                 self._redraw(line)
                 stream.write("\n")
             else:
                 stream.write(line + "\n")
+            self._width = 0
             self.lines_written += 1
             stream.write("\n".join(lines) + "\n")
             stream.flush()
@@ -188,26 +180,22 @@ class ConsoleProgress:
     # -- time passing ---------------------------------------------------------------------------------
     def tick(self) -> None:
         """Redraw with the elapsed time moved on, if ``min_interval`` passed (the TTY ticker calls it)."""
-        with self._lock:
-            if self._ended or self._latest is None:
-                return
-            now = self._clock()
-            if now - self._last_write >= self._min_interval:
-                self._write_progress(now)
+        self._throttle.tick()
 
     # -- writing ---------------------------------------------------------------------------------------
     def _write_progress(self, now: float) -> None:
         p = self._latest
-        assert p is not None
-        drift = max(0.0, now - self._received_at) * 1000.0
-        eta = None if p.estimated_remaining_ms is None else max(0.0, p.estimated_remaining_ms - drift)
+        if p is None or self._ended:
+            return
         cancelling = self._token is not None and self._token.is_cancelled
         state = job_state(p, cancel_requested=cancelling)
-        line = progress_line(self._name, p, status=status_text(state, p),
-                             elapsed_ms=p.elapsed_time_ms + drift, eta_ms=eta)
-        self._last_write = now
+        elapsed, eta = shown_times(p, state, since_snapshot=now - self._received_at, ended=False)
+        line = progress_line(self._name, p, status=status_text(state, p), elapsed_ms=elapsed, eta_ms=eta)
         self.lines_written += 1
         if self._tty:
+            if self._redirect_logging and self._guard is None:
+                self._guard = LogLineGuard(self.stream, self._write_around)
+                self._guard.install()
             self._redraw(line)
         else:
             self.stream.write(line + "\n")
@@ -219,6 +207,25 @@ class ConsoleProgress:
         pad = max(0, self._width - len(line))
         self.stream.write("\r" + line + " " * pad)
         self._width = len(line)
+        self._line = line
+
+    def _write_around(self, target: TextIO, text: str) -> int:
+        """A log record for the same terminal: erase the line, write the record, redraw the line."""
+        with self._lock:
+            shown = self._width > 0 and not self._ended
+            if shown:
+                self.stream.write("\r" + " " * self._width + "\r")
+                self.stream.flush()
+            written = target.write(text)
+            if shown:
+                target.flush()
+                if text.endswith("\n"):
+                    self._width = 0
+                    self._redraw(self._line)
+                    self.stream.flush()
+                else:  # the record's end is still to come: the next redraw starts a fresh line
+                    self._width = 0
+            return written
 
     def __repr__(self) -> str:
         return f"ConsoleProgress(name={clean_text(self._name)!r})"

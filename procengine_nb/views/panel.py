@@ -1,42 +1,49 @@
 """The notebook view: a live ipywidgets 8 panel with a Stop button bound to the job's token.
 
-The panel is a ``VBox`` whose content lives in widget state (values of HTML and progress widgets), so it
-renders the same in JupyterLab, in exported HTML and in tests. It implements the ``JobView`` protocol of
-:mod:`procengine_nb.handle` (``update(progress)`` / ``finish(result, error)``).
+What the panel shows lives in widget state (the bar's value, one HTML widget's text, the button), so it
+renders the same in JupyterLab, Notebook 7, Voilà, exported HTML and tests. It is a ``JobView``
+(``update(progress)``, ``failed(result)``, ``finish(result, error)``, ``waited()``).
 
-- Throttled: at most one render per ``min_interval`` (0.1 s: ~10 renders per second whatever the symbol
-  rate; a render sends one comm message per part whose value changed). A ticker thread re-renders while
-  no symbol completes, so elapsed/ETA/"Stopping…" move; it stops when the job ends. The final state is
-  always rendered, in ``finish`` — which the handle calls before ``result()`` returns.
-- Stop: a click cancels the token; the button becomes "Stopping…" and is disabled; a second click does
-  nothing. While a cell blocks in ``handle.result()`` the kernel cannot receive clicks (see the README,
-  "Waiting for a job in a notebook"); ``await handle`` keeps them flowing on ipykernel >= 7.4.
+- Lazy: the widgets are built the first time the panel is displayed (or ``progress_bar``,
+  ``stop_button`` or ``widget`` is read), so a panel never displayed opens no comm. Displayed, it
+  uses 8 widget models (a box, the bar, the button, one HTML text, and their layout and styles);
+  :meth:`close` releases them.
+- Throttled: at most one render per ``min_interval`` (0.1 s) whatever the symbol rate; a ticker
+  re-renders while nothing completes so elapsed/ETA/"Stopping…" move; the final state is always
+  rendered, in ``finish``, before ``result()`` returns.
+- True when saved: the displayed output carries a ``text/plain`` and ``text/html`` rendering of
+  the panel's state beside the widget view (for viewers without the widget renderer), updated at
+  the end; :meth:`waited` re-sends the final state from the cell that waited for the job, which is
+  what headless runs (nbclient, papermill, ``nbconvert --execute``) save.
+- Failures show as they happen: counts grouped by exception type and message, and the latest few.
+- Stop: a click cancels the token; the button becomes "Stopping…" and is disabled.
 - Every symbol, job name and exception message is escaped; each part carries a stable CSS class
   (``procengine-panel``, ``procengine-bar``, ``procengine-status``, ``procengine-stop``, ...).
 
 >>> from procengine_nb import CancellationToken, ProcessingProgress
 >>> panel = ProgressPanel(CancellationToken(), name="prices", ticker=False)
 >>> panel.update(ProcessingProgress(total_symbols=4, completed_symbols=1))
->>> panel, panel.counts.value, panel.status.value
-(ProgressPanel(name='prices'), '1 / 4 (25%)', 'Running')
+>>> panel, panel.counts.value, panel.status.value, panel.widgets_built
+(ProgressPanel(name='prices'), '1 / 4 (25%)', 'Running', False)
 """
 
 from __future__ import annotations
 
 import html
 import logging
-import math
-import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
+from ipywidgets.widgets.widget_int import ProgressStyle
 from ipywidgets.widgets.widget_string import HTMLStyle
 
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult
 from procengine_nb.progress import ProcessingProgress
+from procengine_nb.views._failures import FailureLog
 from procengine_nb.views._format import (
     JobState,
     bar_style,
@@ -49,7 +56,7 @@ from procengine_nb.views._format import (
     job_state,
     status_text,
 )
-from procengine_nb.views._ticker import Ticker
+from procengine_nb.views._live import Throttle, check_interval, shown_times
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.handle import JobHandle
@@ -59,6 +66,34 @@ __all__ = ["JobSummary", "ProgressPanel"]
 _log = logging.getLogger(__name__)
 STOP_REASON = "stopped from the panel"
 """The cancel reason a Stop click gives the token."""
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+# The panel's look, shipped inside its HTML text (one widget model fewer than a separate style
+# widget). Every text is the theme's main font colour on the theme's background (>= 4.5:1 in the
+# light and dark themes); errors are marked by a red rule, not by red text. Items wrap whole.
+_CSS = (
+    "<style>"
+    ".procengine-panel{display:flex;flex-flow:row wrap;align-items:center;gap:2px 8px;max-width:100%}"
+    ".procengine-panel>.procengine-bar{flex:1 1 14em;min-width:9em;width:auto;margin:0}"
+    ".procengine-bar .widget-label{font-weight:bold;max-width:60%;color:var(--jp-ui-font-color1,#212121)}"
+    ".procengine-panel>.procengine-stop.jupyter-button{flex:none;width:auto;min-width:max-content;margin:0;"
+    "padding:0 12px;color:#fff;background:#b3261e;opacity:1}"
+    ".procengine-panel>.procengine-stop.jupyter-button:disabled{color:var(--jp-ui-font-color1,#212121);"
+    "background:var(--jp-layout-color2,#eee);border:1px solid var(--jp-border-color1,#9e9e9e);opacity:1;"
+    "cursor:default}"
+    ".procengine-panel>.procengine-text{flex:1 1 100%;min-width:0;width:auto;margin:0;height:auto}"
+    ".procengine-text .widget-html-content{line-height:1.45;white-space:normal;height:auto;"
+    "color:var(--jp-ui-font-color1,#212121)}"
+    ".procengine-line{display:flex;flex-wrap:wrap;column-gap:1.2em}"
+    ".procengine-line>span{white-space:nowrap}"
+    ".procengine-err{font-weight:bold;border-left:3px solid var(--jp-error-color1,#d32f2f);padding-left:4px}"
+    ".procengine-failures ul{margin:0;padding-left:1.2em}"
+    ".procengine-failures li,.procengine-error-table td{overflow-wrap:anywhere}"
+    ".procengine-error-table table{border-collapse:collapse}"
+    ".procengine-error-table td,.procengine-error-table th{padding:0 .6em 0 0;text-align:left;"
+    "vertical-align:top;color:var(--jp-ui-font-color1,#212121)}"
+    "</style>"
+)
 
 
 class JobSummary:
@@ -83,15 +118,66 @@ class JobSummary:
         return self.html
 
 
-class ProgressPanel(widgets.VBox):
+class Part:
+    """One rendered part of the panel (``panel.status.value``, ``panel.counts.value``, ...): escaped
+    HTML, readable whether or not the widgets were built."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.value = ""
+
+    def __repr__(self) -> str:
+        return f"Part({self.name!r}, {self.value!r})"
+
+
+class _Widgets:
+    """The 8 widget models of a displayed panel: a box holding the bar, the Stop button and one HTML
+    text, one Layout shared by all four, and the bar's, the button's and the text's styles."""
+
+    def __init__(self, name: str, on_stop: Callable[[Any], None]) -> None:
+        layout = widgets.Layout()
+        self.bar = widgets.IntProgress(
+            value=0, min=0, max=1, bar_style="info", description=clean_text(name, 60),
+            style=ProgressStyle(description_width="initial"), layout=layout,
+            _dom_classes=("procengine-bar",),
+        )
+        self.button = widgets.Button(
+            description="Stop", icon="stop", button_style="danger", layout=layout,
+            tooltip="Cancel the job: pending symbols are dropped, partial results kept",
+            _dom_classes=("procengine-stop",),
+        )
+        self.text = widgets.HTML(layout=layout, style=HTMLStyle(), _dom_classes=("procengine-text",))
+        self.box = widgets.Box([self.bar, self.button, self.text], layout=layout,
+                               _dom_classes=("procengine-panel",))
+        self.button.on_click(on_stop)
+        self.models: tuple[widgets.Widget, ...] = (
+            self.box, self.bar, self.button, self.text, layout, self.bar.style, self.button.style, self.text.style,
+        )
+
+    def send_state(self) -> None:
+        """Send the full state of the parts that change (to the current output parent)."""
+        for widget in (self.bar, self.button, self.text):
+            widget.send_state()
+
+    def close(self) -> None:
+        for model in self.models:
+            model.close()
+
+
+class ProgressPanel:
     """A live panel for one job: name, bar, counts, errors, elapsed, ETA, rate, running symbols, status,
-    a Stop button and (at the end) a collapsible table of failed symbols.
+    failures as they happen, a Stop button and (at the end) a collapsible table of failed symbols.
+
+    Display it (``display(panel)``, or end a cell with it); ``run()`` does that for you.
 
     Args:
         token: the job's cancellation token; Stop cancels it.
         name: the job name shown in the title (default: the handle's job name, else "batch").
         handle: the :class:`~procengine_nb.JobHandle`, to show the symbols running right now.
         max_error_rows: rows of the failed-symbols table before "+K more".
+        latest_errors: how many of the latest failures are listed while the job runs.
         min_interval: seconds between two renders (the throttle); 0.1 gives ~10 per second.
         refresh_interval: seconds between re-renders while nothing completes (elapsed/ETA move).
         clock: the time source in seconds (injectable for tests).
@@ -100,6 +186,9 @@ class ProgressPanel(widgets.VBox):
     Use :meth:`for_handle` to make a panel for a running job and attach it in one call.
     """
 
+    _PARTS = ("title", "counts", "errors", "elapsed", "eta", "rate", "running", "status", "failures",
+              "error_table")
+
     def __init__(
         self,
         token: CancellationToken,
@@ -107,6 +196,7 @@ class ProgressPanel(widgets.VBox):
         name: str | None = None,
         handle: JobHandle | None = None,
         max_error_rows: int = 20,
+        latest_errors: int = 3,
         min_interval: float = 0.1,
         refresh_interval: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
@@ -116,15 +206,13 @@ class ProgressPanel(widgets.VBox):
             raise TypeError(f"token must be a procengine_nb.CancellationToken, not {type(token).__name__}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
-        if isinstance(max_error_rows, bool) or not isinstance(max_error_rows, int):
-            raise TypeError(f"max_error_rows must be an int, not {type(max_error_rows).__name__}")
-        if max_error_rows < 0:
-            raise ValueError(f"max_error_rows must be >= 0, got {max_error_rows}")
-        for label, value in (("min_interval", min_interval), ("refresh_interval", refresh_interval)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{label} must be a number of seconds, not {type(value).__name__}")
-            if not value >= 0 or value == math.inf:
-                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+        for label, count in (("max_error_rows", max_error_rows), ("latest_errors", latest_errors)):
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise TypeError(f"{label} must be an int, not {type(count).__name__}")
+            if count < 0:
+                raise ValueError(f"{label} must be >= 0, got {count}")
+        min_interval = check_interval(min_interval, "min_interval")
+        refresh_interval = check_interval(refresh_interval, "refresh_interval")
         if not callable(clock):
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         if name is None and handle is not None:
@@ -133,67 +221,36 @@ class ProgressPanel(widgets.VBox):
         self._handle = handle
         self._name = name if name is not None else "batch"
         self._max_error_rows = max_error_rows
-        self._min_interval = float(min_interval)
-        self._refresh_interval = float(refresh_interval)
         self._clock = clock
-        self._use_ticker = ticker
-        self._lock = threading.RLock()
+        self._throttle = Throttle(self._render, min_interval=min_interval, refresh_interval=refresh_interval,
+                                  clock=clock, ticker_name="procengine-panel-ticker" if ticker else None)
+        self._lock = self._throttle.lock
+        self._failures = FailureLog(latest=latest_errors)
         self._latest = handle.progress if handle is not None else ProcessingProgress(total_symbols=0)
         self._received_at = clock()
-        self._last_render = -math.inf
-        self._dirty = False
-        self._ending = False
         self._outcome: tuple[BatchResult | None, BaseException | None] | None = None
         self._stop_clicked = False
-        self._ticker: Ticker | None = None
-        self.render_count = 0
-        """How many times the panel was rendered (throttled updates plus forced ones)."""
-
-        # The stable CSS classes (what ``add_class`` sets) and the layout are given at construction,
-        # so they travel in the widget's opening message instead of one more update each. Parts share
-        # their Layout and HTMLStyle models: every widget model is one more comm to open in the kernel
-        # and the browser (39 models per panel before sharing, 23 after).
-        plain, spaced_layout = widgets.Layout(), widgets.Layout(margin="0 1.5em 0 0")
-        html_style = HTMLStyle()
-
-        def part(cls: type[widgets.DOMWidget], css: str, margin: str | None = None, **traits: Any) -> Any:
-            layout = traits.pop("layout", None) or (spaced_layout if margin else plain)
-            if cls is widgets.HTML:
-                traits["style"] = html_style
-            return cls(_dom_classes=(css,), layout=layout, **traits)
-
-        spaced = "0 1.5em 0 0"
-        self.title = part(widgets.HTML, "procengine-title", value=f"<b>{html_text(self._name)}</b>")
-        self.progress_bar = part(widgets.IntProgress, "procengine-bar", value=0, min=0, max=1, bar_style="info",
-                                 layout=widgets.Layout(flex="1 1 auto", width="auto", margin=spaced))
-        self.counts = part(widgets.HTML, "procengine-counts")
-        self.errors = part(widgets.HTML, "procengine-errors", spaced)
-        self.elapsed = part(widgets.HTML, "procengine-elapsed", spaced)
-        self.eta = part(widgets.HTML, "procengine-eta", spaced)
-        self.rate = part(widgets.HTML, "procengine-rate")
-        self.running = part(widgets.HTML, "procengine-running")
-        self.status = part(widgets.HTML, "procengine-status", spaced)
-        self.stop_button = part(widgets.Button, "procengine-stop", description="Stop", icon="stop",
-                                button_style="danger",
-                                tooltip="Cancel the job: pending symbols are dropped, partial results kept")
-        self.error_table = part(widgets.HTML, "procengine-error-table")
-        self.stop_button.on_click(self._on_stop)
-        row = widgets.Layout(align_items="center")
-        super().__init__(
-            children=[
-                self.title,
-                widgets.HBox([self.progress_bar, self.counts], layout=row),
-                widgets.HBox([self.errors, self.elapsed, self.eta, self.rate], layout=row),
-                self.running,
-                widgets.HBox([self.status, self.stop_button], layout=row),
-                self.error_table,
-            ],
-            _dom_classes=("procengine-panel",),
-        )
+        self._closed = False
+        self._widgets: _Widgets | None = None
+        self._display_id: str | None = None
+        self._bar = (0, 1, "info")
+        self._button = ("Stop", False)
+        for part in self._PARTS:
+            setattr(self, part, Part(part))
+        self.title: Part
+        self.counts: Part
+        self.errors: Part
+        self.elapsed: Part
+        self.eta: Part
+        self.rate: Part
+        self.running: Part
+        self.status: Part
+        self.failures: Part
+        self.error_table: Part
         with self._lock:
-            self._render(self._clock())
-            self._last_render = -math.inf  # the first snapshot is shown at once
-            self.render_count = 0
+            self._render(clock())
+        self._throttle.renders = 0
+        self._throttle.forget_last()  # the first snapshot is shown at once
 
     @classmethod
     def for_handle(cls, handle: JobHandle, **options: Any) -> ProgressPanel:
@@ -212,78 +269,99 @@ class ProgressPanel(widgets.VBox):
         handle.attach(panel)
         return panel
 
+    # -- the widgets (built on first use) ------------------------------------------------------------
+    @property
+    def widgets_built(self) -> bool:
+        """True once the widgets exist (the panel was displayed, or a widget attribute was read)."""
+        return self._widgets is not None
+
+    def _built(self) -> _Widgets:
+        with self._lock:
+            if self._widgets is None:
+                self._widgets = _Widgets(self._name, self._on_stop)
+                self._push(self._widgets)
+            return self._widgets
+
+    @property
+    def widget(self) -> widgets.Box:
+        """The panel's ipywidgets container (builds the widgets): put it in your own layout."""
+        return self._built().box
+
+    @property
+    def progress_bar(self) -> widgets.IntProgress:
+        """The ``IntProgress`` bar (builds the widgets)."""
+        return self._built().bar
+
+    @property
+    def stop_button(self) -> widgets.Button:
+        """The Stop ``Button``; clicking it cancels the token (builds the widgets)."""
+        return self._built().button
+
+    @property
+    def render_count(self) -> int:
+        """How many times the panel was rendered (throttled updates plus forced ones)."""
+        return self._throttle.renders
+
     # -- JobView ----------------------------------------------------------------------------------
     def update(self, progress: ProcessingProgress) -> None:
         """Take a new snapshot; render it now unless the last render was under ``min_interval`` ago
         (then the ticker renders it soon). Cheap: called after every symbol."""
-        start_ticker = False
         with self._lock:
-            if self._ending:
+            if self._throttle.ended:
                 return
-            now = self._clock()
             self._latest = progress
-            self._received_at = now
-            if now - self._last_render >= self._min_interval:
-                self._render(now)
-            else:
-                self._dirty = True
-            if self._use_ticker and self._ticker is None:
-                self._ticker = Ticker(self.tick, interval=max(self._min_interval, 0.01),
-                                      name="procengine-panel-ticker")
-                start_ticker = True
-        if start_ticker:
-            assert self._ticker is not None
-            self._ticker.start()
+            self._received_at = self._clock()
+        self._throttle.offer()
+
+    def failed(self, result: Any) -> None:
+        """A symbol failed (a :class:`~procengine_nb.SymbolResult`): counted and listed, throttled."""
+        self._failures.record(result)
+        self._throttle.offer()
 
     def finish(self, result: BatchResult | None, error: BaseException | None) -> None:
         """Show the final state (always rendered, whatever the throttle) and stop the ticker."""
         with self._lock:
             if self._outcome is not None:
                 return
-            self._ending = True
-            ticker = self._ticker
-        self._stop_ticker(ticker)
+        self._throttle.end()
         with self._lock:
+            if self._outcome is not None:
+                return
             self._outcome = (result, error)
             if result is not None:
                 self._latest = result.progress
             elif self._handle is not None:
                 self._latest = self._handle.progress
+            self._throttle.renders += 1
             self._render(self._clock())
-            self.error_table.value = self._error_table_html(result)
+        self._update_display()
+
+    def waited(self) -> None:
+        """Called on the thread that waited for the job, after it ended: re-send the final state from
+        there. In Jupyter that thread's output parent is the waiting cell, the one a headless run
+        (nbclient, papermill) records; the job thread's messages belong to a cell that already ended."""
+        with self._lock:
+            widgets = self._widgets if not self._closed else None
+            shown = self._display_id is not None
+        if widgets is not None:
+            widgets.send_state()
+        if shown:
+            self._update_display()
 
     # -- time passing -----------------------------------------------------------------------------
     def tick(self) -> None:
         """Re-render if a throttled snapshot is pending or ``refresh_interval`` passed (the ticker
         thread calls this every ``min_interval``; tests call it directly with a fake clock)."""
-        with self._lock:
-            if self._ending:
-                return
-            now = self._clock()
-            since = now - self._last_render
-            if (self._dirty and since >= self._min_interval) or since >= self._refresh_interval:
-                self._render(now)
-
-    @staticmethod
-    def _stop_ticker(ticker: Ticker | None) -> None:
-        if ticker is not None:
-            ticker.stop()
+        self._throttle.tick()
 
     def close(self) -> None:
-        """Stop the ticker and close the panel's widgets (the view disappears from the notebook)."""
-        if "_lock" not in self.__dict__:  # __init__ refused its arguments (Widget.__del__ still closes)
-            super().close()
-            return
+        """Stop the ticker and close the panel's widget models (its view disappears from the notebook)."""
+        self._throttle.end()
         with self._lock:
-            self._ending = True
-            ticker = self._ticker
-        self._stop_ticker(ticker)
-        for child in list(self.children):
-            if isinstance(child, widgets.Box):
-                for grandchild in child.children:
-                    grandchild.close()
-            child.close()
-        super().close()
+            self._closed = True
+            widgets = self._widgets
+        if widgets is not None:
+            widgets.close()
 
     # -- Stop ----------------------------------------------------------------------------------------
     def _on_stop(self, _button: Any = None) -> None:
@@ -291,12 +369,11 @@ class ProgressPanel(widgets.VBox):
             if self._stop_clicked or self._outcome is not None:
                 return  # a second click (or a click after the end) does nothing
             self._stop_clicked = True
-            self.stop_button.description = "Stopping…"
-            self.stop_button.disabled = True
+            self._button = ("Stopping…", True)
+            if self._widgets is not None:
+                self._push(self._widgets)
         self._token.cancel(STOP_REASON)  # outside the lock: cancel runs the token's callbacks
-        with self._lock:
-            if self._outcome is None:
-                self._render(self._clock())
+        self._throttle.render_now()
 
     # -- rendering -----------------------------------------------------------------------------------
     @property
@@ -316,51 +393,70 @@ class ProgressPanel(widgets.VBox):
         )
 
     def _render(self, now: float) -> None:
-        """Push the current figures into the widgets (caller holds the lock). Only changed values
-        send a message to the front-end."""
-        self._last_render = now
-        self._dirty = False
-        self.render_count += 1
+        """Compute every part from the latest snapshot and push it to the widgets, if built (caller
+        holds the lock). Only changed values send a message to the front-end."""
         p = self._latest
         state = self._state()
-        _, error = self._outcome if self._outcome is not None else (None, None)
+        result, error = self._outcome if self._outcome is not None else (None, None)
         ended = self._outcome is not None
-        elapsed_ms: float = p.elapsed_time_ms
-        eta_ms: float | None = p.estimated_remaining_ms
-        if state in (JobState.CANCELLED, JobState.FAILED):
-            eta_ms = None  # a stopped job has no time remaining to show
-        elif not ended and not p.finished:  # let time move between snapshots
-            drift = max(0.0, now - self._received_at) * 1000.0
-            elapsed_ms += drift
-            if eta_ms is not None:
-                eta_ms = max(0.0, eta_ms - drift)
-        bar = self.progress_bar
-        with bar.hold_sync():
-            bar.max = max(1, p.total_symbols)
-            bar.value = p.completed_symbols if p.total_symbols else (1 if ended else 0)
-            bar.bar_style = bar_style(state)
+        elapsed_ms, eta_ms = shown_times(p, state, since_snapshot=now - self._received_at, ended=ended)
+        self.title.value = f"<b>{html_text(self._name)}</b>"
         self.counts.value = format_counts(p)
-        if p.errors_count:
-            self.errors.value = f'<b style="color:var(--jp-error-color1, #d32f2f)">errors: {p.errors_count}</b>'
-        else:
-            self.errors.value = "errors: 0"
+        self.errors.value = f"errors: {p.errors_count}"
         self.elapsed.value = f"elapsed {format_duration(elapsed_ms)}"
         self.eta.value = f"ETA {format_duration(eta_ms)}"
         self.rate.value = format_rate(p.rate_per_second)
         self.running.value = self._running_html(ended)
         self.status.value = html.escape(status_text(state, p, error=error))
-        button = self.stop_button
-        if state is JobState.STOPPING and not button.disabled:
+        self.failures.value = self._failures_html(ended)
+        self.error_table.value = self._error_table_html(result)
+        value = p.completed_symbols if p.total_symbols else (1 if ended else 0)
+        self._bar = (value, max(1, p.total_symbols), bar_style(state))
+        if state is JobState.STOPPING:
+            self._button = ("Stopping…", True)
+        elif ended:  # the job is over: the button no longer acts; after a cancel it says so
+            self._button = ("Stopped" if state is JobState.CANCELLED else self._button[0], True)
+        if self._widgets is not None and not self._closed:
+            self._push(self._widgets)
+
+    def _push(self, widgets: _Widgets) -> None:
+        value, maximum, style = self._bar
+        bar = widgets.bar
+        with bar.hold_sync():
+            if maximum < bar.value:  # keep min <= value <= max at every step
+                bar.value = value
+                bar.max = maximum
+            else:
+                bar.max = maximum
+                bar.value = value
+            bar.bar_style = style
+        button = widgets.button
+        description, disabled = self._button
+        if button.description != description or button.disabled != disabled:
             with button.hold_sync():
-                button.description = "Stopping…"
-                button.disabled = True
-        elif ended:
-            # the job is over: the button no longer acts; after a cancel it says so
-            final = "Stopped" if state is JobState.CANCELLED else button.description
-            if not button.disabled or button.description != final:
-                with button.hold_sync():
-                    button.description = final
-                    button.disabled = True
+                button.description = description
+                button.disabled = disabled
+        widgets.text.value = _CSS + self._text_html()
+
+    def _text_html(self) -> str:
+        errors_class = ' class="procengine-errors procengine-err"' if self._latest.errors_count else (
+            ' class="procengine-errors"')
+        stats = (
+            f'<span class="procengine-counts">{self.counts.value}</span>'
+            f"<span{errors_class}>{self.errors.value}</span>"
+            f'<span class="procengine-elapsed">{self.elapsed.value}</span>'
+            f'<span class="procengine-eta">{self.eta.value}</span>'
+            f'<span class="procengine-rate">{self.rate.value}</span>'
+        )
+        status = f'<span class="procengine-status">{self.status.value}</span>'
+        if self.running.value:
+            status += f'<span class="procengine-running">{self.running.value}</span>'
+        parts = [f'<div class="procengine-line">{stats}</div>', f'<div class="procengine-line">{status}</div>']
+        if self.failures.value:
+            parts.append(f'<div class="procengine-failures">{self.failures.value}</div>')
+        if self.error_table.value:
+            parts.append(f'<div class="procengine-error-table">{self.error_table.value}</div>')
+        return "".join(parts)
 
     def _running_html(self, ended: bool) -> str:
         if ended:
@@ -376,6 +472,26 @@ class ProgressPanel(widgets.VBox):
         shown = ", ".join(html_text(s, 40) for s in symbols[:5])
         more = ", …" if len(symbols) > 5 else ""
         return f"running: {shown}{more}"
+
+    def _failures_html(self, ended: bool) -> str:
+        """Counts grouped by exception type and message, then (while running) the latest failures."""
+        if not self._failures.total:
+            return ""
+        groups = self._failures.groups()
+        lines = []
+        for group in groups[:3]:
+            message = f": {html_text(group.message, 120)}" if group.message else " (various messages)"
+            lines.append(f"<div>{group.count} x {html_text(group.kind, 80)}{message}</div>")
+        if len(groups) > 3:
+            lines.append(f"<div>+{sum(g.count for g in groups[3:])} more failures of other kinds</div>")
+        latest = [] if ended else self._failures.latest()
+        if latest:
+            items = "".join(
+                f"<li>{html_text(f.symbol, 40)}: {html_text(f.kind, 60)}: {html_text(f.message, 160)}</li>"
+                for f in latest
+            )
+            lines.append(f"<div>latest:</div><ul>{items}</ul>")
+        return "".join(lines)
 
     def _error_table_html(self, result: BatchResult | None) -> str:
         if result is None:
@@ -399,7 +515,65 @@ class ProgressPanel(widgets.VBox):
             f"<tbody>{''.join(rows)}</tbody></table>{extra}</details>"
         )
 
-    # -- what survives export -------------------------------------------------------------------------
+    # -- what viewers without widgets see, and what survives export ------------------------------------
+    def as_text(self) -> str:
+        """The panel's state as one line of plain text (its ``text/plain`` output), e.g.
+        ``ProgressPanel(name='prices'): Running | 15 / 24 (62%) | errors 0``."""
+        with self._lock:
+            state = self._state()
+            _, error = self._outcome if self._outcome is not None else (None, None)
+            p = self._latest
+            line = clean_text(status_text(state, p, error=error), 400)
+            return f"{self!r}: {line} | {format_counts(p)} | errors {p.errors_count}"
+
+    def as_html(self) -> str:
+        """The panel's state as static HTML (its ``text/html`` output, no script, no style sheet)."""
+        with self._lock:
+            body = (
+                f"{self.title.value} · {self.counts.value} · {self.errors.value} · {self.status.value}"
+            )
+            extra = "".join(
+                f'<div class="procengine-{name}">{part.value}</div>'
+                for name, part in (("failures", self.failures), ("error-table", self.error_table)) if part.value
+            )
+        live = f"<!--procengine-live--><div>{body}</div>{extra}<!--/procengine-live-->"
+        return f'<div class="procengine-summary">{live}</div>'
+
+    def _mimebundle(self) -> dict[str, Any]:
+        widgets = self._built()
+        bundle = dict(widgets.box._repr_mimebundle_() or {})
+        bundle["text/plain"] = self.as_text()
+        bundle["text/html"] = self.as_html()
+        return bundle
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """The widget view plus ``text/plain`` and ``text/html`` renderings of the current state."""
+        return self._mimebundle()
+
+    def _ipython_display_(self) -> None:
+        """``display(panel)``: show the widget view (with its text fallbacks) under a display id, so
+        the fallbacks can be brought up to date at the end."""
+        from IPython.display import display
+
+        with self._lock:
+            if self._display_id is None:
+                self._display_id = uuid.uuid4().hex
+            display_id = self._display_id
+        display(self._mimebundle(), raw=True, display_id=display_id)
+
+    def _update_display(self) -> None:
+        with self._lock:
+            display_id = self._display_id
+            closed = self._closed
+        if display_id is None or closed:
+            return
+        try:
+            from IPython.display import update_display
+
+            update_display(self._mimebundle(), raw=True, display_id=display_id)
+        except Exception:  # no shell any more (kernel shutting down): the widgets still hold the state
+            _log.debug("could not update the panel's output", exc_info=True)
+
     def summary(self) -> JobSummary:
         """The panel's current state as a plain text/HTML output (deterministic once the job ended:
         no timings), e.g. ``prices: Cancelled: 37 of 100 processed, 63 not processed``."""
@@ -417,5 +591,5 @@ class ProgressPanel(widgets.VBox):
         return self.summary().html
 
     def __repr__(self) -> str:
-        # The widget's text/plain output: stable (no live figures), one bounded line.
+        # Stable (no live figures), one bounded line.
         return f"ProgressPanel(name={clean_text(self._name)!r})"

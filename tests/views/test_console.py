@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import io
+import logging
 import threading
 
 import pytest
@@ -133,3 +134,108 @@ def test_ctrl_c_while_waiting_cancels_and_prints_the_partial_summary(no_thread_l
     text = out.getvalue()
     assert "slow: Cancelled: " in text and "not processed (cancelled)" in text
     assert not any(t.name == "procengine-console-ticker" for t in threading.enumerate())
+
+
+# -- log records while the line is shown ---------------------------------------------------------------
+class FakeTty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def screen(text: str) -> list[str]:
+    """What a terminal shows after ``text``: ``\\r`` returns to column 0 and later characters overwrite."""
+    lines, row, col = [], [], 0
+    for ch in text:
+        if ch == "\n":
+            lines.append("".join(row).rstrip())
+            row, col = [], 0
+        elif ch == "\r":
+            col = 0
+        else:
+            if col < len(row):
+                row[col] = ch
+            else:
+                row.append(ch)
+            col += 1
+    lines.append("".join(row).rstrip())
+    return lines
+
+
+@pytest.fixture
+def tty_logger():
+    stream = FakeTty()
+    log = logging.getLogger("procengine-test-worker")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield log, handler, stream
+    finally:
+        log.removeHandler(handler)
+
+
+def test_a_log_record_gets_its_own_line_and_the_progress_line_is_redrawn_below(fake_clock, tty_logger):
+    log, handler, stream = tty_logger
+    view = ConsoleProgress(name="n", stream=stream, tty=True, clock=fake_clock, ticker=False)
+    view.update(snap(3))
+    log.warning("worker_3 reached the rate limit")
+    shown = screen(stream.getvalue())
+    assert shown[0] == "WARNING procengine-test-worker: worker_3 reached the rate limit"
+    assert shown[1].startswith("n: 3 / 10 (30%)") and len(shown) == 2
+    fake_clock.advance(1)
+    view.update(snap(4))
+    log.error("second")
+    fake_clock.advance(1)
+    view.update(snap(5))
+    shown = screen(stream.getvalue())
+    assert shown[:2] == ["WARNING procengine-test-worker: worker_3 reached the rate limit",
+                         "ERROR procengine-test-worker: second"]
+    assert shown[2].startswith("n: 5 / 10 (50%)") and len(shown) == 3
+    view.finish(BatchResult([], unprocessed=[]), None)
+    assert handler.stream is stream  # given back at the end
+    log.warning("after")
+    assert screen(stream.getvalue())[-2] == "WARNING procengine-test-worker: after"
+
+
+def test_records_from_other_threads_never_split_the_line(tty_logger, no_thread_leak):
+    log, _handler, stream = tty_logger
+    view = ConsoleProgress(name="n", stream=stream, tty=True, min_interval=0)
+
+    def chatter(k):
+        for i in range(200):
+            log.warning("thread %d record %d", k, i)
+
+    view.update(snap(1))
+    threads = [threading.Thread(target=chatter, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for done in range(2, 10):
+        view.update(snap(done))
+    for t in threads:
+        t.join()
+    view.finish(BatchResult([], unprocessed=[]), None)
+    shown = [line for line in screen(stream.getvalue()) if line]
+    records = [line for line in shown if line.startswith("WARNING")]
+    assert len(records) == 600
+    assert all(line.startswith(("WARNING procengine-test-worker: thread ", "n: ", "  ")) for line in shown), shown
+    assert all(line.split(": ", 1)[1].startswith("thread ") and line.count("record") == 1 for line in records)
+
+
+def test_handlers_of_other_streams_are_left_alone(fake_clock, tty_logger):
+    _log, handler, stream = tty_logger
+    other = FakeTty()
+    view = ConsoleProgress(name="n", stream=other, tty=True, clock=fake_clock, ticker=False)
+    view.update(snap(1))
+    assert handler.stream is stream
+    view.finish(None, None)
+
+
+def test_no_redirect_when_asked_or_not_a_tty(fake_clock, tty_logger):
+    _log, handler, stream = tty_logger
+    for view in (ConsoleProgress(name="n", stream=stream, tty=True, clock=fake_clock, ticker=False,
+                                 redirect_logging=False),
+                 ConsoleProgress(name="n", stream=stream, tty=False, clock=fake_clock)):
+        view.update(snap(1))
+        assert handler.stream is stream
+        view.finish(None, None)

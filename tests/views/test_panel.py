@@ -48,19 +48,27 @@ def panel(fake_clock):
 
 
 def test_parts_carry_stable_css_classes(panel):
-    assert "procengine-panel" in panel._dom_classes
-    parts = [panel.title, panel.progress_bar, panel.counts, panel.errors, panel.elapsed, panel.eta, panel.rate,
-             panel.running, panel.status, panel.stop_button, panel.error_table]
-    for part, css in zip(parts, CSS, strict=True):
-        assert css in part._dom_classes, css
-    assert panel.stop_button.description == "Stop"
+    assert not panel.widgets_built  # nothing is built before the panel is shown or a widget is read
+    assert "procengine-panel" in panel.widget._dom_classes
+    assert "procengine-bar" in panel.progress_bar._dom_classes
+    assert "procengine-stop" in panel.stop_button._dom_classes
+    assert panel.stop_button.description == "Stop" and panel.progress_bar.description == "prices"
+    text = panel._widgets.text.value
+    for css in CSS:
+        if css not in ("procengine-title", "procengine-bar", "procengine-stop", "procengine-running",
+                       "procengine-error-table"):
+            assert f'class="{css}' in text, css
 
 
-def test_repr_is_stable_and_mimebundle_uses_it(panel, fake_clock):
+def test_repr_is_stable_and_the_mimebundle_carries_text_fallbacks(panel, fake_clock):
     before = repr(panel)
     panel.update(snap(done=42, elapsed=1234, rate=3.0))
     assert repr(panel) == before == "ProgressPanel(name='prices')"
-    assert panel._repr_mimebundle_()["text/plain"] == before
+    bundle = panel._repr_mimebundle_()
+    assert bundle["text/plain"] == "ProgressPanel(name='prices'): Running | 42 / 100 (42%) | errors 0"
+    assert "42 / 100 (42%)" in bundle["text/html"] and "Running" in bundle["text/html"]
+    assert "<style" not in bundle["text/html"] and "<script" not in bundle["text/html"]
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id
 
 
 def test_running_snapshot_shows_every_figure(panel):
@@ -79,7 +87,8 @@ def test_running_snapshot_shows_every_figure(panel):
 def test_unknown_eta_and_highlighted_errors(panel):
     panel.update(snap(done=3, errors=2, eta=None))
     assert panel.eta.value == "ETA —"
-    assert "errors: 2" in panel.errors.value and "color" in panel.errors.value
+    assert panel.errors.value == "errors: 2"
+    assert 'class="procengine-errors procengine-err"' in panel.widget.children[2].value  # marked
 
 
 def test_updates_are_throttled_and_the_pending_one_is_rendered_by_tick(panel, fake_clock):
@@ -182,6 +191,7 @@ def test_error_table_escapes_symbols_and_messages_and_truncates_rows(fake_clock)
     assert table.count("<tr>") == 1 + 3  # header + 3 rows
     assert "+4 more" in table and "<details>" in table and "7 failed symbols" in table
     assert "<i>" not in panel.title.value and "&lt;i&gt;n&lt;/i&gt;" in panel.title.value
+    assert panel.progress_bar.description == "<i>n</i>"  # plain text in the widget: shown, not parsed
     summary = panel.summary()
     assert repr(summary) == "<i>n</i>: Done with errors: 7 of 10 failed"
     assert "<script>" not in summary._repr_html_() and "+4 more" in summary._repr_html_()
@@ -258,7 +268,7 @@ def test_attach_after_the_end_shows_the_final_state():
     handle.result(timeout=10)
     panel = ProgressPanel.for_handle(handle)
     assert panel.status.value == "Done: 2 processed" and panel.progress_bar.value == 2
-    assert panel._ticker is None
+    assert not panel._throttle.ticker_alive and panel.render_count == 1
 
 
 class CountingComm(BaseComm):

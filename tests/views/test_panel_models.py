@@ -1,0 +1,184 @@
+"""The panel's widget models: none until it is shown, at most 8 once shown, all released by close();
+failures shown as they happen; the final state re-sent from the waiting thread; text fallbacks."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+import comm
+import pytest
+from comm.base_comm import BaseComm
+from ipywidgets.widgets.widget import _instances
+
+from procengine_nb import CancellationToken, ProcessingEngine, ProcessingProgress, run
+from procengine_nb.models import BatchResult, ResultStatus, SymbolResult
+from procengine_nb.views.panel import ProgressPanel
+
+MAX_MODELS = 8  # tqdm's notebook bar uses 11
+
+
+class RecordingComm(BaseComm):
+    """A comm that records what the front-end would receive: (msg_type, comm_id, data)."""
+
+    log: ClassVar[list[tuple[str, str, Any]]] = []
+
+    def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+        RecordingComm.log.append((msg_type, self.comm_id, data))
+
+
+@pytest.fixture
+def comms(monkeypatch):
+    RecordingComm.log = []
+    monkeypatch.setattr(comm, "create_comm", lambda *a, **k: RecordingComm(*a, **k))
+    return RecordingComm.log
+
+
+def opened(log) -> set[str]:
+    return {cid for kind, cid, _ in log if kind == "comm_open"}
+
+
+def closed(log) -> set[str]:
+    return {cid for kind, cid, _ in log if kind == "comm_close"}
+
+
+def snap(total=10, done=0, errors=0):
+    return ProcessingProgress(total_symbols=total, completed_symbols=done, errors_count=errors)
+
+
+def failure(symbol, error):
+    return SymbolResult(symbol, ResultStatus.ERROR, error=error)
+
+
+def test_a_panel_never_shown_opens_no_comm(comms, fake_clock):
+    panel = ProgressPanel(CancellationToken(), name="quiet", clock=fake_clock, ticker=False)
+    for done in range(1, 11):
+        fake_clock.advance(1)
+        panel.update(snap(done=done, errors=1))
+    panel.failed(failure("S1", ValueError("x")))
+    panel.finish(BatchResult([], unprocessed=[]), None)
+    panel.waited()
+    panel.close()
+    assert comms == [] and not panel.widgets_built
+    assert panel.status.value.startswith("Done") and panel.failures.value
+
+
+def test_200_runs_without_display_open_no_comm(comms, no_thread_leak):
+    before = len(_instances)
+    for i in range(200):
+        handle = run(lambda s: s, [i, i + 1], display=False, max_workers=1)
+        handle.result(timeout=10)
+        assert handle.panel.status.value == "Done: 2 processed"
+    assert opened(comms) == set()
+    assert len(_instances) == before
+
+
+def test_a_shown_panel_uses_at_most_8_models_and_close_releases_them(comms, fake_clock):
+    before = set(_instances)
+    panel = ProgressPanel(CancellationToken(), name="shown", clock=fake_clock, ticker=False)
+    bundle = panel._repr_mimebundle_()  # what display(panel) sends
+    models = opened(comms)
+    print(f"\nwidget models of a displayed panel: {len(models)}")
+    assert 0 < len(models) <= MAX_MODELS
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] in models
+    assert set(_instances) - before == models
+    for done in range(1, 30):  # updates reuse the models
+        fake_clock.advance(0.2)
+        panel.update(snap(total=30, done=done))
+    panel._repr_mimebundle_()
+    assert opened(comms) == models
+    panel.close()
+    assert closed(comms) == models
+    assert not set(_instances) & models
+    panel.update(snap(total=30, done=30))  # harmless after close
+    panel.waited()
+    assert closed(comms) == models and len(opened(comms)) == len(models)
+
+
+def test_reading_a_widget_attribute_builds_the_widgets_once(comms):
+    panel = ProgressPanel(CancellationToken(), ticker=False)
+    bar = panel.progress_bar
+    assert panel.widgets_built and panel.stop_button is panel.widget.children[1]
+    assert panel.progress_bar is bar and len(opened(comms)) <= MAX_MODELS
+    panel.close()
+
+
+def test_widgets_built_mid_job_show_the_latest_state(comms, fake_clock):
+    panel = ProgressPanel(CancellationToken(), clock=fake_clock, ticker=False)
+    panel.update(snap(total=40, done=17, errors=2))
+    assert panel.progress_bar.value == 17 and panel.progress_bar.max == 40
+    assert "17 / 40 (42%)" in panel.widget.children[2].value
+    panel.close()
+
+
+def test_failures_are_grouped_counted_and_listed_as_they_happen(fake_clock):
+    panel = ProgressPanel(CancellationToken(), clock=fake_clock, ticker=False, latest_errors=3)
+    panel.update(snap(total=100, done=0))
+    for i in range(37):
+        panel.failed(failure(f"S{i:02d}", ConnectionError("429")))
+    panel.failed(failure("<b>bad</b>", ValueError("<script>alert(1)</script>")))
+    panel.failed(failure("K1", KeyError("k")))
+    fake_clock.advance(0.1)
+    panel.tick()
+    text = panel.failures.value
+    assert "37 x ConnectionError: 429" in text
+    assert "1 x ValueError: &lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<script>" not in text and "<b>bad</b>" not in text and "&lt;b&gt;bad&lt;/b&gt;" in text
+    latest = text.split("latest:")[1]
+    assert latest.index("K1") < latest.index("&lt;b&gt;bad") < latest.index("S36")  # newest first
+    assert "S35" not in latest  # only the latest 3
+    assert 'class="procengine-failures"' in panel.widget.children[2].value
+
+
+def test_failures_are_throttled_like_the_rest(fake_clock):
+    panel = ProgressPanel(CancellationToken(), clock=fake_clock, ticker=False)
+    panel.update(snap())
+    assert panel.render_count == 1
+    for i in range(500):
+        panel.failed(failure(f"S{i}", ValueError("x")))
+    assert panel.render_count == 1 and panel.failures.value == ""
+    fake_clock.advance(0.1)
+    panel.tick()
+    assert panel.render_count == 2 and "500 x ValueError: x" in panel.failures.value
+
+
+def test_many_distinct_messages_stay_bounded(fake_clock):
+    panel = ProgressPanel(CancellationToken(), clock=fake_clock, ticker=False)
+    for i in range(5000):
+        panel.failed(failure(f"S{i}", ValueError(f"row {i} is bad")))
+    fake_clock.advance(1)
+    panel.tick()
+    assert len(panel._failures.groups()) <= 51
+    assert "ValueError (various messages)" in panel.failures.value
+    assert len(panel.failures.value) < 3000
+
+
+def test_waited_resends_the_final_state_of_a_shown_panel(comms):
+    handle = ProcessingEngine(str.upper, max_workers=2).start(["a", "b", "c"])
+    panel = ProgressPanel.for_handle(handle, ticker=False)
+    panel._repr_mimebundle_()
+    handle.result(timeout=10)
+    before = len(comms)
+    panel.waited()  # what the handle calls on the waiting thread
+    resent = [(cid, data) for kind, cid, data in comms[before:] if kind == "comm_msg"]
+    states = {cid: data["state"] for cid, data in resent if data.get("method") == "update"}
+    bar, button, text = panel.progress_bar, panel.stop_button, panel.widget.children[2]
+    assert states[bar.model_id]["value"] == 3 and states[bar.model_id]["max"] == 3
+    assert states[button.model_id]["disabled"] is True
+    assert "Done: 3 processed" in states[text.model_id]["value"]
+    panel.close()
+
+
+def test_text_fallbacks_follow_the_state_to_the_end(comms):
+    gate = threading.Event()
+    handle = ProcessingEngine(lambda s: gate.wait(10), max_workers=1).start(["x", "y"])
+    panel = ProgressPanel.for_handle(handle, ticker=False)
+    first = panel._repr_mimebundle_()
+    assert "Running" in first["text/plain"] and "Running" in first["text/html"]
+    gate.set()
+    handle.result(timeout=10)
+    last = panel._repr_mimebundle_()
+    name = handle.job.display_name
+    assert last["text/plain"] == f"ProgressPanel(name='{name}'): Done: 2 processed | 2 / 2 (100%) | errors 0"
+    assert "Done: 2 processed" in last["text/html"]
+    panel.close()
