@@ -182,3 +182,28 @@ def test_text_fallbacks_follow_the_state_to_the_end(comms):
     assert last["text/plain"] == f"ProgressPanel(name='{name}'): Done: 2 processed | 2 / 2 (100%) | errors 0"
     assert "Done: 2 processed" in last["text/html"]
     panel.close()
+
+
+def test_a_real_job_feeds_failures_to_the_panel_as_they_happen(no_thread_leak):
+    gate = threading.Event()
+
+    def flaky(symbol):
+        if symbol == "last":
+            gate.wait(10)
+            return symbol
+        raise ConnectionError("429")
+
+    # one symbol a task: a chunk holding "last" would hold back the failures chunked with it
+    handle = ProcessingEngine(flaky, max_workers=2, chunk_size=1).start([f"S{i}" for i in range(37)] + ["last"])
+    panel = ProgressPanel.for_handle(handle, min_interval=0.0)
+    deadline = threading.Event()
+    for _ in range(1000):  # bounded: the 37 failures arrive while "last" still runs
+        if "37 x ConnectionError: 429" in panel.failures.value:
+            break
+        deadline.wait(0.01)
+        panel.tick()
+    assert "37 x ConnectionError: 429" in panel.failures.value and not handle.done(), panel.failures.value
+    gate.set()
+    handle.result(timeout=10)
+    assert "37 x ConnectionError: 429" in panel.failures.value and "latest:" not in panel.failures.value
+    assert "37 failed symbols" in panel.error_table.value
