@@ -16,6 +16,7 @@ from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from procengine_nb._safe import describe, safe_repr
+from procengine_nb._tracebacks import detach, format_text
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult, UnprocessedView
@@ -269,7 +270,9 @@ class BatchRun:
         except CancelledError:
             return []
         except BaseException as exc:  # the backend failed the whole task (pickling, lost worker, ...)
-            return [SymbolResult(symbols[i], ResultStatus.ERROR, None, exc, 0.0) for i in range(start, stop)]
+            text = detach(exc)
+            return [SymbolResult(symbols[i], ResultStatus.ERROR, None, exc, 0.0, traceback=text)
+                    for i in range(start, stop)]
 
     def _next_wait(self, now: float) -> float:
         timeout = self.settings.timeout
@@ -291,7 +294,8 @@ class BatchRun:
             for index in range(start, stop):
                 error = TimeoutError(f"symbol {safe_repr(symbols[index], 200)} did not finish within "
                                      f"{timeout:g}s of being handed to a worker")
-                result = SymbolResult(symbols[index], ResultStatus.ERROR, None, error, timeout * 1000.0)
+                result = SymbolResult(symbols[index], ResultStatus.ERROR, None, error, timeout * 1000.0,
+                                      traceback=format_text(error))
                 self._results.append(result)
                 self.publisher.update(self.tracker.record(symbols[index], error=True))
                 self.publisher.failed(result)

@@ -38,40 +38,41 @@ def _placeholder(value: Any) -> str:
     return f"<unprintable {type_name(value)}>"
 
 
-def _clean(text: Any, value: Any) -> str:
+def _clean(text: Any, value: Any, limit: int | None = None) -> str:
     if type(text) is not str:  # a __str__ returning a str subclass whose methods are hostile
         try:
             text = str.__str__(text)
         except Exception:
             return _placeholder(value)
+    if limit is not None and len(text) > limit:  # cut before cleaning: a 10 MB text costs no more
+        text = text[: max(1, limit - 1)] + "…"
     return _SURROGATE.sub("\ufffd", text)
 
 
-def safe_str(value: Any) -> str:
-    """``str(value)``, else ``repr(value)``, else ``<unprintable T>``; lone surrogates become U+FFFD."""
+def safe_str(value: Any, limit: int | None = None) -> str:
+    """``str(value)``, else ``repr(value)``, else ``<unprintable T>`` (cut to ``limit`` characters);
+    lone surrogates become U+FFFD; never raises."""
     if type(value) is str:
-        return _SURROGATE.sub("\ufffd", value)
+        return _clean(value, value, limit)
     try:
-        return _clean(str(value), value)
+        return _clean(str(value), value, limit)
     except Exception:
-        return safe_repr(value)
+        return safe_repr(value, limit)
 
 
 def safe_repr(value: Any, limit: int | None = None) -> str:
     """``repr(value)`` (cut to ``limit`` characters), else ``<unprintable T>``; never raises."""
     try:
-        text = _clean(repr(value), value)
+        return _clean(repr(value), value, limit)
     except Exception:
-        text = _placeholder(value)
-    if limit is not None and len(text) > limit:
-        text = text[: max(1, limit - 1)] + "…"
-    return text
+        return _placeholder(value)
 
 
-def describe(error: BaseException | None) -> str:
-    """``"Type: message"`` of an exception (just ``"Type"`` without a message); never raises."""
+def describe(error: BaseException | None, limit: int | None = None) -> str:
+    """``"Type: message"`` of an exception (just ``"Type"`` without a message; the message cut to
+    ``limit`` characters); never raises."""
     if error is None:
         return ""
     name = type_name(error)
-    message = safe_str(error)
+    message = safe_str(error, limit)
     return f"{name}: {message}" if message else name

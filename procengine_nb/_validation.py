@@ -19,7 +19,7 @@ import math
 import threading
 from typing import Any
 
-from procengine_nb._safe import type_name
+from procengine_nb._safe import safe_repr, type_name
 
 __all__ = ["MAX_SECONDS", "check_callable", "check_int", "check_number", "check_seconds", "check_type"]
 
@@ -56,7 +56,7 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, allow_none: 
         suffix = " or None" if allow_none else ""
         raise TypeError(f"{name} must be an int{suffix}, not {type_name(value)}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum}, got {safe_repr(value, 80)}")
     return value
 
 
@@ -72,11 +72,11 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, strict:
     if math.isnan(value):
         raise ValueError(f"{name} must be {what}, got nan")
     if minimum is not None and (value < minimum or (strict and value == minimum)):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {safe_repr(value, 80)}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum:g}, got {value!r}")
+        raise ValueError(f"{name} must be <= {maximum:g}, got {safe_repr(value, 80)}")
     if math.isinf(value):
-        raise ValueError(f"{name} must be finite (None for no limit), got {value!r}")
+        raise ValueError(f"{name} must be finite (None for no limit), got {safe_repr(value, 80)}")
     return value
 
 
@@ -84,5 +84,6 @@ def check_seconds(value: Any, name: str, *, allow_none: bool = False, strict: bo
     """A duration in seconds: finite, >= 0 (> 0 when ``strict``) and short enough for the OS timers."""
     check_number(value, name, minimum=0, strict=strict, allow_none=allow_none, what="a number of seconds")
     if value is not None and value > MAX_SECONDS:
-        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} seconds (None for no limit), got {value!r}")
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} seconds (None for no limit), "
+                         f"got {safe_repr(value, 80)}")
     return value

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from procengine_nb._safe import describe, safe_repr, type_name
+from procengine_nb._tracebacks import format_text
 from procengine_nb._validation import check_seconds
 
 __all__ = ["CancellationRegistration", "CancellationToken", "ProcessingCancelledException"]
@@ -73,8 +75,11 @@ class CancellationRegistration:
     def _run(self) -> None:
         try:
             self._callback()
-        except Exception:  # a broken callback must not stop cancellation from reaching the others
-            _log.exception("cancellation callback %r raised", self._callback)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # whatever a callback raises, cancellation reaches the others
+            _log.error("cancellation callback %s raised %s\n%s", safe_repr(self._callback, 200),
+                       describe(exc, 500), format_text(exc).rstrip("\n"))
 
     def __enter__(self) -> CancellationRegistration:
         return self
@@ -135,7 +140,9 @@ class CancellationToken:
         Idempotent and thread-safe: only the first call changes anything and returns True.
         """
         if reason is not None and not isinstance(reason, str):
-            raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
+            raise TypeError(f"reason must be a str or None, not {type_name(reason)}")
+        if reason is not None and type(reason) is not str:
+            reason = str.__str__(reason)  # a str subclass's own methods stay out of every message
         with self._lock:
             if self._event.is_set():
                 return False
@@ -175,7 +182,7 @@ class CancellationToken:
         Returns a :class:`CancellationRegistration` whose ``unregister()`` removes it.
         """
         if not callable(callback):
-            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+            raise TypeError(f"callback must be callable, not {type_name(callback)}")
         registration = CancellationRegistration(self, callback)
         with self._lock:
             if not self._event.is_set():
@@ -222,7 +229,7 @@ class CancellationToken:
         for i, parent in enumerate(parents):
             if not isinstance(parent, CancellationToken):
                 raise TypeError(
-                    f"parents[{i}] must be a CancellationToken, not {type(parent).__name__}"
+                    f"parents[{i}] must be a CancellationToken, not {type_name(parent)}"
                 )
         child = cls()
         for parent in parents:
@@ -246,5 +253,5 @@ class CancellationToken:
 
     def __repr__(self) -> str:
         state = "cancelled" if self.is_cancelled else "active"
-        reason = f" reason={self._reason!r}" if self._reason else ""
+        reason = f" reason={safe_repr(self._reason, 200)}" if self._reason else ""
         return f"<CancellationToken {state}{reason}>"

@@ -15,6 +15,7 @@ from concurrent.futures import Executor
 from typing import Any, Protocol, runtime_checkable
 
 from procengine_nb._batch import BatchRun, BatchSettings
+from procengine_nb._safe import safe_str, type_name
 from procengine_nb._validation import check_callable, check_int, check_number, check_seconds, check_type
 from procengine_nb.backends import Backend, make_backend
 from procengine_nb.backends.asyncio import is_async_callable, is_async_generator_callable
@@ -287,7 +288,7 @@ class ProcessingEngine:
         if cancellation_token is None:
             cancellation_token = CancellationToken()
         if isinstance(views, (str, bytes)) or not isinstance(views, Iterable):
-            raise TypeError(f"views must be an iterable of views, not {type(views).__name__}")
+            raise TypeError(f"views must be an iterable of views, not {type_name(views)}")
         publisher = Publisher(progress_callback, views)
         return BatchRun(self._settings, job, publisher, cancellation_token)
 
@@ -301,5 +302,8 @@ class ProcessingEngine:
         return f"{base} ({verb})"
 
     def __repr__(self) -> str:
-        name = getattr(self.processor, "__qualname__", type(self.processor).__name__)
+        try:
+            name = safe_str(getattr(self.processor, "__qualname__", None) or type_name(self.processor), 80)
+        except Exception:  # a processor whose __getattr__ raises
+            name = type_name(self.processor)
         return f"<ProcessingEngine processor={name} backend={self.backend.name} max_workers={self.max_workers}>"

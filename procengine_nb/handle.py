@@ -22,6 +22,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from procengine_nb._safe import safe_str
+from procengine_nb._tracebacks import format_text
 from procengine_nb._validation import check_callable, check_int, check_seconds
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult, ProcessingJob
@@ -84,7 +85,7 @@ class JobHandle:
         except BaseException as exc:  # an interrupt (partial result attached) or an engine failure
             self._partial = getattr(exc, "partial_result", None)
             if self._partial is None:
-                _log.error("job %s failed", self._batch.job.job_id, exc_info=(type(exc), exc, exc.__traceback__))
+                _log.error("job %s failed\n%s", self._batch.job.job_id, format_text(exc).rstrip("\n"))
                 self._batch.publisher.finish(None, exc)  # no-op when the batch already published it
             self._future.set_exception(exc)
         else:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
+from procengine_nb._safe import describe, safe_repr, type_name
 from procengine_nb.cancellation import ProcessingCancelledException
 from procengine_nb.progress import ProcessingProgress
 
@@ -53,8 +54,8 @@ def coerce_symbols(symbols: object, name: str = "symbols") -> tuple[Any, ...]:
         raise TypeError(f"{name} must be an iterable of symbols, not None")
     if isinstance(symbols, (str, bytes, bytearray)):
         raise TypeError(
-            f"{name} must be an iterable of symbols, not a single {type(symbols).__name__} "
-            f"(did you mean [{symbols!r}]?)"
+            f"{name} must be an iterable of symbols, not a single {type_name(symbols)} "
+            f"(did you mean [{safe_repr(symbols, 80)}]?)"
         )
     if isinstance(symbols, dict):
         raise TypeError(f"{name} must be an iterable of symbols, not a dict (pass list(d) or d.values())")
@@ -63,7 +64,7 @@ def coerce_symbols(symbols: object, name: str = "symbols") -> tuple[Any, ...]:
     try:
         return tuple(symbols)  # type: ignore[call-overload]
     except TypeError:
-        raise TypeError(f"{name} must be an iterable of symbols, not {type(symbols).__name__}") from None
+        raise TypeError(f"{name} must be an iterable of symbols, not {type_name(symbols)}") from None
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,17 @@ class ProcessingJob:
     def __post_init__(self) -> None:
         object.__setattr__(self, "symbols", coerce_symbols(self.symbols))
         if not isinstance(self.job_type, JobType):
-            raise TypeError(f"job_type must be a JobType, not {type(self.job_type).__name__}")
+            raise TypeError(f"job_type must be a JobType, not {type_name(self.job_type)}")
         if not isinstance(self.job_id, str):
-            raise TypeError(f"job_id must be a str, not {type(self.job_id).__name__}")
+            raise TypeError(f"job_id must be a str, not {type_name(self.job_id)}")
         if not self.job_id:
             raise ValueError("job_id must not be empty")
         if self.name is not None and not isinstance(self.name, str):
-            raise TypeError(f"name must be a str or None, not {type(self.name).__name__}")
+            raise TypeError(f"name must be a str or None, not {type_name(self.name)}")
+        for attribute in ("job_id", "name"):  # a str subclass's own methods stay out of every message
+            value = getattr(self, attribute)
+            if value is not None and type(value) is not str:
+                object.__setattr__(self, attribute, str.__str__(value))
 
     @property
     def display_name(self) -> str:
@@ -102,6 +107,13 @@ class ProcessingJob:
 
     def __len__(self) -> int:
         return len(self.symbols)
+
+    def __repr__(self) -> str:
+        # never raises and stays short, however many symbols and whatever they are
+        n = len(self.symbols)
+        shown = ", ".join(safe_repr(s, 80) for s in self.symbols[:5]) + (f", ... ({n - 5} more)" if n > 5 else "")
+        return (f"ProcessingJob(symbols=({shown}), job_type={self.job_type}, job_id={safe_repr(self.job_id, 80)}, "
+                f"name={safe_repr(self.name, 80)})")
 
 
 class ResultStatus(enum.Enum):
@@ -135,11 +147,21 @@ class SymbolResult:
     """Time spent in the processor for this symbol, in milliseconds."""
     from_store: bool = False
     """True when the result was read from a ``store=`` (a rerun that did not run this symbol again)."""
+    traceback: str | None = None
+    """The formatted traceback of ``error`` (ERROR results). The exception object is kept without its
+    frames (``error.__traceback__`` is None), so a failed call's locals are not kept alive."""
 
     @property
     def ok(self) -> bool:
         """True for SUCCESS."""
         return self.status is ResultStatus.SUCCESS
+
+    def __repr__(self) -> str:
+        # never raises and stays short, whatever the symbol, value or exception
+        error = "" if self.error is None else f", error={safe_repr(self.error, 200)}"
+        value = "" if self.value is None else f", value={safe_repr(self.value, 200)}"
+        return (f"SymbolResult(symbol={safe_repr(self.symbol, 200)}, status={self.status}{value}{error}, "
+                f"duration_ms={self.duration_ms!r})")
 
 
 class UnprocessedView(Sequence[Any]):
@@ -199,7 +221,7 @@ class UnprocessedView(Sequence[Any]):
 
     def __repr__(self) -> str:
         n = len(self)
-        shown = ", ".join(repr(s) for s in itertools.islice(self, 5))
+        shown = ", ".join(safe_repr(s, 200) for s in itertools.islice(self, 5))
         more = f", ... ({n - 5} more)" if n > 5 else ""
         return f"UnprocessedView([{shown}{more}])"
 
@@ -229,9 +251,9 @@ class BatchResult(list[SymbolResult]):
         super().__init__(results)
         for i, item in enumerate(self):
             if not isinstance(item, SymbolResult):
-                raise TypeError(f"results[{i}] must be a SymbolResult, not {type(item).__name__}")
+                raise TypeError(f"results[{i}] must be a SymbolResult, not {type_name(item)}")
         if not isinstance(unprocessed, Sequence) or isinstance(unprocessed, (str, bytes)):
-            raise TypeError(f"unprocessed must be a sequence of symbols, not {type(unprocessed).__name__}")
+            raise TypeError(f"unprocessed must be a sequence of symbols, not {type_name(unprocessed)}")
         self.cancelled = cancelled
         self.cancel_reason = cancel_reason
         self.unprocessed: Sequence[Any] = unprocessed
@@ -307,7 +329,7 @@ class BatchResult(list[SymbolResult]):
                 "symbol": r.symbol,
                 "status": r.status.value,
                 "value": r.value,
-                "error": None if r.error is None else f"{type(r.error).__name__}: {r.error}",
+                "error": None if r.error is None else describe(r.error),
                 "duration_ms": r.duration_ms,
             }
             for r in self

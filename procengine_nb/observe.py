@@ -31,7 +31,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from procengine_nb._safe import describe
+from procengine_nb._safe import describe, safe_repr, type_name
+from procengine_nb._tracebacks import format_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.models import BatchResult, SymbolResult
@@ -73,7 +74,7 @@ def check_view(view: object) -> None:
     """Raise a TypeError naming the problem unless ``view`` has ``update`` and ``finish`` methods."""
     if not (callable(getattr(view, "update", None)) and callable(getattr(view, "finish", None))):
         raise TypeError(
-            f"view must have update(progress) and finish(result, error) methods, not {type(view).__name__}"
+            f"view must have update(progress) and finish(result, error) methods, not {type_name(view)}"
         )
 
 
@@ -223,15 +224,14 @@ class Publisher:
         listener.failures += 1
         logged = listener.logged
         if len(logged) < MAX_LOGGED_FAILURES:
-            text = describe(exc)
+            text = describe(exc, 500)
             if text not in logged:
                 logged.add(text)
-                _log.error("%s raised %s (identical failures are not logged again; at most %d per batch)",
-                           _name(listener), text, MAX_LOGGED_FAILURES, exc_info=(type(exc), exc, exc.__traceback__))
+                # the traceback as bounded, encodable text (a hostile exception cannot break the log)
+                _log.error("%s raised %s (identical failures are not logged again; at most %d per batch)\n%s",
+                           _name(listener), text, MAX_LOGGED_FAILURES, format_text(exc).rstrip("\n"))
 
 
 def _name(listener: _Listener) -> str:
     kind = "progress callback" if listener.every_snapshot else "view"
-    from procengine_nb._safe import safe_repr
-
     return f"{kind} {safe_repr(listener.target, 80)}"

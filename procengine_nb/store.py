@@ -28,11 +28,12 @@ import os
 import pickle
 import sqlite3
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from procengine_nb._safe import safe_str
+from procengine_nb._tracebacks import format_text
 from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult
 
 __all__ = [
@@ -463,7 +464,7 @@ class StoreSession:
         else:
             error = result.error
             if error is not None:
-                error_type, error_message, error_traceback = _error_text(error)
+                error_type, error_message, error_traceback = _error_text(error, result.traceback)
         try:
             symbol_blob = pickle.dumps(result.symbol, pickle.HIGHEST_PROTOCOL)
         except Exception:  # read back as its key
@@ -623,7 +624,8 @@ def _parts(items: list[Any], size: int) -> Iterable[list[Any]]:
 
 def _result(symbol: Any, status: ResultStatus, value: Any, error: BaseException | None, duration_ms: float,
             attempts: int, *, from_store: bool) -> SymbolResult:
-    result = SymbolResult(symbol, status, value, error, duration_ms)
+    result = SymbolResult(symbol, status, value, error, duration_ms,
+                          traceback=(error.traceback_text or None) if isinstance(error, StoredError) else None)
     if hasattr(result, "attempts"):
         result.attempts = attempts
     result.from_store = from_store
@@ -655,18 +657,15 @@ def _loaded(row: tuple[Any, ...]) -> SymbolResult:
     return _result(symbol, status, value, error, float(duration_ms), int(attempts), from_store=True)
 
 
-def _error_text(error: BaseException) -> tuple[str, str, str]:
+def _error_text(error: BaseException, formatted: str | None = None) -> tuple[str, str, str]:
     cls = type(error)
     module = getattr(cls, "__module__", "") or ""
     type_name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
     try:
-        message = str(error)
+        message = safe_str(str(error))  # lone surrogates (which SQLite refuses) become U+FFFD
     except Exception:
         message = f"<{type_name} whose str() failed>"
-    try:
-        text = "".join(traceback.format_exception(cls, error, error.__traceback__))
-    except Exception:
-        text = f"{type_name}: {message}\n"
+    text = formatted if formatted is not None else format_text(error)  # ERROR results carry it
     return type_name, message[:_MAX_TEXT], text[-_MAX_TEXT:]
 
 

@@ -127,7 +127,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
                                                                errors_count=2), ValueError, "errors_count"),
     ("progress eta -1", lambda: ProcessingProgress(total_symbols=3, estimated_remaining_ms=-1), ValueError,
      "estimated_remaining_ms"),
-    ("progress elapsed float", lambda: ProcessingProgress(total_symbols=3, elapsed_time_ms=1.5), TypeError,
+    ("progress elapsed str", lambda: ProcessingProgress(total_symbols=3, elapsed_time_ms="1.5"), TypeError,
      "elapsed_time_ms"),
     ("tracker total str", lambda: ProgressTracker("3"), TypeError, "total"),
     ("tracker total -1", lambda: ProgressTracker(-1), ValueError, "total"),

@@ -35,7 +35,17 @@ def test_snapshot_is_frozen():
         ({"total_symbols": 2.0}, TypeError, "total_symbols"),
         ({"total_symbols": True}, TypeError, "total_symbols"),
         ({"total_symbols": 2, "estimated_remaining_ms": -5}, ValueError, "estimated_remaining_ms"),
-        ({"total_symbols": 2, "estimated_remaining_ms": 1.5}, ValueError, "estimated_remaining_ms"),
+        ({"total_symbols": 2, "estimated_remaining_ms": float("nan")}, ValueError, "estimated_remaining_ms"),
+        ({"total_symbols": 2, "estimated_remaining_ms": float("inf")}, ValueError, "estimated_remaining_ms"),
+        ({"total_symbols": 2, "estimated_remaining_ms": True}, TypeError, "estimated_remaining_ms"),
+        ({"total_symbols": 2, "estimated_remaining_ms": "5"}, TypeError, "estimated_remaining_ms"),
+        ({"total_symbols": 2, "elapsed_time_ms": None}, TypeError, "elapsed_time_ms"),
+        ({"total_symbols": 2, "elapsed_time_ms": False}, TypeError, "elapsed_time_ms"),
+        ({"total_symbols": 2, "elapsed_time_ms": float("nan")}, ValueError, "elapsed_time_ms"),
+        ({"total_symbols": 2, "elapsed_time_ms": float("-inf")}, ValueError, "elapsed_time_ms"),
+        ({"total_symbols": 2, "elapsed_time_ms": -0.5}, ValueError, "elapsed_time_ms"),
+        ({"total_symbols": 2, "rate_per_second": float("nan")}, ValueError, "rate_per_second"),
+        ({"total_symbols": 2, "cancelled": 1}, TypeError, "cancelled"),
         ({"total_symbols": 2, "elapsed_time_ms": -1}, ValueError, "elapsed_time_ms"),
     ],
 )
@@ -60,8 +70,8 @@ def test_eta_calculation_accuracy(fake_clock):
     for _ in range(3):
         fake_clock.advance(0.1)
         snapshot = tracker.record("S")
-    assert snapshot.elapsed_time_ms == 300
-    assert snapshot.estimated_remaining_ms == 700
+    assert snapshot.elapsed_time_ms == pytest.approx(300)
+    assert snapshot.estimated_remaining_ms == pytest.approx(700)
     assert snapshot.rate_per_second == pytest.approx(10.0)
 
 
@@ -70,7 +80,7 @@ def test_eta_is_concurrency_aware(fake_clock):
     tracker = ProgressTracker(40, clock=fake_clock)
     fake_clock.advance(0.1)
     snapshot = tracker.record("x", count=4)
-    assert snapshot.estimated_remaining_ms == 900
+    assert snapshot.estimated_remaining_ms == pytest.approx(900)
 
 
 def test_eta_zero_at_end_and_never_negative(fake_clock):
@@ -112,7 +122,7 @@ def test_smoothed_eta_follows_a_change_of_speed(fake_clock):
         p = plain.record("f")
         s = smooth.record("f")
     # 80 left: the plain average (0.55 s/symbol) says 44 s; the smoothed rate is near the new 0.1 s.
-    assert p.estimated_remaining_ms == 44000
+    assert p.estimated_remaining_ms == pytest.approx(44000)
     assert s.estimated_remaining_ms < 12000
     assert s.estimated_remaining_ms >= 8000
 
@@ -122,7 +132,7 @@ def test_smoothing_bias_correction_first_update(fake_clock):
     fake_clock.advance(0.2)
     snapshot = tracker.record("a")
     # with bias correction the first estimate equals the first observation: 10 * 0.2 s
-    assert snapshot.estimated_remaining_ms == 2000
+    assert snapshot.estimated_remaining_ms == pytest.approx(2000)
 
 
 def test_empty_batch_tracker():
@@ -162,3 +172,54 @@ def test_refresh_reports_running_and_cancelled(fake_clock):
     snapshot = tracker.refresh()
     assert (snapshot.running_symbols, snapshot.cancelled, snapshot.elapsed_time_ms) == (3, True, 250)
     assert not snapshot.finished
+
+
+def test_a_snapshot_has_no_dict_to_write_through():
+    """A callback could corrupt ``result.progress`` through ``__dict__``: snapshots have none, every
+    assignment or deletion is refused, and the tracker's own snapshots are the same immutable type."""
+    tracker = ProgressTracker(2)
+    for snapshot in (ProcessingProgress(total_symbols=2, completed_symbols=1), tracker.record("A"),
+                     next(iter(tracker.record_group(["B"], [True]))), tracker.refresh(finished=True)):
+        assert not hasattr(snapshot, "__dict__")
+        for name in ("completed_symbols", "percentage", "extra"):
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(snapshot, name, 0)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            del snapshot.total_symbols
+        assert type(snapshot) is ProcessingProgress
+
+
+def test_a_callback_cannot_corrupt_the_final_snapshot():
+    from procengine_nb import ProcessingEngine
+
+    def vandal(progress):
+        try:
+            vars(progress)["completed_symbols"] = -7
+        except TypeError:
+            pass
+
+    result = ProcessingEngine(str, max_workers=2).process_batch(["a", "b", "c"], progress_callback=vandal)
+    assert result.progress.completed_symbols == 3 and result.progress.percentage == 100.0
+
+
+def test_times_are_floats_and_user_snapshots_take_ints_or_floats():
+    built = ProcessingProgress(total_symbols=3, elapsed_time_ms=1500, estimated_remaining_ms=250)
+    assert (built.elapsed_time_ms, built.estimated_remaining_ms) == (1500.0, 250.0)
+    assert type(built.elapsed_time_ms) is float and type(built.estimated_remaining_ms) is float
+    assert ProcessingProgress(total_symbols=3, elapsed_time_ms=0.25).elapsed_time_ms == 0.25
+    assert ProcessingProgress(total_symbols=3).estimated_remaining_ms is None
+    tracker = ProgressTracker(2)
+    for snapshot in (tracker.snapshot, tracker.record("A"), tracker.refresh(finished=True)):
+        assert type(snapshot.elapsed_time_ms) is float
+        assert snapshot.estimated_remaining_ms is None or type(snapshot.estimated_remaining_ms) is float
+    assert tracker.refresh(finished=True).estimated_remaining_ms == 0.0
+
+
+def test_snapshots_pickle_copy_and_replace():
+    import copy
+    import pickle
+
+    snapshot = ProgressTracker(4).record("A")
+    for twin in (pickle.loads(pickle.dumps(snapshot)), copy.copy(snapshot), copy.deepcopy(snapshot)):
+        assert twin == snapshot
+    assert dataclasses.replace(snapshot, completed_symbols=2).completed_symbols == 2

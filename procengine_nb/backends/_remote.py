@@ -29,7 +29,6 @@ import shutil
 import socket
 import tempfile
 import time
-import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -234,9 +233,7 @@ def encode_chunk(
 # -- worker side ----------------------------------------------------------------------------------
 def _encode_result(result: SymbolResult) -> bytes:
     error = result.error
-    trace = None
-    if error is not None and result.status is ResultStatus.ERROR:
-        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    trace = result.traceback  # run_chunk formatted it (and dropped the frames)
     try:
         return cloudpickle.dumps((result.status, result.value, error, result.duration_ms, trace))
     except Exception as exc:
@@ -340,4 +337,4 @@ def _decode_result(symbol: Any, blob: bytes) -> SymbolResult:
         return _symbol_error(symbol, f"the result for symbol {symbol!r} cannot be unpickled here ({_describe(exc)})")
     if trace is not None and isinstance(error, BaseException) and error.__cause__ is None:
         error.__cause__ = RemoteTraceback(trace)
-    return SymbolResult(symbol, status, value, error, duration_ms)
+    return SymbolResult(symbol, status, value, error, duration_ms, traceback=trace)

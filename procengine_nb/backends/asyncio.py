@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
+from procengine_nb._tracebacks import detach, format_text, release
 from procengine_nb.backends._loop import LoopThread, is_awaitable
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
@@ -190,19 +191,24 @@ class _AsyncBatch(BatchExecutor):
                         if not scope.expired():
                             raise
                         error = TimeoutError(f"did not finish within {timeout:g}s of starting")
-                        return SymbolResult(symbol, ResultStatus.ERROR, None, error, (clock() - start) * 1000.0)
+                        return SymbolResult(symbol, ResultStatus.ERROR, None, error, (clock() - start) * 1000.0,
+                                            traceback=format_text(error))
         except ProcessingCancelledException as exc:
+            release(exc)  # as run_chunk: no frames (and their locals) kept alive by a result
             return SymbolResult(symbol, ResultStatus.CANCELLED, None, exc, (clock() - start) * 1000.0)
         except asyncio.CancelledError as exc:
             if not _being_cancelled():  # the processor's own CancelledError (an awaited future it cancelled)
-                return SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0)
+                return SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0,
+                                    traceback=detach(exc))
+            release(exc)
             reason = token.reason if token is not None else None
             stopped = ProcessingCancelledException(
                 "processing was cancelled" + (f": {reason}" if reason else ""), reason=reason,
             )
             return SymbolResult(symbol, ResultStatus.CANCELLED, None, stopped, (clock() - start) * 1000.0)
         except BaseException as exc:  # as run_chunk: every exception is that symbol's ERROR
-            return SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0)
+            return SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0,
+                                traceback=detach(exc))
         return SymbolResult(symbol, ResultStatus.SUCCESS, value, None, (clock() - start) * 1000.0)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from procengine_nb._tracebacks import detach, release
 from procengine_nb.backends._loop import _NOT_AWAITABLE, awaiter_for, cannot_await, is_awaitable
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
 from procengine_nb.models import ResultStatus, SymbolResult
@@ -32,7 +33,8 @@ def run_chunk(
     Runs on a worker. Stops early (returning only the results of the symbols it ran) when ``token``
     is cancelled between two symbols; the engine counts the rest as unprocessed. Every exception a
     processor raises, ``KeyboardInterrupt`` and ``SystemExit`` included, becomes that symbol's ERROR
-    result; :class:`ProcessingCancelledException` becomes CANCELLED.
+    result; :class:`ProcessingCancelledException` becomes CANCELLED. A result keeps the exception and
+    (ERROR) its formatted traceback, never its frames: a failed call's locals are freed at once.
 
     A value that is an awaitable (a sync callable that returned a coroutine) is awaited on the batch's
     event loop when the batch has one for its workers (the threads backends, see ``_loop.Awaiter``), else it
@@ -54,9 +56,11 @@ def run_chunk(
                     raise cannot_await(value)
                 value = awaiter.wait(value)
         except ProcessingCancelledException as exc:
+            release(exc)  # no frames (and their locals) kept alive by a result
             append(SymbolResult(symbol, ResultStatus.CANCELLED, None, exc, (clock() - start) * 1000.0))
         except BaseException as exc:
-            append(SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0))
+            duration = (clock() - start) * 1000.0
+            append(SymbolResult(symbol, ResultStatus.ERROR, None, exc, duration, traceback=detach(exc)))
         else:
             append(SymbolResult(symbol, ResultStatus.SUCCESS, value, None, (clock() - start) * 1000.0))
     return results

@@ -20,6 +20,7 @@ import math
 import re
 from typing import Any
 
+from procengine_nb._safe import safe_str, type_name
 from procengine_nb.progress import ProcessingProgress
 
 __all__ = [
@@ -112,17 +113,6 @@ def format_counts(progress: ProcessingProgress) -> str:
     return f"{progress.completed_symbols} / {progress.total_symbols} ({math.floor(progress.percentage)}%)"
 
 
-def safe_str(value: Any) -> str:
-    """``str(value)``, falling back to ``repr`` (and then a placeholder) if ``__str__`` raises."""
-    try:
-        return str(value)
-    except Exception:
-        try:
-            return repr(value)
-        except Exception:
-            return f"<unprintable {type(value).__name__}>"
-
-
 def truncate(text: str, limit: int = 200) -> str:
     """Cut ``text`` to at most ``limit`` characters, ending with ``…`` when something was cut.
 
@@ -149,7 +139,8 @@ def clean_text(value: Any, limit: int = 200) -> str:
     >>> clean_text("invoice\\u202eexe.pdf"), clean_text("x" * 500, 10)
     ('invoiceexe.pdf', 'xxxxxxxxx…')
     """
-    text = _BIDI.sub("", _ANSI.sub("", safe_str(value)))
+    # cut first (generously: escape sequences are removed after), so a 10 MB text costs no more
+    text = _BIDI.sub("", _ANSI.sub("", safe_str(value, 4 * limit + 256 if type(limit) is int and limit > 0 else None)))
     return truncate(_CONTROL.sub(" ", text), limit)
 
 
@@ -167,7 +158,7 @@ def describe_error(error: BaseException | None) -> tuple[str, str]:
     or :func:`html_text` where it is shown."""
     if error is None:
         return ("", "")
-    return (type(error).__name__, safe_str(error))
+    return (type_name(error), safe_str(error))
 
 
 class JobState(enum.Enum):
