@@ -105,3 +105,17 @@ def test_symbol_result_traceback_is_the_last_field_with_a_default():
     result = SymbolResult("A", ResultStatus.ERROR, None, ValueError("x"), 1.0)
     assert result.traceback is None
     assert SymbolResult.__dataclass_fields__["traceback"].default is None
+
+
+def test_async_processors_errors_keep_no_frames_either():
+    refs: list[weakref.ref] = []
+
+    async def processor(symbol):
+        local = Payload(10)
+        refs.append(weakref.ref(local))
+        raise ValueError(f"no data for {symbol}")
+
+    result = ProcessingEngine(processor, max_workers=2).process_batch(["A", "B"])
+    gc.collect()
+    assert len(result.errors) == 2 and all(ref() is None for ref in refs)
+    assert all(r.error.__traceback__ is None and "ValueError: no data" in r.traceback for r in result.errors)
