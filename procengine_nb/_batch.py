@@ -9,14 +9,17 @@ Nothing here iterates ``as_completed``/``wait`` over futures, so a shut-down exe
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from procengine_nb._safe import describe, safe_repr
 from procengine_nb._tracebacks import detach, format_text
+from procengine_nb._validation import MAX_SECONDS
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult, UnprocessedView
@@ -27,18 +30,58 @@ __all__ = ["BatchRun", "BatchSettings"]
 
 _log = logging.getLogger("procengine_nb.engine")
 _WAKE = object()  # put in the completion queue by a cancel
+_MAX_WAIT = 0.1  # longest real wait on a deadline computed from the (injectable) clock: a fake clock works
+_START_POLL = 0.02  # how often a backend that cannot tell the start of a task is asked (timeout= only)
+_UNKNOWN_REMAINING = 1 << 20  # what a lazy input without total= counts as left, for the chunk size
+
+
+class _Started:
+    """When a timed task's symbol began on its worker, in the engine's clock (None: not yet)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+
+def _timed_chunk(cell: _Started, clock: Callable[[], float], notify: Callable[[Any], None],
+                 processor: Callable[..., Any], symbols: Any, token: CancellationToken | None,
+                 pass_token: bool) -> list[SymbolResult]:
+    """``run_chunk`` that first records its start (shared memory) and wakes the loop to time it."""
+    cell.at = clock()
+    notify(cell)
+    return run_chunk(processor, symbols, token, pass_token)
+
+
+class _Drawn:
+    """The symbols of a lazy input that a cancel left unprocessed, by input position (a sparse sequence
+    for :class:`UnprocessedView`: ``len`` is how many were drawn, only the kept positions are readable)."""
+
+    __slots__ = ("_symbols", "_count")
+
+    def __init__(self, pairs: list[tuple[int, Any]], count: int) -> None:
+        self._symbols = dict(pairs)
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> Any:
+        return self._symbols[index]
 
 
 class BatchSettings:
     """The engine's knobs, validated by ``ProcessingEngine`` and shared by its batches."""
 
     __slots__ = ("processor", "pass_token", "backend", "clock", "eta_smoothing", "max_errors",
-                 "timeout", "chunk_size", "target_chunk_seconds", "window_per_worker")
+                 "timeout", "chunk_size", "target_chunk_seconds", "window_per_worker",
+                 "retries", "retry_on", "backoff")
 
     def __init__(self, processor: Callable[..., Any], pass_token: bool, backend: Backend,
                  clock: Callable[[], float], eta_smoothing: float | None, max_errors: int | None,
                  timeout: float | None, chunk_size: int | None, target_chunk_seconds: float = 0.002,
-                 window_per_worker: int = 2) -> None:
+                 window_per_worker: int = 2, retries: int = 0,
+                 retry_on: tuple[type[BaseException], ...] = (Exception,), backoff: float = 0.0) -> None:
         self.processor = processor
         self.pass_token = pass_token
         self.backend = backend
@@ -49,10 +92,19 @@ class BatchSettings:
         self.chunk_size = chunk_size
         self.target_chunk_seconds = target_chunk_seconds
         self.window_per_worker = window_per_worker
+        self.retries = retries
+        self.retry_on = retry_on
+        self.backoff = backoff
 
 
 class BatchRun:
-    """Runs one :class:`ProcessingJob` to its :class:`BatchResult`. Use once."""
+    """Runs one :class:`ProcessingJob` to its :class:`BatchResult`. Use once.
+
+    Each task in flight is recorded as ``(start, stop, symbols, started, attempts, last)``: the input
+    positions ``start:stop`` it covers, its symbols, a :class:`_Started` cell when ``timeout=`` times it,
+    how many calls of its (single) symbol already failed (a retry; 0 for a first try) and that symbol's
+    last ERROR result. Symbols waiting to retry sit in a heap of due times; they hold no worker.
+    """
 
     def __init__(self, settings: BatchSettings, job: ProcessingJob,
                  publisher: Publisher, token: CancellationToken) -> None:
@@ -64,12 +116,26 @@ class BatchRun:
         # The batch's own token: cancelled by the user's token, the error budget or the engine itself,
         # without ever cancelling the caller's token on the caller's behalf.
         self.token = CancellationToken.linked(token)
-        self.tracker = ProgressTracker(len(job.symbols), clock=settings.clock, smoothing=settings.eta_smoothing)
-        self._inflight: dict[Future[Any], tuple[int, int, float]] = {}
+        self._lazy = job.lazy
+        if self._lazy:
+            hint = job.total
+            self.tracker = ProgressTracker(hint if hint is not None else 0, clock=settings.clock,
+                                           smoothing=settings.eta_smoothing, total_known=hint is not None)
+        else:
+            self.tracker = ProgressTracker(len(job.symbols), clock=settings.clock,  # type: ignore[arg-type]
+                                           smoothing=settings.eta_smoothing)
+        self._inflight: dict[Future[Any], tuple[Any, ...]] = {}
         self._abandoned: set[Future[Any]] = set()
-        self._dropped: list[int] = []  # symbols of a started chunk that stopped early on a cancel
+        self._dropped: list[tuple[int, Any]] = []  # (position, symbol) that a cancel left never run
+        self._retry_heap: list[tuple[float, int, int, Any, int, SymbolResult]] = []
+        self._retry_count = 0  # tie-breaker for the heap (never compares symbols)
+        self._random = random.Random()
+        self._drawn = 0  # lazy input: symbols drawn so far
+        self._exhausted = not self._lazy
+        self._input_error: BaseException | None = None
         self._mean_seconds = 0.0  # smoothed processor time per symbol; drives the chunk size
         self._results = BatchResult(job=job)
+        self._interrupted_result: BatchResult | None = None
 
     # -- read from other threads ----------------------------------------------------------------
     @property
@@ -80,14 +146,13 @@ class BatchRun:
     def running_symbols(self, limit: int = 8) -> list[Any]:
         """Up to ``limit`` symbols handed to workers and not completed yet (safe from any thread)."""
         spans = list(self._inflight.copy().values())
-        spans.sort()
-        symbols = self.job.symbols
+        spans.sort(key=lambda span: span[0])
         out: list[Any] = []
-        for start, stop, _ in spans:
-            for index in range(start, stop):
+        for span in spans:
+            for symbol in span[2]:
                 if len(out) >= limit:
                     return out
-                out.append(symbols[index])
+                out.append(symbol)
         return out
 
     # -- the loop -------------------------------------------------------------------------------
@@ -123,43 +188,83 @@ class BatchRun:
 
     def _loop(self) -> BatchResult:
         settings = self.settings
-        symbols = self.job.symbols
-        total = len(symbols)
+        lazy = self._lazy
+        symbols: Any = None if lazy else self.job.symbols
+        total = 0 if lazy else len(symbols)
         token = self.token
         tracker = self.tracker
         completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         wake = token.register(lambda: completions.put(_WAKE))
         results = self._results
         inflight = self._inflight
+        heap = self._retry_heap
         timeout = settings.timeout
+        backend = settings.backend
+        # timeout= counts from each symbol's own start: the worker records it (shared memory), or the
+        # loop asks the backend whether a task started (a backend that times symbols itself: neither)
+        timed = timeout is not None and not getattr(backend, "times_symbols", False)
+        pushed = timed and backend.shares_memory
         clock = settings.clock
         next_index = 0
-        workers = settings.backend.max_workers
+        workers = backend.max_workers
         window = workers if timeout is not None else max(1, workers * settings.window_per_worker)
         executor: BatchExecutor | None = None
-        self._interrupted_result: BatchResult | None = None
         try:
-            executor = settings.backend.open(token)
+            executor = backend.open(token)
             worker_token = executor.worker_token
             pass_token = settings.pass_token
             processor = settings.processor
             while True:
-                # 1. keep the window full
-                while next_index < total and len(inflight) < window and not token.is_cancelled:
-                    size = self._chunk_size(total - next_index, workers)
-                    stop = next_index + size
+                # 1. keep the window full: retries that are due first, then new symbols
+                while len(inflight) < window and not token.is_cancelled:
+                    attempts, last = 0, None
+                    if heap:
+                        if heap[0][0] <= clock():
+                            _, _, start, symbol, attempts, last = heapq.heappop(heap)
+                            tracker.retrying = len(heap)
+                            stop, chunk = start + 1, (symbol,)
+                        elif len(heap) >= window:  # back-pressure: no new symbols while many wait
+                            break
+                    if last is None:
+                        if lazy:
+                            if self._exhausted:
+                                break
+                            chunk = self._draw(self._chunk_size(self._lazy_remaining(), workers))
+                            if not chunk:
+                                break
+                            start = self._drawn - len(chunk)
+                            stop = self._drawn
+                        else:
+                            if next_index >= total:
+                                break
+                            start = next_index
+                            stop = start + self._chunk_size(total - start, workers)
+                            chunk = symbols[start:stop]
+                    cell = None
                     try:
-                        future = executor.submit(run_chunk, processor, symbols[next_index:stop],
-                                                 worker_token, pass_token)
+                        if timed:
+                            cell = _Started()
+                            if pushed:
+                                future = executor.submit(_timed_chunk, cell, clock, completions.put, processor,
+                                                         chunk, worker_token, pass_token)
+                            else:
+                                future = executor.submit(run_chunk, processor, chunk, worker_token, pass_token)
+                        else:
+                            future = executor.submit(run_chunk, processor, chunk, worker_token, pass_token)
                     except Exception as exc:  # e.g. an executor that was shut down
                         _log.error("job %s: the executor refused a task: %s", self.job.job_id, describe(exc))
                         token.cancel(f"the executor refused new tasks: {describe(exc)}")
+                        if last is not None:  # back to waiting: it ends as its last ERROR result
+                            self._schedule(start, last, attempts, 0.0)
+                        elif lazy:  # drawn, never run
+                            self._dropped.extend(zip(range(start, stop), chunk, strict=True))
                         break
-                    inflight[future] = (next_index, stop, clock())
-                    tracker.running += size
-                    next_index = stop
+                    inflight[future] = (start, stop, chunk, cell, attempts, last)
+                    tracker.running += stop - start
+                    if last is None and not lazy:
+                        next_index = stop
                     future.add_done_callback(completions.put)
-                if not inflight:
+                if not inflight and not heap:
                     break
                 if token.is_cancelled:
                     # let a backend that stops running tasks (asyncio) unwind them, keep what
@@ -170,19 +275,31 @@ class BatchRun:
                             item = completions.get_nowait()
                         except queue.Empty:
                             break
-                        if item is not _WAKE:
+                        if item is not _WAKE and item.__class__ is not _Started:
                             self._take(item)
                     break
-                # 2. wait for a completion (or a cancel, or the earliest per-symbol deadline)
+                # 2. wait for a completion (or a cancel, a task's start, a deadline, a retry's due time)
+                wait = None
+                if timed or heap:
+                    now = clock()
+                    if timed:
+                        wait = self._next_wait(now, executor, pushed)
+                    if heap:
+                        due = max(0.0, heap[0][0] - now)
+                        wait = due if wait is None else min(wait, due)
+                    if wait is not None:
+                        wait = min(wait, _MAX_WAIT)
                 try:
-                    item = completions.get(timeout=self._next_wait(clock()) if timeout is not None else None)
+                    item = completions.get(timeout=wait)
                 except queue.Empty:
-                    self._expire(clock(), executor)
+                    if timed:
+                        self._expire(clock(), executor)
                     continue
-                if item is not _WAKE:
+                if item is not _WAKE and item.__class__ is not _Started:
                     self._take(item)
         finally:
-            cancelled = token.is_cancelled or next_index < total or bool(inflight)
+            undrawn = not self._exhausted if lazy else next_index < total
+            cancelled = token.is_cancelled or undrawn or bool(inflight) or bool(heap)
             if cancelled and not token.is_cancelled:  # leaving on an exception (e.g. KeyboardInterrupt):
                 token.cancel("the batch was interrupted")  # tell cooperative processors to stop too
             wake.unregister()
@@ -197,14 +314,39 @@ class BatchRun:
 
     def _settle(self, next_index: int, cancelled: bool) -> None:
         """Complete the result: what never completed, the cancel flag and reason, the final snapshot.
-        Runs however the loop ended, so an interrupt still leaves a whole partial result."""
+        Runs however the loop ended, so an interrupt still leaves a whole partial result.
+
+        A symbol that failed and was waiting for (or running) its next attempt when the batch stopped
+        ran and failed: it ends as its last ERROR result, never as unprocessed."""
         tracker, inflight, results, token = self.tracker, self._inflight, self._results, self.token
         # What a cancel left running on workers (tasks that ignore the token): reported, not awaited.
-        tracker.running = sum(stop - start for f, (start, stop, _) in inflight.items() if not f.done())
+        tracker.running = sum(span[1] - span[0] for f, span in inflight.items() if not f.done())
         tracker.cancelled = cancelled
-        head = [i for start, stop, _ in inflight.values() for i in range(start, stop)]
-        head.extend(self._dropped)
-        results.unprocessed = UnprocessedView(self.job.symbols, head, next_index)
+        never: list[tuple[int, Any]] = []
+        waiting: list[tuple[SymbolResult, int]] = []
+        for start, stop, chunk, _, attempts, last in inflight.values():
+            if last is None:
+                never.extend(zip(range(start, stop), chunk, strict=True))
+            else:
+                waiting.append((last, attempts))
+        waiting.extend((last, attempts) for _, _, _, _, attempts, last in self._retry_heap)
+        self._retry_heap.clear()
+        tracker.retrying = 0
+        for last, attempts in waiting:
+            last.attempts = attempts
+            results.append(last)
+            tracker.record(last.symbol, error=True)
+            self.publisher.failed(last)
+        never.extend(self._dropped)
+        positions = [i for i, _ in never]
+        if self._lazy:
+            results.unprocessed = UnprocessedView(_Drawn(never, self._drawn), positions, self._drawn)  # type: ignore[arg-type]
+            if self._exhausted:
+                tracker.total, tracker.total_known = self._drawn, True
+        else:
+            results.unprocessed = UnprocessedView(self.job.symbols, positions, next_index)  # type: ignore[arg-type]
+        results.input_exhausted = self._exhausted
+        results.input_error = self._input_error
         results.cancelled = cancelled
         results.cancel_reason = token.reason if cancelled else None
         results.progress = tracker.refresh(finished=True)
@@ -216,36 +358,124 @@ class BatchRun:
         if span is None:  # a task given up on (timeout) finally ended: its outcome was already recorded
             self._abandoned.discard(future)
             return
-        start, stop, _ = span
+        start, stop, symbols, _, attempts, last = span
         tracker = self.tracker
         tracker.running -= stop - start
-        chunk = self._outcome(future, self.job.symbols, start, stop)
+        ran = self._outcome(future, symbols)
+        if last is not None and not ran:  # a retry the executor dropped on a cancel: its last failure stands
+            self._schedule(start, last, attempts, 0.0)
+            return
         token = self.token
-        if chunk:
-            self._results.extend(chunk)
-            error_status = ResultStatus.ERROR
-            failed = [r.status is error_status for r in chunk]
-            # one clock reading for the chunk, one snapshot per symbol (the callback sees each)
-            publisher = self.publisher
-            publisher.updates(tracker.record_group([r.symbol for r in chunk], failed), cancelled=token.cancelled_now)
-            if True in failed:
-                for r in chunk:
-                    if r.status is error_status:
-                        publisher.failed(r)
-            per_symbol = sum(r.duration_ms for r in chunk) / 1000.0 / len(chunk)
+        if ran:
+            chunk = self._sift(ran, start, attempts) if self.settings.retries else ran
+            if chunk:
+                self._record(chunk)
+            per_symbol = sum(r.duration_ms for r in ran) / 1000.0 / len(ran)
             mean = self._mean_seconds
             self._mean_seconds = per_symbol if mean == 0.0 else 0.5 * (mean + per_symbol)
-        if len(chunk) < stop - start:  # the chunk stopped early on a cancel: the rest never ran
-            self._dropped.extend(range(start + len(chunk), stop))
+        if len(ran) < stop - start:  # the chunk stopped early on a cancel: the rest never ran
+            self._dropped.extend(zip(range(start + len(ran), stop), symbols[len(ran):], strict=True))
             if not token.is_cancelled:  # no cancel asked: the executor dropped a task it had accepted
-                token.cancel(f"the executor cancelled a task it had accepted ({stop - start - len(chunk)} "
+                token.cancel(f"the executor cancelled a task it had accepted ({stop - start - len(ran)} "
                              "symbol(s)); was it shut down?")
         self._check_budget()
+
+    def _record(self, chunk: list[SymbolResult]) -> None:
+        """Final outcomes: into the results, one snapshot each to the callback, failures to the views."""
+        self._results.extend(chunk)
+        error_status = ResultStatus.ERROR
+        failed = [r.status is error_status for r in chunk]
+        token = self.token
+        # one clock reading for the chunk, one snapshot per symbol (the callback sees each)
+        publisher = self.publisher
+        publisher.updates(self.tracker.record_group([r.symbol for r in chunk], failed), cancelled=token.cancelled_now)
+        if True in failed:
+            for r in chunk:
+                if r.status is error_status:
+                    publisher.failed(r)
+
+    def _sift(self, ran: list[SymbolResult], start: int, attempts: int) -> list[SymbolResult]:
+        """Keep the final outcomes of a finished task; schedule the failures that get another attempt."""
+        settings = self.settings
+        retries, retry_on = settings.retries, settings.retry_on
+        error_status = ResultStatus.ERROR
+        calls = attempts + 1
+        finals: list[SymbolResult] = []
+        scheduled = False
+        for offset, r in enumerate(ran):
+            if (r.status is error_status and calls <= retries and isinstance(r.error, retry_on)
+                    and not self.token.is_cancelled):
+                self._schedule(start + offset, r, calls, self._delay(calls))
+                scheduled = True
+                continue
+            if calls > 1:
+                r.attempts = calls
+            finals.append(r)
+        if scheduled and not finals:  # no completion to carry the new count: tell the views
+            self.publisher.state(self.tracker.refresh())
+        return finals
+
+    def _delay(self, calls: int) -> float:
+        """Seconds before attempt ``calls + 1``: ``backoff * 2**(calls - 1)``, scaled by a random factor
+        in [0.5, 1] (jitter, so that symbols failing together do not come back together)."""
+        backoff = self.settings.backoff
+        if backoff <= 0.0:
+            return 0.0
+        delay = backoff * 2.0 ** min(calls - 1, 64)
+        return min(delay * (0.5 + 0.5 * self._random.random()), MAX_SECONDS)
+
+    def _schedule(self, index: int, last: SymbolResult, calls: int, delay: float) -> None:
+        self._retry_count += 1
+        heapq.heappush(self._retry_heap, (self.settings.clock() + delay, self._retry_count, index,
+                                          last.symbol, calls, last))
+        self.tracker.retrying = len(self._retry_heap)
 
     def _check_budget(self) -> None:
         max_errors = self.settings.max_errors
         if max_errors is not None and self.tracker.errors > max_errors:
             self.token.cancel(f"error budget exceeded: {self.tracker.errors} errors > max_errors={max_errors}")
+
+    # -- lazy input -------------------------------------------------------------------------------
+    def _draw(self, size: int) -> list[Any]:
+        """Draw up to ``size`` symbols from a lazy input (on this thread). At its end, the total becomes
+        known. If the input raises, the batch is cancelled with that reason (the exception is kept as
+        ``input_error``), and what was drawn before still counts; an interrupt is re-raised after that."""
+        iterator: Iterator[Any] = self.job.symbols  # type: ignore[assignment]
+        chunk: list[Any] = []
+        append = chunk.append
+        try:
+            for _ in range(size):
+                append(next(iterator))
+        except StopIteration:
+            self._exhausted = True
+        except BaseException as exc:
+            self._exhausted = True
+            self._drawn += len(chunk)
+            self._dropped.extend(zip(range(self._drawn - len(chunk), self._drawn), chunk, strict=True))
+            self._grow_total()
+            if not isinstance(exc, Exception):
+                raise
+            self._input_error = exc
+            _log.error("job %s: the input raised while symbol #%d was drawn: %s", self.job.job_id,
+                       self._drawn + 1, describe(exc))
+            self.token.cancel(f"the input raised {describe(exc)} after {self._drawn} symbol(s)")
+            return []
+        self._drawn += len(chunk)
+        self._grow_total()
+        return chunk
+
+    def _grow_total(self) -> None:
+        tracker, drawn = self.tracker, self._drawn
+        if self._exhausted:
+            tracker.total, tracker.total_known = drawn, True
+        elif drawn > tracker.total:  # no hint, or the hint was too low
+            tracker.total = drawn
+
+    def _lazy_remaining(self) -> int:
+        hint = self.job.total
+        if hint is None or hint <= self._drawn:
+            return _UNKNOWN_REMAINING
+        return hint - self._drawn
 
     # -- helpers ----------------------------------------------------------------------------------
     def _chunk_size(self, remaining: int, workers: int) -> int:
@@ -264,41 +494,63 @@ class BatchRun:
         return max(1, min(size, balance, 4096))
 
     @staticmethod
-    def _outcome(future: Future[Any], symbols: tuple[Any, ...], start: int, stop: int) -> list[SymbolResult]:
+    def _outcome(future: Future[Any], symbols: Any) -> list[SymbolResult]:
         try:
             return future.result()
         except CancelledError:
             return []
         except BaseException as exc:  # the backend failed the whole task (pickling, lost worker, ...)
             text = detach(exc)
-            return [SymbolResult(symbols[i], ResultStatus.ERROR, None, exc, 0.0, traceback=text)
-                    for i in range(start, stop)]
+            return [SymbolResult(symbol, ResultStatus.ERROR, None, exc, 0.0, traceback=text) for symbol in symbols]
 
-    def _next_wait(self, now: float) -> float:
+    def _next_wait(self, now: float, executor: BatchExecutor, pushed: bool) -> float | None:
+        """Seconds until the earliest deadline of a started task (None: no task started yet). Tasks not
+        known to have started are asked about (``executor.started``) unless workers report it."""
         timeout = self.settings.timeout
         assert timeout is not None
-        earliest = min(submitted for _, _, submitted in self._inflight.values())
-        return max(0.0, earliest + timeout - now)
+        earliest = None
+        unstarted = False
+        for future, span in self._inflight.items():
+            cell = span[3]
+            if cell is None:
+                continue
+            at = cell.at
+            if at is None and not pushed and executor.started(future):
+                at = cell.at = now
+            if at is None:
+                unstarted = True
+            elif earliest is None or at < earliest:
+                earliest = at
+        wait = None if earliest is None else max(0.0, earliest + timeout - now)
+        if unstarted and not pushed:
+            wait = _START_POLL if wait is None else min(wait, _START_POLL)
+        return wait
 
     def _expire(self, now: float, executor: BatchExecutor) -> None:
-        """Turn every task past its deadline into an ERROR result and stop waiting for it."""
+        """Turn every task past its deadline (counted from its start) into ERROR results."""
         timeout = self.settings.timeout
         assert timeout is not None
-        symbols = self.job.symbols
-        late = [(f, span) for f, span in self._inflight.items() if now - span[2] >= timeout]
+        late = [(f, span) for f, span in self._inflight.items()
+                if span[3] is not None and span[3].at is not None and now - span[3].at >= timeout]
+        if not late:
+            return
         executor.cancel_pending([f for f, _ in late])
-        for future, (start, stop, _) in late:
+        finals: list[SymbolResult] = []
+        for future, (start, stop, chunk, _, attempts, _) in late:
             del self._inflight[future]
             self._abandoned.add(future)
             self.tracker.running -= stop - start
-            for index in range(start, stop):
-                error = TimeoutError(f"symbol {safe_repr(symbols[index], 200)} did not finish within "
-                                     f"{timeout:g}s of being handed to a worker")
-                result = SymbolResult(symbols[index], ResultStatus.ERROR, None, error, timeout * 1000.0,
-                                      traceback=format_text(error))
-                self._results.append(result)
-                self.publisher.update(self.tracker.record(symbols[index], error=True))
-                self.publisher.failed(result)
+            ran = []
+            for symbol in chunk:
+                error = TimeoutError(f"symbol {safe_repr(symbol, 200)} did not finish within {timeout:g}s "
+                                     "of starting")
+                ran.append(SymbolResult(symbol, ResultStatus.ERROR, None, error, timeout * 1000.0,
+                                        traceback=format_text(error)))
+            finals.extend(self._sift(ran, start, attempts) if self.settings.retries else ran)
+        for result in finals:
+            self._results.append(result)
+            self.publisher.update(self.tracker.record(result.symbol, error=True))
+            self.publisher.failed(result)
         self._check_budget()
 
 

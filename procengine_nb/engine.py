@@ -8,14 +8,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any, Protocol, runtime_checkable
 
 from procengine_nb._batch import BatchRun, BatchSettings
-from procengine_nb._safe import safe_str, type_name
+from procengine_nb._safe import safe_repr, safe_str, type_name
 from procengine_nb._validation import check_callable, check_int, check_number, check_seconds, check_type
 from procengine_nb.backends import Backend, make_backend
 from procengine_nb.backends.asyncio import is_async_callable, is_async_generator_callable
@@ -83,6 +85,18 @@ def _coroutine_backend(processor: Callable[..., Any], backend: str | Backend | N
     return backend  # an unknown name: make_backend says which ones exist
 
 
+def _check_retry_on(retry_on: object) -> tuple[type[BaseException], ...]:
+    """``retry_on`` as a non-empty tuple of exception classes, or a TypeError/ValueError naming the problem."""
+    classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not classes:
+        raise ValueError("retry_on must name at least one exception class (use retries=0 for no retries)")
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise TypeError(f"retry_on must be an exception class or a tuple of them, not {type_name(cls)}"
+                            + (f" ({safe_repr(cls, 60)})" if not isinstance(cls, type) else f" ({cls.__qualname__})"))
+    return classes  # type: ignore[return-value]
+
+
 class ProcessingEngine:
     """Runs a batch of symbols through ``processor`` on a pool of workers, with progress and cancel.
 
@@ -104,10 +118,20 @@ class ProcessingEngine:
             LocalCluster is started at the first batch and closed by :meth:`close`), or a
             :class:`~procengine_nb.backends.Backend`. See ``procengine_nb.backends``.
         max_errors: cancel the batch (with a reason) once more than this many symbols failed.
-        timeout: seconds a symbol may take from being handed to a worker; a late one becomes an
-            ERROR with a ``TimeoutError`` (its thread finishes on its own; its result is dropped).
-            On the asyncio backend it counts from the start of the symbol's own coroutine, which
-            is cancelled when it runs late.
+        timeout: seconds a symbol may take from the moment its own processing starts on a worker
+            (never from its submission: a symbol queued behind stuck ones is not timed until it
+            starts); a late one becomes an ERROR with a ``TimeoutError`` (its thread finishes on its
+            own; its result is dropped). Symbols then go one per task. On the asyncio backend it
+            counts from the start of the symbol's own coroutine, which is cancelled when it runs late.
+        retries: how many more times a failing symbol is tried (0: none) when its exception is an
+            instance of ``retry_on``. Only its final outcome is a result (``SymbolResult.attempts``
+            says how many calls it took) and only that one is counted and published as failed.
+        retry_on: the exception class(es) worth a retry (default: any ``Exception``; a ``TimeoutError``
+            from ``timeout=`` is one).
+        backoff: seconds before the first retry, doubled for each next one (``backoff * 2**k``), each
+            scaled by a random factor in [0.5, 1] (jitter). A waiting symbol holds no worker: the batch
+            runs other symbols meanwhile (while ``2 * max_workers`` symbols wait, it draws no new ones),
+            and a Stop does not wait for it: it ends as its last ERROR result.
         eta_smoothing: None for the average rate since the start, or an EMA factor in (0, 1].
         chunk_size: symbols per executor task; None adapts it to measured task time (tiny tasks are
             grouped so the executor's hand-off does not dominate, long ones go one at a time).
@@ -134,6 +158,9 @@ class ProcessingEngine:
         eta_smoothing: float | None = None,
         chunk_size: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.0,
         **backend_options: Any,
     ) -> None:
         check_callable(processor, "processor")
@@ -147,6 +174,9 @@ class ProcessingEngine:
             raise ValueError("pass either executor= or backend=, not both")
         check_type(backend, (str, Backend), "backend", what="a str or a Backend", allow_none=True)
         check_callable(clock, "clock")
+        check_int(retries, "retries", minimum=0)
+        retry_on = _check_retry_on(retry_on)
+        check_seconds(backoff, "backoff")
         if is_async_generator_callable(processor):
             raise TypeError("processor is an async generator function (async def with yield), which "
                             "returns no awaitable result; make it return its value instead of yielding")
@@ -170,6 +200,9 @@ class ProcessingEngine:
             timeout=None if self.backend.times_symbols else timeout,
             chunk_size=chunk_size,
             target_chunk_seconds=self.backend.target_task_seconds,
+            retries=retries,
+            retry_on=retry_on,
+            backoff=float(backoff),
         )
 
     @property
@@ -185,6 +218,7 @@ class ProcessingEngine:
         cancellation_token: CancellationToken | None = None,
         *,
         views: Iterable[JobView] = (),
+        total: int | None = None,
     ) -> BatchResult:
         """Process every symbol and return the :class:`BatchResult` (blocking).
 
@@ -196,13 +230,28 @@ class ProcessingEngine:
         cancel arrived is kept in the results; it is reported by the final callback rather than one
         callback each, so a slow callback cannot delay the Stop.
 
+        ``job_or_symbols`` with ``len()`` (a list, tuple, range, Series...) is read as it is; one without
+        (an iterator, a generator) is drawn lazily on the batch's thread, at most an in-flight window
+        ahead, so ``start()`` returns at once and an endless generator runs until a Stop or a deadline
+        (``CancellationToken.cancel_after``) in bounded memory. ``total=`` is a hint of how many it will
+        yield; without it ``total_symbols`` counts the symbols drawn so far and ``total_known`` is False
+        (views show no percentage or ETA). On a cancel, ``unprocessed`` holds the symbols drawn but never
+        completed, the rest stays in the iterator (``input_exhausted`` is False) and :meth:`resume`
+        continues with both. An input that raises while drawn ends the batch cancelled, with the reason
+        and the exception (``input_error``); the symbols drawn before are all accounted for. A
+        ``DataFrame``, a ``dict``, a ``str``/``bytes``/``memoryview`` are refused with a TypeError
+        saying what to pass.
+
         >>> token = CancellationToken()
         >>> token.cancel()
         True
         >>> ProcessingEngine(str).process_batch(["A", "B"], cancellation_token=token).unprocessed
         UnprocessedView(['A', 'B'])
+        >>> result = ProcessingEngine(str).process_batch(iter("ABC"))
+        >>> len(result), result.progress.total_symbols, result.input_exhausted
+        (3, 3, True)
         """
-        return self._prepare(job_or_symbols, progress_callback, cancellation_token, views).run()
+        return self._prepare(job_or_symbols, progress_callback, cancellation_token, views, total).run()
 
     def start(
         self,
@@ -211,6 +260,7 @@ class ProcessingEngine:
         cancellation_token: CancellationToken | None = None,
         *,
         views: Iterable[JobView] = (),
+        total: int | None = None,
     ) -> JobHandle:
         """Start :meth:`process_batch` on a background thread and return its :class:`JobHandle` at once.
 
@@ -218,7 +268,7 @@ class ProcessingEngine:
         >>> sorted(r.value for r in handle.result(timeout=10))
         ['A', 'B']
         """
-        batch = self._prepare(job_or_symbols, progress_callback, cancellation_token, views)
+        batch = self._prepare(job_or_symbols, progress_callback, cancellation_token, views, total)
         return JobHandle._start(batch)
 
     def retry(
@@ -245,11 +295,29 @@ class ProcessingEngine:
         cancellation_token: CancellationToken | None = None,
     ) -> BatchResult:
         """Process only the symbols ``previous`` never completed (its ``unprocessed``), in input order,
-        as a new batch of type ``JobType.RESUME``."""
+        as a new batch of type ``JobType.RESUME``; for a lazy input not used up
+        (``previous.input_exhausted`` is False), then the rest of the same iterator.
+
+        >>> numbers = iter(range(10))
+        >>> token = CancellationToken()
+        >>> engine = ProcessingEngine(lambda n: token.cancel() if n == 3 else n, max_workers=1, chunk_size=1)
+        >>> first = engine.process_batch(numbers, cancellation_token=token)
+        >>> first.cancelled, first.input_exhausted
+        (True, False)
+        >>> rest = engine.resume(first)
+        >>> sorted([r.symbol for r in first] + [r.symbol for r in rest]) == list(range(10))
+        True
+        """
         self._check_previous(previous)
-        job = ProcessingJob(tuple(previous.unprocessed), JobType.RESUME,
-                            name=self._follow_up_name(previous, "resume"))
-        return self.process_batch(job, progress_callback, cancellation_token)
+        name = self._follow_up_name(previous, "resume")
+        job = previous.job
+        if job is not None and job.lazy and not previous.input_exhausted:
+            hint = None if job.total is None else max(0, job.total - len(previous))
+            symbols: Any = itertools.chain(tuple(previous.unprocessed), job.symbols)
+            follow = ProcessingJob(symbols, JobType.RESUME, name=name, total=hint)
+        else:
+            follow = ProcessingJob(tuple(previous.unprocessed), JobType.RESUME, name=name)
+        return self.process_batch(follow, progress_callback, cancellation_token)
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -277,11 +345,16 @@ class ProcessingEngine:
         progress_callback: ProgressCallback | None,
         cancellation_token: CancellationToken | None,
         views: Iterable[JobView] = (),
+        total: int | None = None,
     ) -> BatchRun:
         if isinstance(job_or_symbols, ProcessingJob):
             job = job_or_symbols
+            if total is not None:
+                if job.total is not None and job.total != total:
+                    raise ValueError(f"total={total} differs from the job's own total ({job.total})")
+                job = dataclasses.replace(job, total=total)
         else:
-            job = ProcessingJob(coerce_symbols(job_or_symbols, "job_or_symbols"))
+            job = ProcessingJob(coerce_symbols(job_or_symbols, "job_or_symbols"), total=total)
         check_callable(progress_callback, "progress_callback", allow_none=True)
         check_type(cancellation_token, CancellationToken, "cancellation_token",
                    what="a procengine_nb.CancellationToken", allow_none=True)

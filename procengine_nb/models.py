@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import itertools
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -45,24 +45,77 @@ class JobType(enum.Enum):
     """A batch of symbols that were never processed (made by ``ProcessingEngine.resume``)."""
 
 
-def coerce_symbols(symbols: object, name: str = "symbols") -> tuple[Any, ...]:
-    """Return ``symbols`` as a tuple, or raise a TypeError that names the problem.
-
-    A ``str``/``bytes`` is refused: it is one symbol, not a batch of its characters.
-    """
+def _refuse_ambiguous(symbols: object, name: str) -> None:
+    """Raise a TypeError for inputs whose iteration is not a batch of symbols (saying what to pass)."""
     if symbols is None:
         raise TypeError(f"{name} must be an iterable of symbols, not None")
-    if isinstance(symbols, (str, bytes, bytearray)):
+    if isinstance(symbols, (str, bytes, bytearray, memoryview)):
+        kind = type_name(symbols)
+        hint = f"did you mean [{safe_repr(symbols, 80)}]?" if isinstance(symbols, (str, bytes)) else \
+            "pass a list of symbols; to process its bytes one by one, pass list(...)"
+        raise TypeError(f"{name} must be an iterable of symbols, not a single {kind} ({hint})")
+    kind = _dataframe_kind(type(symbols))
+    if kind == "pandas":
         raise TypeError(
-            f"{name} must be an iterable of symbols, not a single {type_name(symbols)} "
-            f"(did you mean [{safe_repr(symbols, 80)}]?)"
+            f"{name} is a pandas DataFrame, which iterates over its column labels: pass df.index (the row "
+            "labels), df.itertuples() (one namedtuple a row), df.to_dict(\"records\") (one dict a row) or "
+            "a column, df[\"name\"]"
         )
-    if isinstance(symbols, dict):
-        raise TypeError(f"{name} must be an iterable of symbols, not a dict (pass list(d) or d.values())")
-    if isinstance(symbols, tuple):
+    if kind == "polars":
+        raise TypeError(
+            f"{name} is a polars DataFrame, which iterates over its columns: pass df.iter_rows(named=True) "
+            "(one dict a row), df.rows() or a column, df[\"name\"]"
+        )
+    if isinstance(symbols, Mapping):
+        raise TypeError(
+            f"{name} must be an iterable of symbols, not a {type_name(symbols)} (a mapping): pass list(d) "
+            "for its keys, d.values() or d.items()"
+        )
+
+
+def _dataframe_kind(cls: type) -> str | None:
+    """'pandas' or 'polars' for a DataFrame class (or a subclass), without importing either."""
+    for klass in cls.__mro__:
+        if klass.__name__ == "DataFrame":
+            module = getattr(klass, "__module__", "") or ""
+            if module == "pandas" or module.startswith("pandas."):
+                return "pandas"
+            if module == "polars" or module.startswith("polars."):
+                return "polars"
+    return None
+
+
+def coerce_symbols(symbols: object, name: str = "symbols") -> Sequence[Any] | Iterator[Any]:
+    """Return ``symbols`` the way a batch reads them, or raise a TypeError that says what to pass.
+
+    - a ``tuple`` or ``range``: used as it is (no copy);
+    - anything else with ``len()`` (a list, a set, a pandas Series or Index, a NumPy array, dict views):
+      copied into a tuple once, so changing it while the batch runs cannot change the batch;
+    - anything without ``len()`` (an iterator, a generator, a file): an iterator, drawn lazily by the
+      batch (see ``ProcessingEngine.process_batch``);
+    - refused: ``None``, a ``str``/``bytes``/``bytearray``/``memoryview`` (one value, not a batch), a
+      mapping (``dict``: pass ``list(d)``, ``d.values()`` or ``d.items()``) and a pandas or polars
+      ``DataFrame`` (it iterates over its columns: pass ``df.index``, ``df.itertuples()``,
+      ``df.to_dict("records")``).
+
+    >>> coerce_symbols(["A", "B"])
+    ('A', 'B')
+    >>> coerce_symbols({"A": 1})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    TypeError: symbols must be an iterable of symbols, not a dict (a mapping): pass list(d) for its keys, ...
+    """
+    _refuse_ambiguous(symbols, name)
+    if isinstance(symbols, (tuple, range)):
         return symbols
+    if isinstance(symbols, Iterator):
+        return symbols
+    if hasattr(type(symbols), "__len__"):
+        try:
+            return tuple(symbols)  # type: ignore[call-overload]
+        except TypeError:
+            raise TypeError(f"{name} must be an iterable of symbols, not {type_name(symbols)}") from None
     try:
-        return tuple(symbols)  # type: ignore[call-overload]
+        return iter(symbols)  # type: ignore[call-overload]
     except TypeError:
         raise TypeError(f"{name} must be an iterable of symbols, not {type_name(symbols)}") from None
 
@@ -76,17 +129,29 @@ class ProcessingJob:
     (('AAPL', 'MSFT'), <JobType.GENERIC: 'generic'>)
     """
 
-    symbols: Sequence[Any]
-    """The symbols, kept as a tuple in input order (any objects; shown with ``str()``)."""
+    symbols: Sequence[Any] | Iterator[Any]
+    """The symbols in input order (any objects; shown with ``str()``): a tuple (or the ``range`` given),
+    or, for an input without ``len()``, the iterator the batch draws from lazily (see ``lazy``)."""
     job_type: JobType = JobType.GENERIC
     """What kind of batch this is."""
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     """A unique id (random unless given)."""
     name: str | None = None
     """A human-readable name shown by views (defaults to the job type)."""
+    total: int | None = None
+    """How many symbols a lazy input will yield, when you know (a hint for the percentage and ETA);
+    None: unknown. For an input with ``len()`` it must equal that length."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "symbols", coerce_symbols(self.symbols))
+        if self.total is not None:
+            if isinstance(self.total, bool) or not isinstance(self.total, int):
+                raise TypeError(f"total must be an int or None, not {type_name(self.total)}")
+            if self.total < 0:
+                raise ValueError(f"total must be >= 0, got {self.total}")
+            if not self.lazy and self.total != len(self.symbols):  # type: ignore[arg-type]
+                raise ValueError(f"total={self.total} but the input has {len(self.symbols)} symbols "  # type: ignore[arg-type]
+                                 "(total= is a hint for inputs without len(), such as generators)")
         if not isinstance(self.job_type, JobType):
             raise TypeError(f"job_type must be a JobType, not {type_name(self.job_type)}")
         if not isinstance(self.job_id, str):
@@ -105,7 +170,14 @@ class ProcessingJob:
         """``name`` or, when unset, a name made from the job type."""
         return self.name if self.name else f"{self.job_type.value} job"
 
+    @property
+    def lazy(self) -> bool:
+        """True when the symbols are an iterator drawn as the batch runs (an input without ``len()``)."""
+        return isinstance(self.symbols, Iterator)
+
     def __len__(self) -> int:
+        if isinstance(self.symbols, Iterator):
+            raise TypeError("a lazy job (an iterator of symbols) has no len(); job.total is its hint")
         return len(self.symbols)
 
     def __repr__(self) -> str:
@@ -150,6 +222,8 @@ class SymbolResult:
     traceback: str | None = None
     """The formatted traceback of ``error`` (ERROR results). The exception object is kept without its
     frames (``error.__traceback__`` is None), so a failed call's locals are not kept alive."""
+    attempts: int = 1
+    """How many calls of the processor this outcome took (more than 1 when ``retries=`` retried it)."""
 
     @property
     def ok(self) -> bool:
@@ -210,7 +284,10 @@ class UnprocessedView(Sequence[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         source = self._source
-        return itertools.chain((source[i] for i in self._head), itertools.islice(source, self._tail_start, None))
+        head = (source[i] for i in self._head)
+        if self._tail_start >= len(source):
+            return head
+        return itertools.chain(head, itertools.islice(source, self._tail_start, None))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (UnprocessedView, list, tuple)):
@@ -231,7 +308,7 @@ class BatchResult(list[SymbolResult]):
 
     Besides the list: ``cancelled`` (the batch was stopped), ``cancel_reason``, ``unprocessed`` (the
     symbols never completed, in input order), ``progress`` (the final snapshot), ``errors`` (the
-    failed results) and ``job``.
+    failed results), ``job``, and for a lazy input ``input_exhausted`` and ``input_error``.
 
     >>> r = BatchResult([SymbolResult("A", ResultStatus.ERROR, error=KeyError("A"))])
     >>> [e.symbol for e in r.errors]
@@ -247,6 +324,8 @@ class BatchResult(list[SymbolResult]):
         cancelled: bool = False,
         cancel_reason: str | None = None,
         job: ProcessingJob | None = None,
+        input_exhausted: bool = True,
+        input_error: BaseException | None = None,
     ) -> None:
         super().__init__(results)
         for i, item in enumerate(self):
@@ -258,6 +337,11 @@ class BatchResult(list[SymbolResult]):
         self.cancel_reason = cancel_reason
         self.unprocessed: Sequence[Any] = unprocessed
         self.job = job
+        self.input_exhausted = input_exhausted
+        """False when a lazy input (an iterator) still holds symbols the batch never drew: they stay in
+        the iterator, and ``ProcessingEngine.resume`` continues with ``unprocessed`` and then them."""
+        self.input_error = input_error
+        """The exception a lazy input raised while it was drawn (the batch then ended cancelled), else None."""
         self.progress = progress if progress is not None else ProcessingProgress(
             total_symbols=len(self) + len(unprocessed),
             completed_symbols=len(self),
@@ -350,12 +434,14 @@ class BatchResult(list[SymbolResult]):
     def __reduce__(self) -> Any:
         return (
             _rebuild_batch_result,
-            (list(self), list(self.unprocessed), self.progress, self.cancelled, self.cancel_reason, self.job),
+            (list(self), list(self.unprocessed), self.progress, self.cancelled, self.cancel_reason, self.job,
+             self.input_exhausted, self.input_error),
         )
 
 
-def _rebuild_batch_result(results, unprocessed, progress, cancelled, cancel_reason, job) -> BatchResult:  # type: ignore[no-untyped-def]
+def _rebuild_batch_result(results, unprocessed, progress, cancelled, cancel_reason, job,  # type: ignore[no-untyped-def]
+                          input_exhausted=True, input_error=None) -> BatchResult:
     return BatchResult(
         results, unprocessed=unprocessed, progress=progress, cancelled=cancelled,
-        cancel_reason=cancel_reason, job=job,
+        cancel_reason=cancel_reason, job=job, input_exhausted=input_exhausted, input_error=input_error,
     )

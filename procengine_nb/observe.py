@@ -170,6 +170,12 @@ class Publisher:
             for view in self._views:
                 self._call(view, view.update, last)
 
+    def state(self, snapshot: ProcessingProgress) -> None:
+        """A snapshot that records no completion (e.g. a symbol now waits to retry): to the views only,
+        since the user callback is called once per completed symbol."""
+        for view in self._views:
+            self._call(view, view.update, snapshot)
+
     def failed(self, result: SymbolResult) -> None:
         """A failed result, as it happens, to the listeners that want it."""
         for listener in self._views:

@@ -101,6 +101,7 @@ def run(
     cancellation_token: CancellationToken | None = None,
     name: str | None = None,
     display: bool | None = None,
+    total: int | None = None,
     **engine_options: Any,
 ) -> JobHandle:
     """Start processing ``symbols`` with ``processor`` in the background and show its progress.
@@ -111,6 +112,8 @@ def run(
     ipywidgets). ``display=None`` (default) displays the panel when running under a Jupyter kernel
     and otherwise writes a progress line to stderr; ``display=True`` always displays the panel,
     ``display=False`` shows nothing. ``progress_callback`` still runs for every symbol.
+    ``symbols`` may be a generator (drawn lazily; ``total=`` is a hint of its length): see
+    :meth:`ProcessingEngine.process_batch`.
 
     The engine is ``run()``'s own: what its backend started (a Dask ``LocalCluster`` when no
     ``client=`` is given, the shared loky pool) is released when the batch ends. Pass ``client=`` to
@@ -141,7 +144,8 @@ def run(
         # context, a copy of this one: its prints go to this cell already)
         processor = _in_caller_context(processor)
     engine = ProcessingEngine(processor, **engine_options)
-    handle = engine.start(job, progress_callback=progress_callback, cancellation_token=cancellation_token)
+    handle = engine.start(job, progress_callback=progress_callback, cancellation_token=cancellation_token,
+                          total=total)
     handle.attach(_CloseAtEnd(engine))  # run() owns its engine: a cluster it started ends with the batch
     show_panel = display if display is not None else kernel
     try:

@@ -61,9 +61,16 @@ class ProcessingProgress:
     """True once the batch's token has been cancelled."""
     finished: bool = False
     """True for the final snapshot of a batch."""
+    total_known: bool = True
+    """False while a lazy input's length is unknown (an iterator without ``total=``): then
+    ``total_symbols`` counts the symbols drawn so far, and views show neither a percentage nor an ETA
+    (``estimated_remaining_ms`` stays None). It turns True once the input is used up."""
+    retrying: int = 0
+    """How many symbols failed and wait for their next attempt (``retries=``); they are not counted
+    as completed until their final outcome."""
 
     def __post_init__(self) -> None:
-        for name in ("total_symbols", "completed_symbols", "errors_count", "running_symbols"):
+        for name in ("total_symbols", "completed_symbols", "errors_count", "running_symbols", "retrying"):
             check_int(getattr(self, name), name, minimum=0)
         if self.completed_symbols > self.total_symbols:
             raise ValueError(
@@ -87,7 +94,7 @@ class ProcessingProgress:
             if not math.isfinite(value) or value < 0.0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
             object.__setattr__(self, name, value)
-        for name in ("cancelled", "finished"):
+        for name in ("cancelled", "finished", "total_known"):
             check_type(getattr(self, name), bool, name)
 
     @property
@@ -109,7 +116,9 @@ class ProcessingProgress:
             f"current_symbol={safe_repr(self.current_symbol, 200)}, errors_count={self.errors_count}, "
             f"elapsed_time_ms={self.elapsed_time_ms!r}, estimated_remaining_ms={self.estimated_remaining_ms!r}, "
             f"running_symbols={self.running_symbols}, rate_per_second={self.rate_per_second!r}, "
-            f"cancelled={self.cancelled}, finished={self.finished})"
+            f"cancelled={self.cancelled}, finished={self.finished}"
+            + ("" if self.total_known else ", total_known=False")
+            + (f", retrying={self.retrying})" if self.retrying else ")")
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -146,11 +155,11 @@ def _fast_constructor() -> Callable[..., ProcessingProgress]:
     cls = ProcessingProgress
     new = object.__new__
     (total_set, completed_set, current_set, errors_set, elapsed_set, eta_set, running_set, rate_set,
-     cancelled_set, finished_set) = (cls.__dict__[name].__set__ for name in _FIELDS)
+     cancelled_set, finished_set, known_set, retrying_set) = (cls.__dict__[name].__set__ for name in _FIELDS)
 
     def snapshot(total: int, completed: int, current: Any, errors: int, elapsed_ms: float,
                  eta_ms: float | None, running: int, rate: float, cancelled: bool,
-                 finished: bool) -> ProcessingProgress:
+                 finished: bool, total_known: bool = True, retrying: int = 0) -> ProcessingProgress:
         made = new(cls)
         total_set(made, total)
         completed_set(made, completed)
@@ -162,6 +171,8 @@ def _fast_constructor() -> Callable[..., ProcessingProgress]:
         rate_set(made, rate)
         cancelled_set(made, cancelled)
         finished_set(made, finished)
+        known_set(made, total_known)
+        retrying_set(made, retrying)
         return made
 
     return snapshot
@@ -193,6 +204,7 @@ class ProgressTracker:
         *,
         clock: Callable[[], float] = time.perf_counter,
         smoothing: float | None = None,
+        total_known: bool = True,
     ) -> None:
         if isinstance(total, bool) or not isinstance(total, int):
             raise TypeError(f"total must be an int, not {type(total).__name__}")
@@ -206,6 +218,11 @@ class ProgressTracker:
         if not callable(clock):
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         self.total = total
+        """The batch's size; while ``total_known`` is False, the symbols drawn so far (the batch run raises
+        it as it draws)."""
+        self.total_known = total_known
+        self.retrying = 0
+        """Symbols waiting to retry (set by the batch run)."""
         self.completed = 0
         self.errors = 0
         self.running = 0
@@ -217,7 +234,8 @@ class ProgressTracker:
         self._last = self._start
         self._ema: float = 0.0  # smoothed seconds per completion (uncorrected)
         self._ema_weight: float = 0.0  # 1 - (1 - alpha) ** updates, for bias correction
-        self._snapshot = _snapshot(total, 0, None, 0, 0.0, 0.0 if total == 0 else None, 0, 0.0, False, False)
+        self._snapshot = _snapshot(total, 0, None, 0, 0.0, 0.0 if total == 0 and total_known else None, 0, 0.0,
+                                   False, False, total_known, 0)
 
     @property
     def snapshot(self) -> ProcessingProgress:
@@ -281,6 +299,8 @@ class ProgressTracker:
         failed = self.errors
         running = self.running
         cancelled = self.cancelled
+        known = self.total_known
+        retrying = self.retrying
         for symbol, error in zip(symbols, errors, strict=True):
             completed += 1
             if error:
@@ -290,8 +310,8 @@ class ProgressTracker:
             self.current_symbol = symbol
             per_symbol = smoothed if smoothed is not None else elapsed / completed
             snapshot = _snapshot(total, completed, symbol, failed, elapsed_ms,
-                                 (total - completed) * per_symbol * 1000.0, running,
-                                 1.0 / per_symbol if per_symbol else 0.0, cancelled, False)
+                                 (total - completed) * per_symbol * 1000.0 if known else None, running,
+                                 1.0 / per_symbol if per_symbol else 0.0, cancelled, False, known, retrying)
             self._snapshot = snapshot
             yield snapshot
 
@@ -321,13 +341,14 @@ class ProgressTracker:
             elapsed = 0.0
         remaining = self.total - self.completed
         per_symbol = self._seconds_per_symbol(elapsed)
-        if remaining == 0 or finished:
+        if finished or (remaining == 0 and self.total_known):
             eta: float | None = 0.0
-        elif per_symbol is None:
+        elif per_symbol is None or not self.total_known:
             eta = None
         else:
             eta = remaining * per_symbol * 1000.0  # per_symbol >= 0: see _smooth
         snapshot = _snapshot(self.total, self.completed, self.current_symbol, self.errors, elapsed * 1000.0, eta,
-                             self.running, 1.0 / per_symbol if per_symbol else 0.0, self.cancelled, finished)
+                             self.running, 1.0 / per_symbol if per_symbol else 0.0, self.cancelled, finished,
+                             self.total_known, self.retrying)
         self._snapshot = snapshot
         return snapshot

@@ -10,8 +10,8 @@ from procengine_nb import BatchResult, JobType, ProcessingJob, ResultStatus, Sym
 
 
 def test_job_keeps_symbols_as_tuple_in_order():
-    job = ProcessingJob(iter(["b", "a", "b"]), name="x")
-    assert job.symbols == ("b", "a", "b") and len(job) == 3
+    job = ProcessingJob(["b", "a", "b"], name="x")
+    assert job.symbols == ("b", "a", "b") and len(job) == 3 and not job.lazy
     assert job.display_name == "x"
     assert ProcessingJob([], JobType.EXPORT).display_name == "export job"
     assert ProcessingJob([1]).job_id != ProcessingJob([1]).job_id

@@ -298,6 +298,7 @@ class RemoteTask(Future):  # type: ignore[type-arg]
         self.local: dict[int, SymbolResult] = {}  # results made here (symbols that could not be sent)
         self.inner: Any = None  # the backend's future
         self.key: Any = None  # Dask: the task's key; processes: the chunk's running-file path
+        self.running_file: str | None = None  # Dask on a LocalCluster: the chunk's running-file path
 
     def _finish(self, results: list[SymbolResult]) -> None:
         try:

@@ -86,6 +86,12 @@ class BatchExecutor(abc.ABC):
         given tasks that already run, where the backend can, and return once their outcomes are out
         (briefly: a cancel must stay prompt). Default: nothing (running tasks keep running)."""
 
+    def started(self, future: Future[Any]) -> bool:
+        """True once the task began running on a worker (``timeout=`` counts from then; asked only by
+        batches with a timeout, on backends whose workers do not share memory). Default: what the
+        future says (``running()`` or ``done()``)."""
+        return future.running() or future.done()
+
     @abc.abstractmethod
     def close(self, *, cancelled: bool) -> None:
         """End of the batch: release what this batch opened. Must not wait for running tasks when

@@ -39,6 +39,7 @@ Honest limits:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 import weakref
@@ -92,6 +93,13 @@ class _DaskBatch(BatchExecutor):
         self._blob = _ProcessorBlob()
         self._registration = token.register(self._marker.cancel)
         self.worker_token = None  # the engine's token cannot be pickled; workers get a MarkerToken
+        # On a LocalCluster (workers on this machine) a chunk marks its start with a running file, so
+        # timeout= counts from there; elsewhere the start cannot be seen and counts from submission.
+        self._local = isinstance(getattr(self._client, "cluster", None), distributed.LocalCluster)
+
+    def started(self, future: Future[Any]) -> bool:
+        running_file = getattr(future, "running_file", None)
+        return future.done() or running_file is None or os.path.exists(running_file)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         client = self._client
@@ -102,7 +110,9 @@ class _DaskBatch(BatchExecutor):
         if payload is None:
             return task
         key = f"procengine-chunk-{uuid.uuid4().hex}"
-        inner = client.submit(run_encoded, *payload, key=key, pure=False)
+        running_file = self._marker.running_file() if self._local else None
+        task.running_file = running_file
+        inner = client.submit(run_encoded, *payload, running_file, key=key, pure=False)
         task.inner, task.key = inner, key
         inner.add_done_callback(lambda f, task=task: _complete(task, f))
         return task

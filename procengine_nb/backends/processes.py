@@ -131,6 +131,11 @@ class _ProcessBatch(BatchExecutor):
         _register_exit_hook()  # after loky registered its own hook at the pool's first start
         return future
 
+    def started(self, future: Future[Any]) -> bool:
+        """A chunk started once its running file exists (``timeout=`` counts from then)."""
+        key = getattr(future, "key", None)
+        return future.done() or key is None or os.path.exists(key)
+
     def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
         stopping = self._token.is_cancelled
         if stopping:  # before looking at the running files (the token's own callback may lag)
