@@ -63,7 +63,7 @@ def test_a_generator_is_drawn_lazily_on_the_batch_thread_and_start_returns_at_on
     result = handle.result(timeout=WAIT)
     assert result.cancelled and not result.input_exhausted
     assert len(result) + len(result.unprocessed) == source.drawn
-    assert_accounted(list(range(source.drawn)), result)
+    assert_accounted(list(range(source.drawn)), result, lazy=True)
 
 
 def test_an_endless_generator_stops_at_a_deadline_in_bounded_read_ahead(no_thread_leak):
@@ -81,7 +81,7 @@ def test_an_endless_generator_stops_at_a_deadline_in_bounded_read_ahead(no_threa
     assert result.cancelled and not result.input_exhausted and result.input_error is None
     assert len(result) >= 500
     # everything drawn is accounted for: results + unprocessed == the drawn prefix, nothing more
-    assert_accounted(list(range(source.drawn)), result)
+    assert_accounted(list(range(source.drawn)), result, lazy=True)
     # bounded read-ahead: at most a window of chunks (4 tasks of <= 4096 symbols) beyond the results
     assert len(result.unprocessed) <= 4 * 4096
     final = result.progress
@@ -162,7 +162,7 @@ def test_a_generator_that_raises_ends_the_batch_cancelled_with_the_reason(caplog
     assert result.input_error is source.error
     assert "the input raised ValueError: the feed broke after 30 symbol(s)" in result.cancel_reason
     assert result.input_exhausted  # it is never drawn again
-    assert_accounted(list(range(30)), result)
+    assert_accounted(list(range(30)), result, lazy=True)
     assert any("the input raised" in r.getMessage() for r in caplog.records)
 
 
@@ -170,7 +170,7 @@ def test_symbols_drawn_in_the_chunk_where_the_input_raised_are_unprocessed():
     source = Counting(fail_at=5)
     result = ProcessingEngine(str, max_workers=1, chunk_size=4).process_batch(source)
     # chunk 1 = 0..3 ran; chunk 2 drew 4 then the input raised: 4 is drawn, never run
-    assert_accounted(list(range(5)), result)
+    assert_accounted(list(range(5)), result, lazy=True)
     assert 4 in list(result.unprocessed) or 4 in [r.symbol for r in result]
 
 
@@ -180,7 +180,7 @@ def test_an_interrupt_raised_by_the_input_keeps_the_partial_result():
         ProcessingEngine(str, max_workers=1, chunk_size=3).process_batch(source)
     partial = caught.value.partial_result
     assert partial.cancelled
-    assert_accounted(list(range(7)), partial)
+    assert_accounted(list(range(7)), partial, lazy=True)
 
 
 def test_resume_continues_with_unprocessed_and_then_the_rest_of_the_same_iterator(no_thread_leak):

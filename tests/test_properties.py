@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from threadcheck import wait_for_threads
 
 from procengine_nb import (
     BatchResult,
@@ -55,10 +56,19 @@ class Boom(Exception):
 
 
 # -- the invariants -------------------------------------------------------------------------------
-def assert_snapshot_sane(p: ProcessingProgress, total: int) -> None:
-    """What must hold for every snapshot anyone sees."""
-    assert p.total_symbols == total
+def assert_snapshot_sane(p: ProcessingProgress, total: int, lazy: bool = False) -> None:
+    """What must hold for every snapshot anyone sees. ``lazy``: the input was drawn lazily and ``total``
+    is how many were drawn by the end (a snapshot counts the symbols drawn so far, or the hint)."""
+    if lazy:
+        assert p.total_symbols >= p.completed_symbols
+        if not p.total_known:
+            assert p.total_symbols <= total
+    else:
+        assert p.total_symbols == total
     assert 0 <= p.completed_symbols <= total
+    assert p.retrying >= 0
+    if not p.total_known:
+        assert p.estimated_remaining_ms is None or p.finished
     assert 0 <= p.errors_count <= p.completed_symbols
     assert 0.0 <= p.percentage <= 100.0
     assert p.estimated_remaining_ms is None or p.estimated_remaining_ms >= 0
@@ -70,8 +80,12 @@ def assert_accounted(
     symbols: Sequence[Any],
     result: BatchResult,
     snapshots: Sequence[ProcessingProgress] | None = None,
+    *,
+    lazy: bool = False,
+    retries: int = 0,
 ) -> None:
-    """Every accounting guarantee of a finished batch (see the module docstring)."""
+    """Every accounting guarantee of a finished batch (see the module docstring). For a lazy input,
+    ``symbols`` are the symbols drawn from it (the rest stayed in the iterator)."""
     total = len(symbols)
     # nothing lost, nothing counted twice
     seen = Counter(r.symbol for r in result) + Counter(result.unprocessed)
@@ -87,8 +101,13 @@ def assert_accounted(
         assert not {r.symbol for r in result} & set(result.unprocessed)
     # the final snapshot
     final = result.progress
-    assert_snapshot_sane(final, total)
+    assert_snapshot_sane(final, total, lazy)
     assert final.finished is True
+    assert final.retrying == 0
+    if not lazy or not final.total_known:
+        assert final.total_symbols == total
+    if lazy and result.input_exhausted:
+        assert final.total_known and final.total_symbols == total
     assert final.completed_symbols == len(result)
     assert final.errors_count == sum(1 for r in result if r.status is ResultStatus.ERROR)
     assert final.errors_count == len(result.errors)
@@ -100,12 +119,13 @@ def assert_accounted(
     for r in result:
         assert (r.status is ResultStatus.SUCCESS) == (r.error is None)
         assert r.duration_ms >= 0
+        assert 1 <= r.attempts <= retries + 1
     if snapshots is not None:
         assert snapshots, "the callback was never called (it must be, once more at the end)"
         previous = -1
         previous_errors = -1
         for p in snapshots:
-            assert_snapshot_sane(p, total)
+            assert_snapshot_sane(p, total, lazy)
             assert p.completed_symbols >= previous, "completed_symbols went backwards"
             assert p.errors_count >= previous_errors, "errors_count went backwards"
             previous, previous_errors = p.completed_symbols, p.errors_count
@@ -306,6 +326,88 @@ def test_fatal_exceptions_in_processors_are_per_symbol_errors(symbols, n_workers
     assert not result.cancelled
     assert {r.symbol for r in result.errors} == {symbols[i] for i in fatal}
     assert all(isinstance(r.error, KeyboardInterrupt) for r in result.errors)
+
+
+class _Drawing:
+    """A lazy input: an iterator over ``symbols`` that remembers how many it handed out."""
+
+    def __init__(self, symbols: Sequence[str]) -> None:
+        self._it = iter(symbols)
+        self.drawn: list[str] = []
+
+    def __iter__(self) -> _Drawing:
+        return self
+
+    def __next__(self) -> str:
+        symbol = next(self._it)
+        self.drawn.append(symbol)
+        return symbol
+
+
+@PROPERTY_SETTINGS
+@given(symbols=symbol_lists, n_workers=workers, chunk=chunk_sizes, data=st.data(),
+       hint=st.sampled_from(["none", "exact", "low", "high"]))
+def test_accounting_of_lazy_inputs_with_cancels_and_resume(symbols, n_workers, chunk, data, hint):
+    """A generator input, cancelled at a random completion (or never): everything drawn is accounted
+    for exactly once, and ``resume`` then processes exactly the rest of the input."""
+    failing = frozenset(data.draw(st.sets(st.integers(0, max(0, len(symbols) - 1)))) if symbols else set())
+    cancel_at = data.draw(st.integers(min_value=1, max_value=len(symbols) + 1))
+    total = {"none": None, "exact": len(symbols), "low": len(symbols) // 2, "high": len(symbols) * 2 + 1}[hint]
+    before = set(threading.enumerate())
+    token = CancellationToken()
+    recorder = Recorder(cancel_at=cancel_at, token=token)
+    source = _Drawing(symbols)
+    engine = ProcessingEngine(make_processor(failing, 0), max_workers=n_workers, chunk_size=chunk)
+    result = engine.process_batch(source, progress_callback=recorder, cancellation_token=token, total=total)
+    assert_accounted(source.drawn, result, recorder.snapshots, lazy=True)
+    assert source.drawn == symbols[:len(source.drawn)]  # drawn in order, never past what was needed
+    if result.input_exhausted:
+        assert source.drawn == symbols
+    expected_rest = [*result.unprocessed, *symbols[len(source.drawn):]]
+    rest = engine.resume(result)
+    assert_accounted(expected_rest, rest, lazy=True)
+    assert Counter(r.symbol for r in [*result, *rest]) == Counter(symbols)
+    assert not wait_for_threads(before), "a thread outlived its batch"
+
+
+@PROPERTY_SETTINGS
+@given(symbols=symbol_lists, n_workers=workers, chunk=chunk_sizes, data=st.data(),
+       retries=st.integers(0, 3), lazy=st.booleans())
+def test_accounting_with_retries_and_cancels(symbols, n_workers, chunk, data, retries, lazy):
+    """Symbols fail a random number of times; with ``retries`` each is retried until it succeeds or has
+    used its attempts. Cancelled at a random completion (or never): every symbol is accounted for exactly
+    once (a symbol waiting to retry at the cancel is its last ERROR), and ``attempts`` is right."""
+    fails = {s: data.draw(st.integers(0, 4)) for s in symbols}
+    cancel_at = data.draw(st.integers(min_value=1, max_value=len(symbols) + 1))
+    calls: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def processor(symbol: str) -> str:
+        with lock:
+            calls[symbol] += 1
+            call = calls[symbol]
+        if call <= fails[symbol]:
+            raise Boom(f"{symbol} call {call}")
+        return symbol
+
+    before = set(threading.enumerate())
+    token = CancellationToken()
+    recorder = Recorder(cancel_at=cancel_at, token=token)
+    source = _Drawing(symbols) if lazy else symbols
+    engine = ProcessingEngine(processor, max_workers=n_workers, chunk_size=chunk, retries=retries)
+    result = engine.process_batch(source, progress_callback=recorder, cancellation_token=token)
+    drawn = source.drawn if lazy else symbols
+    assert_accounted(drawn, result, recorder.snapshots, lazy=lazy, retries=retries)
+    for r in result:
+        assert r.attempts == calls[r.symbol] or result.cancelled  # a stopped retry may still be running
+        if r.ok:
+            assert r.attempts == fails[r.symbol] + 1
+        elif not result.cancelled:
+            assert r.attempts == retries + 1 and fails[r.symbol] > retries
+    if not result.cancelled:
+        assert sorted(r.symbol for r in result.errors) == sorted(s for s in symbols if fails[s] > retries)
+    assert result.progress.errors_count == len(result.errors)
+    assert not wait_for_threads(before), "a thread outlived its batch"
 
 
 def test_assert_accounted_rejects_a_lost_symbol():

@@ -109,8 +109,20 @@ def format_counts(progress: ProcessingProgress) -> str:
     '2 / 3 (66%)'
     >>> format_counts(ProcessingProgress(total_symbols=0))
     '0 / 0 (100%)'
+
+    A lazy input whose total is not known shows no percentage; symbols waiting to retry are counted:
+
+    >>> format_counts(ProcessingProgress(total_symbols=40, completed_symbols=37, total_known=False, retrying=2))
+    '37 done (total unknown), 2 waiting to retry'
     """
-    return f"{progress.completed_symbols} / {progress.total_symbols} ({math.floor(progress.percentage)}%)"
+    if progress.total_known:
+        text = f"{progress.completed_symbols} / {progress.total_symbols} ({math.floor(progress.percentage)}%)"
+    else:
+        text = f"{progress.completed_symbols} done (total unknown)"
+    retrying = getattr(progress, "retrying", 0)
+    if retrying:
+        text += f", {retrying} waiting to retry"
+    return text
 
 
 def truncate(text: str, limit: int = 200) -> str:
