@@ -25,18 +25,21 @@ on other hosts (told apart by host name) cannot see the file, so there the token
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import socket
 import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import cloudpickle
 
+from procengine_nb._safe import describe as _describe
+from procengine_nb._safe import safe_repr
 from procengine_nb.backends.base import run_chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import ResultStatus, SymbolResult
@@ -47,7 +50,9 @@ __all__ = [
     "RemoteSerializationError",
     "RemoteTask",
     "RemoteTraceback",
+    "decode_results",
     "encode_chunk",
+    "encode_results",
     "run_encoded",
 ]
 
@@ -163,8 +168,8 @@ class MarkerToken(CancellationToken):
 
 
 # -- parent side: encode a chunk ------------------------------------------------------------------
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+def _safe_repr(obj: object) -> str:
+    return safe_repr(obj, 200)
 
 
 def _symbol_error(symbol: Any, message: str) -> SymbolResult:
@@ -186,9 +191,10 @@ class _ProcessorBlob:
             self.processor = processor
             try:
                 self.blob, self.error = cloudpickle.dumps(processor), None
-            except Exception as exc:
+            except BaseException as exc:  # whatever pickling raises fails the chunk only
                 self.blob = None
-                self.error = f"the processor {processor!r} cannot be sent to a worker process ({_describe(exc)})"
+                self.error = (f"the processor {_safe_repr(processor)} cannot be sent to a worker process "
+                              f"({_describe(exc)})")
         return self.blob, self.error
 
 
@@ -202,7 +208,8 @@ def encode_chunk(
     """Return ``(args for run_encoded or None, the RemoteTask to complete)`` for one chunk.
 
     When nothing can be sent (the processor or every symbol fails to pickle), the task is already
-    complete with ERROR results and the args are None.
+    complete with ERROR results and the args are None. Never raises for a user object (its pickling,
+    ``repr`` or ``str`` may fail: that symbol is an ERROR).
     """
     symbols = tuple(symbols)
     task = RemoteTask(symbols)
@@ -212,14 +219,14 @@ def encode_chunk(
         return None, task
     try:
         symbols_blob = cloudpickle.dumps(symbols)
-    except Exception:  # find the symbols that cannot travel; send the others
+    except BaseException:  # find the symbols that cannot travel; send the others
         sendable = []
         for index, symbol in enumerate(symbols):
             try:
                 cloudpickle.dumps(symbol)
-            except Exception as exc:
+            except BaseException as exc:
                 task.local[index] = _symbol_error(
-                    symbol, f"symbol {symbol!r} cannot be sent to a worker process ({_describe(exc)})"
+                    symbol, f"symbol {_safe_repr(symbol)} cannot be sent to a worker process ({_describe(exc)})"
                 )
             else:
                 sendable.append(symbol)
@@ -231,19 +238,67 @@ def encode_chunk(
 
 
 # -- worker side ----------------------------------------------------------------------------------
-def _encode_result(result: SymbolResult) -> bytes:
+# Results travel as one byte string holding one independent pickle per symbol plus the end offset of
+# each: a result that fails to pickle here or to unpickle in the parent costs only its own symbol, and
+# the standard pickler is tried first (a cloudpickle pickler per result cost ~40 µs, more than a tiny
+# task; pickle.dumps of a small result ~1 µs).
+_STATUS_CODES = {ResultStatus.SUCCESS: 0, ResultStatus.ERROR: 1, ResultStatus.CANCELLED: 2}
+_STATUSES = (ResultStatus.SUCCESS, ResultStatus.ERROR, ResultStatus.CANCELLED)
+
+
+def _result_fields(result: SymbolResult) -> tuple[Any, ...]:
     error = result.error
     trace = result.traceback  # run_chunk formatted it (and dropped the frames)
-    try:
-        return cloudpickle.dumps((result.status, result.value, error, result.duration_ms, trace))
-    except Exception as exc:
-        what = "value" if result.status is ResultStatus.SUCCESS else "exception"
-        detail = f"; the processor raised {_describe(error)}" if error is not None else ""
-        replacement = RemoteSerializationError(
-            f"the {what} for symbol {result.symbol!r} cannot be sent back from the worker "
-            f"({_describe(exc)}){detail}"
-        )
-        return cloudpickle.dumps((ResultStatus.ERROR, None, replacement, result.duration_ms, trace))
+    return (_STATUS_CODES[result.status], result.value, error, result.duration_ms, trace)
+
+
+def _replacement(result: SymbolResult, exc: BaseException, trace: str | None) -> tuple[Any, ...]:
+    what = "value" if result.status is ResultStatus.SUCCESS else "exception"
+    detail = f"; the processor raised {_describe(result.error)}" if result.error is not None else ""
+    error = RemoteSerializationError(
+        f"the {what} for symbol {_safe_repr(result.symbol)} cannot be sent back from the worker "
+        f"({_describe(exc)}){detail}"
+    )
+    return (1, None, error, result.duration_ms, trace)
+
+
+def encode_results(results: Sequence[SymbolResult]) -> tuple[bytes, list[int]]:
+    """``(one pickle per result, concatenated; the end offset of each)``; see :func:`decode_results`.
+
+    Each result is pickled on its own with the standard pickler (fast), else with cloudpickle (a value
+    of a class defined in a notebook travels by value), else replaced by its symbol's ERROR.
+    """
+    parts: list[bytes] = []
+    offsets: list[int] = []
+    end = 0
+    dumps = pickle.dumps
+    for result in results:
+        fields = _result_fields(result)
+        try:
+            part = dumps(fields, _PROTOCOL)
+        except BaseException:
+            try:
+                part = cloudpickle.dumps(fields, protocol=_PROTOCOL)
+            except BaseException as exc:  # only this symbol's result is lost
+                part = cloudpickle.dumps(_replacement(result, exc, fields[4]), protocol=_PROTOCOL)
+        parts.append(part)
+        end += len(part)
+        offsets.append(end)
+    return b"".join(parts), offsets
+
+
+_PROTOCOL = 5
+_worker_processor: tuple[bytes, Any] | None = None  # the last processor this worker unpickled
+
+
+def _load_processor(blob: bytes) -> Any:
+    global _worker_processor
+    cached = _worker_processor
+    if cached is not None and cached[0] == blob:  # the same batch's next chunk: no unpickling
+        return cached[1]
+    processor = cloudpickle.loads(blob)
+    _worker_processor = (blob, processor)
+    return processor
 
 
 def run_encoded(
@@ -252,7 +307,7 @@ def run_encoded(
     pass_token: bool,
     marker: tuple[str, str] | None,
     running_file: str | None = None,
-) -> list[bytes]:
+) -> tuple[bytes, list[int]]:
     """The task a worker process runs: unpickle, :func:`run_chunk`, pickle each result on its own.
 
     With ``running_file`` (a path next to the marker, on the engine's machine), the file exists while
@@ -268,12 +323,12 @@ def run_encoded(
             running_file = None
     try:
         try:
-            processor = cloudpickle.loads(processor_blob)
+            processor = _load_processor(processor_blob)
             symbols = cloudpickle.loads(symbols_blob)
         except Exception as exc:
             raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
         results = run_chunk(processor, symbols, MarkerToken(marker), pass_token)
-        return [_encode_result(result) for result in results]
+        return encode_results(results)
     finally:
         if running_file is not None:
             try:
@@ -315,27 +370,46 @@ class RemoteTask(Future):  # type: ignore[type-arg]
     def complete_cancelled(self) -> None:
         self.cancel()  # a RemoteTask is never 'running', so this always succeeds unless already done
 
-    def complete_with_blobs(self, blobs: Sequence[bytes]) -> None:
+    def complete_with_blobs(self, payload: tuple[bytes, Sequence[int]]) -> None:
         """Decode what ``run_encoded`` returned and complete with the chunk's results."""
-        results: list[SymbolResult] = []
-        remote = iter(blobs)
-        for index, symbol in enumerate(self.symbols):
-            local = self.local.get(index)
-            if local is not None:
-                results.append(local)
-                continue
-            blob = next(remote, None)
-            if blob is None:  # the worker stopped early (the batch was cancelled): keep a prefix
-                break
-            results.append(_decode_result(symbol, blob))
-        self._finish(results)
+        try:
+            decoded = decode_results(self.symbols, payload, self.local)
+        except BaseException as exc:  # a malformed payload fails the chunk, never the batch
+            self.complete_with_error(exc)
+        else:
+            self._finish(decoded)
 
 
-def _decode_result(symbol: Any, blob: bytes) -> SymbolResult:
-    try:
-        status, value, error, duration_ms, trace = cloudpickle.loads(blob)
-    except Exception as exc:
-        return _symbol_error(symbol, f"the result for symbol {symbol!r} cannot be unpickled here ({_describe(exc)})")
-    if trace is not None and isinstance(error, BaseException) and error.__cause__ is None:
-        error.__cause__ = RemoteTraceback(trace)
-    return SymbolResult(symbol, status, value, error, duration_ms, traceback=trace)
+def decode_results(symbols: Sequence[Any], payload: tuple[bytes, Sequence[int]],
+                   local: Mapping[int, SymbolResult]) -> list[SymbolResult]:
+    """Rebuild the chunk's results: ``local`` ones (made here) at their index, the others from
+    ``payload`` in order; a prefix of the chunk when the worker stopped early (a cancel)."""
+    blob, offsets = payload
+    view = memoryview(blob)
+    loads = pickle.loads
+    results: list[SymbolResult] = []
+    append = results.append
+    remote = 0
+    start = 0
+    count = len(offsets)
+    for index, symbol in enumerate(symbols):
+        found = local.get(index) if local else None
+        if found is not None:
+            append(found)
+            continue
+        if remote >= count:  # the worker stopped early (the batch was cancelled): keep a prefix
+            break
+        end = offsets[remote]
+        remote += 1
+        try:
+            status, value, error, duration_ms, trace = loads(view[start:end])
+        except BaseException as exc:  # only this symbol's result is lost
+            append(_symbol_error(symbol, f"the result for symbol {_safe_repr(symbol)} cannot be unpickled "
+                                         f"here ({_describe(exc)})"))
+            start = end
+            continue
+        start = end
+        if trace is not None and isinstance(error, BaseException) and error.__cause__ is None:
+            error.__cause__ = RemoteTraceback(trace)
+        append(SymbolResult(symbol, _STATUSES[status], value, error, duration_ms, traceback=trace))
+    return results

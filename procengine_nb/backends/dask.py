@@ -67,6 +67,13 @@ class DaskTaskCancelled(RuntimeError):
     """A chunk's Dask task was cancelled by something other than this batch (a restart, a close)."""
 
 
+class DaskClientClosed(RuntimeError):
+    """The Dask client (or the engine's own cluster) was closed while this chunk was in flight."""
+
+
+_WATCH_INTERVAL = 0.2  # seconds between two looks at the client's status during a batch
+
+
 def _complete(task: RemoteTask, future: Any) -> None:
     """Runs on distributed's callback thread when the Dask future finishes (or errs / is cancelled)."""
     if task.done():  # cancelled by the batch already
@@ -87,6 +94,15 @@ def _complete(task: RemoteTask, future: Any) -> None:
 
 
 class _DaskBatch(BatchExecutor):
+    """One batch on a Dask client.
+
+    A closed client never completes its futures (no done-callback, no error), so the batch keeps the
+    chunks in flight (``_outstanding``) and a watcher thread looks at the client's status every
+    0.2 s while the batch is open: once the client is closing or closed (the user's ``client.close()``,
+    or the engine's own LocalCluster going away), every chunk in flight ends as per-symbol ERRORs with
+    :class:`DaskClientClosed` and the batch returns. ``engine.close()`` does the same at once.
+    """
+
     def __init__(self, backend: DaskBackend, token: CancellationToken) -> None:
         self._client = backend._ensure_client()
         self._marker = BatchMarker()
@@ -96,6 +112,25 @@ class _DaskBatch(BatchExecutor):
         # On a LocalCluster (workers on this machine) a chunk marks its start with a running file, so
         # timeout= counts from there; elsewhere the start cannot be seen and counts from submission.
         self._local = isinstance(getattr(self._client, "cluster", None), distributed.LocalCluster)
+        self._outstanding: set[RemoteTask] = set()
+        self._backend = backend
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="procengine-dask-watch", daemon=True)
+        self._watcher.start()
+        backend._batches.add(self)
+
+    def _watch(self) -> None:
+        client = self._client
+        while not self._stop.wait(_WATCH_INTERVAL):
+            if getattr(client, "status", "closed") in ("closing", "closed"):
+                self.fail_outstanding(DaskClientClosed(
+                    "the Dask client was closed while this chunk was in flight (client.close()?)"))
+                return
+
+    def fail_outstanding(self, error: BaseException) -> None:
+        """End every chunk still in flight with ``error`` (one ERROR per symbol)."""
+        for task in list(self._outstanding):
+            task.complete_with_error(error)
 
     def started(self, future: Future[Any]) -> bool:
         running_file = getattr(future, "running_file", None)
@@ -114,6 +149,8 @@ class _DaskBatch(BatchExecutor):
         task.running_file = running_file
         inner = client.submit(run_encoded, *payload, running_file, key=key, pure=False)
         task.inner, task.key = inner, key
+        self._outstanding.add(task)
+        task.add_done_callback(self._outstanding.discard)
         inner.add_done_callback(lambda f, task=task: _complete(task, f))
         return task
 
@@ -146,12 +183,16 @@ class _DaskBatch(BatchExecutor):
                 task.complete_cancelled()
 
     def close(self, *, cancelled: bool) -> None:
+        self._stop.set()
         self._registration.unregister()
         if cancelled:
             self._marker.cancel()
         # The batch is over: its directory goes, and any chunk of it still queued or running on a
         # worker of this machine sees its token cancelled (a late chunk runs no symbol).
         self._marker.close()
+        self._backend._batches.discard(self)
+        if self._watcher is not threading.current_thread():
+            self._watcher.join()
 
 
 def _close_owned(client: Any, cluster: Any) -> None:
@@ -201,6 +242,7 @@ class DaskBackend(Backend):
         self._finalizer: weakref.finalize[..., Any] | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._batches: weakref.WeakSet[_DaskBatch] = weakref.WeakSet()  # open batches (see close())
 
     @property
     def client(self) -> distributed.Client | None:
@@ -255,13 +297,18 @@ class DaskBackend(Backend):
         return _DaskBatch(self, token)
 
     def close(self) -> None:
-        """Close the client and the LocalCluster the engine started (never a client you passed)."""
+        """Close the client and the LocalCluster the engine started (never a client you passed).
+
+        A batch still running on them returns at once: its chunks in flight end as ERRORs
+        (:class:`DaskClientClosed`), the symbols never submitted are unprocessed."""
         with self._lock:
             self._closed = True
             finalizer, self._finalizer = self._finalizer, None
             if finalizer is not None:
                 self._client, self._cluster = None, None
         if finalizer is not None:
+            for batch in list(self._batches):
+                batch.fail_outstanding(DaskClientClosed("the engine was closed while this chunk was in flight"))
             finalizer()
 
     def __repr__(self) -> str:

@@ -21,19 +21,25 @@ What it can and cannot do (honest limits):
   in flight at that moment becomes ERROR results carrying loky's ``TerminatedWorkerError`` (with the
   exit code), the next chunks go to a fresh pool, and the batch goes on. ``engine.retry(result)`` reruns
   the failed symbols.
-- The pool is loky's process-wide reusable executor: it stays warm between batches and engines (no
-  start-up cost per batch), is resized to ``max_workers`` when a batch opens (loky waits for running
-  tasks before resizing), and is shut down by :meth:`ProcessBackend.close` once no other open
-  ``ProcessBackend`` uses it. At interpreter exit, if tasks a Stop abandoned are still running, the
-  pool's workers are killed so the interpreter exits promptly.
+- The pool is procengine_nb's own loky ``ProcessPoolExecutor`` (never loky's process-wide reusable
+  executor, which other libraries share): one warm pool per process, reused by every engine, thread,
+  ``start()`` and ``run()`` call with the same ``max_workers`` and ``idle_timeout`` (no start-up cost
+  per batch or per engine). ``engine.close()`` does not shut it down (other engines may use it); its
+  workers exit after ``idle_timeout`` seconds without work, at interpreter exit, or with
+  :func:`shutdown_pools`.
+- Tasks a Stop (or ``timeout=``) abandoned are never waited for: the next batch, ``engine.close()``
+  and interpreter exit find them still running and replace the pool, killing its workers as soon as
+  no other batch uses it — so a token-ignoring task cannot starve the next batch or hang a close.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from typing import Any
 
 from procengine_nb.backends._remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
@@ -49,37 +55,161 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         'backend="processes" needs loky and cloudpickle: pip install "procengine_nb[processes]"'
     ) from exc
 
-__all__ = ["ProcessBackend"]
+__all__ = ["ProcessBackend", "shutdown_pools"]
 
-_pool_lock = threading.Lock()
-_pool_users = 0  # open ProcessBackend objects that have used loky's reusable executor
-_abandoned: set[Any] = set()  # loky futures a Stop left running (they keep running in their worker)
-_exit_hook_registered = False
-_current_pool: Any = None  # the reusable executor our backends last got from loky
+_ABANDONED_GRACE = 0.1  # seconds the next batch gives abandoned tasks to finish before replacing the pool
 
 
-def _kill_abandoned_at_exit() -> None:
-    """At interpreter exit, kill the pool's workers if a Stop left tasks running there.
+class _Pool:
+    """One loky executor of procengine_nb's own and what the backends know about it.
 
-    loky's own exit hook waits for running tasks; registered after it, this runs first
-    (``threading._register_atexit`` runs hooks in reverse order), so the interpreter exits promptly.
+    ``batches`` counts the open batches using it; ``abandoned`` holds loky futures a Stop or a timeout
+    left running; ``busy`` counts tasks submitted and not finished. A *retired* pool takes no new batch
+    and is shut down as soon as its last batch closes (its workers killed when tasks still run there).
     """
-    with _pool_lock:
-        still_running = [f for f in _abandoned if not f.done()]
-        _abandoned.clear()
-        pool = _current_pool
-    if still_running and pool is not None:
-        pool.shutdown(wait=False, kill_workers=True)
+
+    def __init__(self, max_workers: int, idle_timeout: float) -> None:
+        self.key = (max_workers, idle_timeout)
+        self.executor = loky.ProcessPoolExecutor(max_workers=max_workers, timeout=idle_timeout)
+        self.idle_timeout = idle_timeout
+        self.batches = 0
+        self.abandoned: set[Any] = set()
+        self.busy = 0
+        self.lock = threading.Lock()  # guards busy (done callbacks run on loky's thread)
+        self.retired = False
+        self.closed = False
+        self.warm_until = 0.0  # monotonic time until which the workers are known to be started
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Any:
+        future = self.executor.submit(fn, *args)
+        with self.lock:
+            self.busy += 1
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _future: Any) -> None:
+        with self.lock:
+            self.busy -= 1
+
+    def stuck(self) -> bool:
+        return any(not f.done() for f in list(self.abandoned))
+
+    def broken(self) -> bool:
+        flags = getattr(self.executor, "_flags", None)
+        return bool(getattr(flags, "broken", None) or getattr(flags, "shutdown", False))
+
+    def shutdown(self) -> None:
+        """Stop it without waiting: graceful when idle, workers killed when anything still runs there."""
+        if self.closed:
+            return
+        self.closed = True
+        with self.lock:
+            busy = self.busy
+        try:
+            self.executor.shutdown(wait=False, kill_workers=busy > 0 or self.stuck())
+        except Exception:  # pragma: no cover - already broken / shut down
+            pass
+
+
+_lock = threading.Lock()
+_pools: dict[tuple[int, float], _Pool] = {}  # the warm pools (one per key; in practice one)
+_retired: list[_Pool] = []  # retired pools that still have open batches
+_exit_hook_registered = False
+
+
+def _retire_locked(pool: _Pool) -> None:
+    if _pools.get(pool.key) is pool:
+        del _pools[pool.key]
+    pool.retired = True
+    if pool.batches == 0:
+        pool.shutdown()
+    elif pool not in _retired:
+        _retired.append(pool)
+
+
+def _acquire(max_workers: int, idle_timeout: float, replacing: _Pool | None = None) -> _Pool:
+    """The warm pool for this size, counted as used by one more batch (and ``replacing`` by one less)."""
+    key = (max_workers, idle_timeout)
+    pool = _pools.get(key)
+    if pool is not None and pool.abandoned and replacing is None:
+        # tasks a Stop abandoned: give cooperative ones a moment, never wait for the others
+        wait_futures(list(pool.abandoned), timeout=_ABANDONED_GRACE)
+    with _lock:
+        if replacing is not None:
+            _release_locked(replacing, retire=True)
+        pool = _pools.get(key)
+        if pool is not None and (pool.broken() or pool.stuck()):
+            _retire_locked(pool)  # its workers are busy with abandoned work, or it is broken
+            pool = None
+        if pool is None:
+            for other in list(_pools.values()):  # one warm pool at a time: idle pools of other sizes go
+                if other.batches == 0:
+                    _retire_locked(other)
+            pool = _Pool(max_workers, idle_timeout)
+            _pools[key] = pool
+        pool.batches += 1
+        return pool
+
+
+def _release_locked(pool: _Pool, *, retire: bool = False) -> None:
+    pool.batches -= 1
+    if retire and not pool.retired:
+        _retire_locked(pool)
+    elif pool.retired and pool.batches == 0:
+        if pool in _retired:
+            _retired.remove(pool)
+        pool.shutdown()
+
+
+def _release(pool: _Pool) -> None:
+    with _lock:
+        _release_locked(pool)
+
+
+def _drop_stuck_pools() -> None:
+    """Retire every pool where abandoned tasks still run (killed now, or when its last batch ends)."""
+    with _lock:
+        for pool in list(_pools.values()):
+            if pool.stuck():
+                _retire_locked(pool)
+
+
+def shutdown_pools() -> None:
+    """Shut down procengine_nb's warm worker processes now, without waiting for anything.
+
+    Idle workers exit; workers still running a task (one a Stop abandoned, or a batch still open) are
+    killed. The next batch starts a fresh pool. Otherwise the pool lives until its workers have been
+    idle for ``idle_timeout`` seconds, or until the interpreter exits.
+
+    >>> from procengine_nb.backends.processes import shutdown_pools   # doctest: +SKIP
+    >>> shutdown_pools()                                               # doctest: +SKIP
+    """
+    with _lock:
+        pools = list(_pools.values()) + _retired
+        _pools.clear()
+        _retired.clear()
+        for pool in pools:
+            pool.retired = True
+    for pool in pools:
+        pool.shutdown()
+
+
+def _shutdown_at_exit() -> None:
+    """Registered after loky's own exit hook, so it runs first (``threading._register_atexit`` runs hooks
+    in reverse order): loky would wait for running tasks; this kills the workers of busy pools."""
+    shutdown_pools()
 
 
 def _register_exit_hook() -> None:
     global _exit_hook_registered
-    with _pool_lock:
+    if _exit_hook_registered:
+        return
+    with _lock:
         if _exit_hook_registered:
             return
         _exit_hook_registered = True
     try:
-        threading._register_atexit(_kill_abandoned_at_exit)  # type: ignore[attr-defined]
+        threading._register_atexit(_shutdown_at_exit)  # type: ignore[attr-defined]
     except RuntimeError:  # pragma: no cover - the interpreter is already shutting down
         pass
 
@@ -87,7 +217,8 @@ def _register_exit_hook() -> None:
 class _ProcessBatch(BatchExecutor):
     def __init__(self, backend: ProcessBackend, token: CancellationToken) -> None:
         self._backend = backend
-        self._executor = backend._pool()
+        self._pool = backend._acquire()
+        self._released = False
         self._marker = BatchMarker()
         self._blob = _ProcessorBlob()
         # Stop reaches chunks already handed to workers through the marker file (same machine).
@@ -98,38 +229,43 @@ class _ProcessBatch(BatchExecutor):
 
     def _warm_up(self, token: CancellationToken) -> None:
         """Start the worker processes before the first chunk (so ``timeout=`` does not count the
-        start-up of the pool against it); returns at once when they run already or on a cancel."""
+        start-up of the pool against it); at once when they run already or on a cancel."""
+        pool = self._pool
+        if time.monotonic() < pool.warm_until:
+            return
         try:
-            ready = self._executor.submit(int)
+            ready = pool.submit(int)
         except Exception:  # a broken pool: submit() replaces it
             return
-        _register_exit_hook()
+        _register_exit_hook()  # after loky registered its own hook at the pool's first start
         while not ready.done() and not token.wait(0.02):
             pass
+        if ready.done():
+            pool.warm_until = time.monotonic() + 0.9 * pool.idle_timeout
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         if fn is not run_chunk:
-            return self._submit_with_retry(fn, *args)
+            return self._submit(fn, *args)
         processor, symbols, _token, pass_token = args
         payload, task = encode_chunk(self._blob, processor, symbols, pass_token, self._marker.marker)
         if payload is None:
             return task
         task.key = self._marker.running_file()
-        inner = self._submit_with_retry(run_encoded, *payload, task.key)
+        inner = self._submit(run_encoded, *payload, task.key)
         task.inner = inner
         inner.add_done_callback(lambda f, task=task: _complete(task, f))
         return task
 
-    def _submit_with_retry(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+    def _submit(self, fn: Callable[..., Any], /, *args: Any) -> Any:
         try:
-            future = self._executor.submit(fn, *args)
+            return self._pool.submit(fn, *args)
         except (BrokenProcessPool, ShutdownExecutorError, RuntimeError):
-            # A worker died earlier in this batch (or someone shut the shared pool down): the chunks
-            # that were in flight already carry the error; the rest go to a fresh pool.
-            self._executor = self._backend._pool()
-            future = self._executor.submit(fn, *args)
-        _register_exit_hook()  # after loky registered its own hook at the pool's first start
-        return future
+            # A worker died earlier in this batch (the chunks in flight then already carry the
+            # error) or the pool was shut down: the rest go to a fresh pool.
+            self._pool = self._backend._acquire(replacing=self._pool)
+            future = self._pool.submit(fn, *args)
+            _register_exit_hook()
+            return future
 
     def started(self, future: Future[Any]) -> bool:
         """A chunk started once its running file exists (``timeout=`` counts from then)."""
@@ -150,9 +286,9 @@ class _ProcessBatch(BatchExecutor):
                 # In loky's call queue but not started: it will see the marker and run no symbol.
                 future.complete_cancelled()
             else:  # running in a worker: it runs to its end (or until its processor sees the token)
-                with _pool_lock:
-                    _abandoned.add(inner)
-                inner.add_done_callback(_forget)
+                abandoned = self._pool.abandoned
+                abandoned.add(inner)
+                inner.add_done_callback(abandoned.discard)
 
     def close(self, *, cancelled: bool) -> None:
         self._registration.unregister()
@@ -161,11 +297,9 @@ class _ProcessBatch(BatchExecutor):
         # The batch is over: its directory goes, and any chunk of it still queued or running on a
         # worker of this machine sees its token cancelled (a late chunk runs no symbol).
         self._marker.close()
-
-
-def _forget(future: Any) -> None:
-    with _pool_lock:
-        _abandoned.discard(future)
+        if not self._released:
+            self._released = True
+            _release(self._pool)
 
 
 def _complete(task: RemoteTask, future: Any) -> None:
@@ -180,11 +314,12 @@ def _complete(task: RemoteTask, future: Any) -> None:
 
 
 class ProcessBackend(Backend):
-    """Run chunks in worker processes with loky's reusable executor (see the module docstring).
+    """Run chunks in worker processes of procengine_nb's own warm loky pool (see the module docstring).
 
-    ``max_workers`` defaults to the number of CPUs. Call :meth:`close` (``engine.close()`` or
-    ``with ProcessingEngine(...)``) to shut the shared pool down when you are done; otherwise it stays
-    warm for the next batch and loky stops idle workers after ``idle_timeout`` seconds.
+    ``max_workers`` defaults to the number of CPUs; idle workers exit after ``idle_timeout`` seconds.
+    :meth:`close` (``engine.close()``, ``with ProcessingEngine(...)``) releases this backend: it never
+    waits for running tasks, kills the workers of tasks a Stop abandoned, and leaves the warm pool to
+    the next engine (:func:`shutdown_pools` stops it now).
     """
 
     name = "processes"
@@ -196,51 +331,29 @@ class ProcessBackend(Backend):
             max_workers = loky.cpu_count()
         if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
             raise TypeError(f"idle_timeout must be a number of seconds, not {type(idle_timeout).__name__}")
-        if not idle_timeout > 0:
-            raise ValueError(f"idle_timeout must be > 0, got {idle_timeout!r}")
+        if not 0 < idle_timeout < 1e9:
+            raise ValueError(f"idle_timeout must be > 0 and finite, got {idle_timeout!r}")
         self._max_workers = max_workers
-        self._idle_timeout = idle_timeout
-        self._uses_pool = False
+        self._idle_timeout = float(idle_timeout)
         self._closed = False
 
     @property
     def max_workers(self) -> int:
         return self._max_workers
 
-    def _pool(self) -> Any:
-        global _pool_users, _current_pool
-        if self._closed:
+    def _acquire(self, replacing: _Pool | None = None) -> _Pool:
+        if self._closed and replacing is None:
             raise RuntimeError("this processes backend was closed")
-        with _pool_lock:
-            if not self._uses_pool:
-                self._uses_pool = True
-                _pool_users += 1
-        pool = loky.get_reusable_executor(max_workers=self._max_workers, timeout=self._idle_timeout)
-        with _pool_lock:
-            _current_pool = pool
-        return pool
+        return _acquire(self._max_workers, self._idle_timeout, replacing)
 
     def open(self, token: CancellationToken) -> BatchExecutor:
         return _ProcessBatch(self, token)
 
     def close(self) -> None:
-        """Shut loky's pool down if no other open ProcessBackend uses it (idempotent)."""
-        global _pool_users, _current_pool
-        if self._closed:
-            return
+        """Release this backend (idempotent, never waits): new batches are refused; workers still
+        running tasks a Stop abandoned are killed (now, or when the last batch on their pool ends)."""
         self._closed = True
-        with _pool_lock:
-            last = self._uses_pool and _pool_users == 1
-            if self._uses_pool:
-                _pool_users -= 1
-            pool = _current_pool if last else None
-            if last:
-                _current_pool = None
-                abandoned = [f for f in _abandoned if not f.done()]
-                _abandoned.clear()
-        if pool is not None:
-            # Tasks a Stop abandoned are killed rather than waited for: close never hangs.
-            pool.shutdown(wait=True, kill_workers=bool(abandoned))
+        _drop_stuck_pools()
 
     def __repr__(self) -> str:
         return f"<ProcessBackend max_workers={self._max_workers}>"

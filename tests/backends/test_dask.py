@@ -86,7 +86,7 @@ def test_same_results_as_threads(client):
     assert [(r.symbol, r.status, r.value) for r in sorted(result, key=key)] == [
         (r.symbol, r.status, r.value) for r in sorted(threads, key=key)
     ]
-    assert [type(r.error) for r in result.errors] == [ValueError]
+    assert [type(r.error) for r in result.errors] == [ValueError], [str(r.error) for r in result.errors]
     assert not result.cancelled and list(result.unprocessed) == [] and result.progress.running_symbols == 0
     assert not _extra_threads(before)
 
@@ -298,3 +298,56 @@ def test_run_without_a_client_closes_its_cluster_when_the_batch_ends(client):
     while {p.pid for p in child_processes()} - children_before:
         assert time.monotonic() < deadline, "run()'s LocalCluster outlived its batch"
         time.sleep(0.1)
+
+
+# -- issue 11: a client or cluster closed during a batch ----------------------------------------------
+def slow_half_second(symbol):
+    time.sleep(0.5)
+    return symbol
+
+
+def _wait_executing(client, count: int = 1) -> None:
+    deadline = time.monotonic() + 60
+    while _executing(client) < count:
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.02)
+
+
+def _closed_under_it(error: BaseException) -> bool:
+    # the watcher's error, or Dask's own cancel of the futures it dropped while closing
+    return type(error).__name__ in ("DaskClientClosed", "DaskTaskCancelled") and "closed" in str(error)
+
+
+def test_the_users_client_closed_during_a_batch_ends_it_within_seconds(client, cluster):
+    symbols = list(range(40))
+    own = distributed.Client(cluster.scheduler_address, set_as_default=False)
+    before = set(threading.enumerate())
+    engine = ProcessingEngine(slow_half_second, backend="dask", client=own)
+    handle = engine.start(symbols)
+    _wait_executing(client)
+    own.close()
+    began = time.monotonic()
+    result = handle.result(timeout=60)  # before: never returned
+    assert time.monotonic() - began < 10
+    _accounted(result, symbols)
+    # the chunks in flight: ERRORs that say the client was closed; the rest: unprocessed
+    assert result.errors and all(_closed_under_it(r.error) for r in result.errors)
+    assert result.cancelled and "Client is closed" in result.cancel_reason
+    assert not _extra_threads(before)
+
+
+def test_engine_close_on_its_own_cluster_during_a_batch_ends_it_within_seconds(client):
+    symbols = list(range(40))
+    engine = ProcessingEngine(slow_half_second, backend="dask", max_workers=1)
+    handle = engine.start(symbols)
+    deadline = time.monotonic() + 120
+    while engine.backend.client is None or _executing(engine.backend.client) < 1:
+        assert time.monotonic() < deadline, "the cluster never ran a task"
+        time.sleep(0.05)
+    began = time.monotonic()
+    engine.close()
+    result = handle.result(timeout=60)  # before: never returned
+    assert time.monotonic() - began < 20
+    _accounted(result, symbols)
+    assert result.errors and all(_closed_under_it(r.error) for r in result.errors)
+    assert client.status == "running"  # the module's cluster was not touched
