@@ -240,5 +240,27 @@ def test_stop_click_cancels_running_coroutines_while_a_cell_awaits_the_handle(ke
     assert kernel.stdout(cell) == "True ['CANCELLED', 'CANCELLED', 'CANCELLED'] 97 []\n", kernel.errors(cell)
 
 
+def test_interrupt_during_result_cancels_running_coroutines_and_leaves_no_thread(kernel):
+    start = len(kernel.messages)
+    cell = kernel.execute("""
+        import asyncio
+        async def slow(symbol):
+            await asyncio.sleep(0.05 if symbol < 6 else 3600)
+            return symbol
+        handle = run(slow, range(50), max_workers=3, name='async-interrupted')
+        handle.result()
+    """, wait=False)
+    kernel.pump(lambda: any(v >= 6 for _, v in kernel.updates(kernel.comm_ids("procengine-bar", start)[0], "value"))
+                if kernel.comm_ids("procengine-bar", start) else False)
+    kernel.km.interrupt_kernel()
+    reply = kernel.reply(cell)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    check = kernel.execute("""
+        r = handle.result()
+        print(r.cancelled, len(r) + len(r.unprocessed), sorted({x.status.name for x in r}), job_threads())
+    """)
+    assert kernel.stdout(check) == "True 50 ['CANCELLED', 'SUCCESS'] []\n", kernel.errors(check)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
