@@ -1,9 +1,10 @@
 """``python -m bench [PART ...] [--smoke] [--repeat N] [--output FILE]``: run the benchmarks, print Markdown.
 
 Parts: overhead (W0/W1/W2 against the baselines), memory (1M symbols), cancel (latency p99), widgets
-(panel traffic and cost in a real kernel), backends (threads vs processes vs Dask, when
-``bench/bench_backends.py`` exists), async (async processors against ``asyncio.gather`` and
-``tqdm.asyncio``; cancel latency with coroutines). No part given: all of them. ``--smoke`` runs tiny sizes in seconds
+(panel traffic and cost in a real kernel), store (``store=`` against no store), backends (threads vs
+processes vs Dask, when ``bench/bench_backends.py`` exists), async (async processors against
+``asyncio.gather`` and ``tqdm.asyncio``; cancel latency with coroutines). No part given: all of them.
+``--smoke`` runs tiny sizes in seconds
 and asserts nothing about timing (CI runs it so the suite never rots).
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 from bench.common import machine_description
 
-PARTS = ("overhead", "memory", "cancel", "widgets", "backends", "async")
+PARTS = ("overhead", "memory", "cancel", "widgets", "store", "backends", "async")
 
 
 def _backends(smoke: bool, repeat: int) -> str:

@@ -68,14 +68,21 @@ class ProcessingProgress:
     retrying: int = 0
     """How many symbols failed and wait for their next attempt (``retries=``); they are not counted
     as completed until their final outcome."""
+    from_store: int = 0
+    """How many of the completed symbols came from a ``store=`` without running (a rerun)."""
 
     def __post_init__(self) -> None:
-        for name in ("total_symbols", "completed_symbols", "errors_count", "running_symbols", "retrying"):
+        for name in ("total_symbols", "completed_symbols", "errors_count", "running_symbols", "retrying",
+                     "from_store"):
             check_int(getattr(self, name), name, minimum=0)
         if self.completed_symbols > self.total_symbols:
             raise ValueError(
                 f"completed_symbols ({self.completed_symbols}) cannot exceed "
                 f"total_symbols ({self.total_symbols})"
+            )
+        if self.from_store > self.completed_symbols:
+            raise ValueError(
+                f"from_store ({self.from_store}) cannot exceed completed_symbols ({self.completed_symbols})"
             )
         if self.errors_count > self.completed_symbols:
             raise ValueError(
@@ -118,7 +125,8 @@ class ProcessingProgress:
             f"running_symbols={self.running_symbols}, rate_per_second={self.rate_per_second!r}, "
             f"cancelled={self.cancelled}, finished={self.finished}"
             + ("" if self.total_known else ", total_known=False")
-            + (f", retrying={self.retrying})" if self.retrying else ")")
+            + (f", retrying={self.retrying}" if self.retrying else "")
+            + (f", from_store={self.from_store})" if self.from_store else ")")
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -155,11 +163,13 @@ def _fast_constructor() -> Callable[..., ProcessingProgress]:
     cls = ProcessingProgress
     new = object.__new__
     (total_set, completed_set, current_set, errors_set, elapsed_set, eta_set, running_set, rate_set,
-     cancelled_set, finished_set, known_set, retrying_set) = (cls.__dict__[name].__set__ for name in _FIELDS)
+     cancelled_set, finished_set, known_set, retrying_set, from_store_set) = (
+        cls.__dict__[name].__set__ for name in _FIELDS)
 
     def snapshot(total: int, completed: int, current: Any, errors: int, elapsed_ms: float,
                  eta_ms: float | None, running: int, rate: float, cancelled: bool,
-                 finished: bool, total_known: bool = True, retrying: int = 0) -> ProcessingProgress:
+                 finished: bool, total_known: bool = True, retrying: int = 0,
+                 from_store: int = 0) -> ProcessingProgress:
         made = new(cls)
         total_set(made, total)
         completed_set(made, completed)
@@ -173,6 +183,7 @@ def _fast_constructor() -> Callable[..., ProcessingProgress]:
         finished_set(made, finished)
         known_set(made, total_known)
         retrying_set(made, retrying)
+        from_store_set(made, from_store)
         return made
 
     return snapshot
@@ -224,6 +235,8 @@ class ProgressTracker:
         self.retrying = 0
         """Symbols waiting to retry (set by the batch run)."""
         self.completed = 0
+        self.from_store = 0
+        """Completed symbols whose results came from a store (set by :meth:`record_stored`)."""
         self.errors = 0
         self.running = 0
         self.current_symbol: Any = None
@@ -301,6 +314,7 @@ class ProgressTracker:
         cancelled = self.cancelled
         known = self.total_known
         retrying = self.retrying
+        from_store = self.from_store
         for symbol, error in zip(symbols, errors, strict=True):
             completed += 1
             if error:
@@ -308,12 +322,39 @@ class ProgressTracker:
                 self.errors = failed
             self.completed = completed
             self.current_symbol = symbol
-            per_symbol = smoothed if smoothed is not None else elapsed / completed
+            per_symbol = smoothed if smoothed is not None else elapsed / (completed - from_store)
             snapshot = _snapshot(total, completed, symbol, failed, elapsed_ms,
                                  (total - completed) * per_symbol * 1000.0 if known else None, running,
-                                 1.0 / per_symbol if per_symbol else 0.0, cancelled, False, known, retrying)
+                                 1.0 / per_symbol if per_symbol else 0.0, cancelled, False, known, retrying,
+                                 from_store)
             self._snapshot = snapshot
             yield snapshot
+
+    def record_stored(self, symbols: Sequence[Any]) -> Iterator[ProcessingProgress]:
+        """Count symbols whose results came from a store (they did not run) and yield a snapshot after
+        each. They count as completed, and as ``from_store``, but not toward the rate: the ETA is made
+        from the symbols that ran.
+
+        >>> tracker = ProgressTracker(4, clock=iter([0.0, 0.0, 1.0, 1.0]).__next__)
+        >>> [s.from_store for s in tracker.record_stored(["A", "B"])]
+        [1, 2]
+        >>> snapshot = tracker.record("C")
+        >>> snapshot.completed_symbols, snapshot.from_store, snapshot.estimated_remaining_ms
+        (3, 2, 1000.0)
+        """
+        if self.completed + len(symbols) > self.total:
+            raise ValueError(f"recorded {self.completed + len(symbols)} completions for {self.total} symbols")
+        return self._stored(symbols)
+
+    def _stored(self, symbols: Sequence[Any]) -> Iterator[ProcessingProgress]:
+        if not symbols:
+            return
+        now = self._clock()
+        for symbol in symbols:
+            self.completed += 1
+            self.from_store += 1
+            self.current_symbol = symbol
+            yield self._make(now)
 
     def refresh(self, *, finished: bool = False) -> ProcessingProgress:
         """Make a snapshot of the current state at the current time (running count, cancel, end)."""
@@ -329,11 +370,12 @@ class ProgressTracker:
         self._ema_weight = alpha + (1.0 - alpha) * self._ema_weight
 
     def _seconds_per_symbol(self, elapsed: float) -> float | None:
-        if self.completed == 0:
+        computed = self.completed - self.from_store  # symbols from a store did not run: not in the rate
+        if computed == 0:
             return None
         if self._smoothing is not None and self._ema_weight > 0.0:
             return self._ema / self._ema_weight
-        return elapsed / self.completed
+        return elapsed / computed
 
     def _make(self, now: float, finished: bool = False) -> ProcessingProgress:
         elapsed = now - self._start
@@ -349,6 +391,6 @@ class ProgressTracker:
             eta = remaining * per_symbol * 1000.0  # per_symbol >= 0: see _smooth
         snapshot = _snapshot(self.total, self.completed, self.current_symbol, self.errors, elapsed * 1000.0, eta,
                              self.running, 1.0 / per_symbol if per_symbol else 0.0, self.cancelled, finished,
-                             self.total_known, self.retrying)
+                             self.total_known, self.retrying, self.from_store)
         self._snapshot = snapshot
         return snapshot

@@ -301,16 +301,28 @@ class ResultStore:
         if not path.parent.is_dir():
             raise FileNotFoundError(f"store path {str(path)!r}: the folder {str(path.parent)!r} does not exist")
         _check_magic(path)
-        try:
-            conn = sqlite3.connect(str(path), timeout=self.busy_timeout, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise ValueError(f"cannot open the store {str(path)!r}: {exc}") from exc
-        try:
-            _prepare(conn, path)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.002
+        while True:
+            try:
+                conn = sqlite3.connect(str(path), timeout=self.busy_timeout, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise ValueError(f"cannot open the store {str(path)!r}: {exc}") from exc
+            try:
+                _prepare(conn, path)
+            except _Busy as busy:
+                # Switching a new file to WAL while another connection creates it can fail at once with
+                # "database is locked" (SQLite skips the busy handler where waiting could deadlock).
+                conn.close()
+                if time.monotonic() >= deadline:
+                    raise ValueError(f"cannot use {str(path)!r} as a result store: {busy.__cause__}") from busy
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            return conn
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.path)!r})"
@@ -402,15 +414,16 @@ class StoreSession:
         if len(rows) >= self.store.commit_results or self._clock() - self._last_commit >= self.store.commit_seconds:
             self.commit()
 
-    def due(self, now: float) -> float | None:
-        """Seconds until buffered results must be committed (None when nothing is buffered)."""
+    def due(self) -> float | None:
+        """Seconds until buffered results must be committed (None when nothing is buffered): the batch
+        waits for its next completion at most this long, then calls :meth:`tick`."""
         if not self._rows:
             return None
-        return max(0.0, self._last_commit + self.store.commit_seconds - now)
+        return max(0.0, self._last_commit + self.store.commit_seconds - self._clock())
 
-    def tick(self, now: float) -> None:
+    def tick(self) -> None:
         """Commit when the buffer's time is up (call when a wait bounded by ``due`` ran out)."""
-        if self._rows and now - self._last_commit >= self.store.commit_seconds:
+        if self._rows and self._clock() - self._last_commit >= self.store.commit_seconds:
             self.commit()
 
     def commit(self) -> bool:
@@ -465,10 +478,14 @@ class StoreSession:
             error = result.error
             if error is not None:
                 error_type, error_message, error_traceback = _error_text(error, result.traceback)
-        try:
-            symbol_blob = pickle.dumps(result.symbol, pickle.HIGHEST_PROTOCOL)
-        except Exception:  # read back as its key
+        symbol = result.symbol
+        if type(symbol) is str and symbol == k:  # read back as its key: no need to pickle it
             symbol_blob = None
+        else:
+            try:
+                symbol_blob = pickle.dumps(symbol, pickle.HIGHEST_PROTOCOL)
+            except Exception:  # read back as its key
+                symbol_blob = None
         return (name, k, _STATUS[status], symbol_blob, value_blob, value_note, error_type, error_message,
                 error_traceback, float(result.duration_ms), int(getattr(result, "attempts", 1) or 1), now_wall)
 
@@ -580,6 +597,10 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise _Busy() from exc
+        raise ValueError(f"cannot use {str(path)!r} as a result store: {exc}; it was left unchanged") from exc
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"cannot use {str(path)!r} as a result store: {exc}; it was left unchanged") from exc
     if app_id != _APPLICATION_ID:
@@ -596,10 +617,23 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable when a process dies, fast commits
 
 
+class _Busy(Exception):
+    """Another connection held the lock where SQLite does not wait: try again."""
+
+
 def _identity(conn: sqlite3.Connection) -> tuple[int, int, int]:
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    """Application id, schema version and table count, read in one snapshot (another connection may be
+    creating the schema meanwhile)."""
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    finally:
+        if own:
+            conn.execute("COMMIT")
     return int(app_id), int(version), int(tables)
 
 

@@ -290,7 +290,7 @@ def test_results_from_the_store_are_not_written_again(path):
     rerun = store._session("b", str).open()
     [again] = rerun.done(["A"], ["A"]).values()
     rerun.add([again])
-    assert rerun.due(0.0) is None  # nothing buffered
+    assert rerun.due() is None  # nothing buffered
     rerun.close()
     assert rows_in(path) == 1
 
@@ -299,17 +299,17 @@ def test_results_from_the_store_are_not_written_again(path):
 def test_commits_are_batched_by_time(path, fake_clock):
     store = ResultStore(path, commit_seconds=0.5, commit_results=1000)
     session = store._session("b", str, fake_clock).open()
-    assert session.due(fake_clock()) is None
+    assert session.due() is None
     fake_clock.advance(0.1)
     session.add([ok(i, i) for i in range(10)])
     assert rows_in(path) == 0  # buffered
-    assert session.due(fake_clock()) == pytest.approx(0.4)
+    assert session.due() == pytest.approx(0.4)
     fake_clock.advance(0.3)
-    session.tick(fake_clock())
+    session.tick()
     assert rows_in(path) == 0
     fake_clock.advance(0.1)
-    session.tick(fake_clock())
-    assert rows_in(path) == 10 and session.due(fake_clock()) is None
+    session.tick()
+    assert rows_in(path) == 10 and session.due() is None
     fake_clock.advance(0.6)  # after a quiet spell, the next result is written at once
     session.add([ok("late", 1)])
     assert rows_in(path) == 11
@@ -337,11 +337,11 @@ def test_a_locked_store_keeps_the_rows_and_retries(path, fake_clock, caplog):
     fake_clock.advance(1.0)
     session.add([ok("A", 1)])
     assert "could not commit" in caplog.text
-    assert session.due(fake_clock()) is not None  # still buffered
+    assert session.due() is not None  # still buffered
     blocker.execute("COMMIT")
     blocker.close()
     fake_clock.advance(1.0)
-    session.tick(fake_clock())
+    session.tick()
     assert rows_in(path) == 1
     session.close()
 

@@ -1,0 +1,109 @@
+"""The cost of ``store=``: the same batch with and without a result store, side by side in one process.
+
+Variants, run in rotating order each round (per-round ratios to "no store", so drift cancels out):
+
+- no store: ``process_batch(job)``;
+- store, new batch name each round: ``process_batch(job, store=store)`` on one store file (what every
+  result costs: the key, pickling, buffered commits);
+- store, new file each round: the same on a fresh file (adds creating the file and its schema);
+- rerun, all from the store: the same call again with the name of a finished batch (nothing runs).
+
+Workloads: W1 (1 ms sleep: the target, store ≤ +3%) and W0 (returns at once: the driver's cost per
+symbol, where the store is most visible).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from bench.common import Table, median, symbols
+from bench.workloads import w0, w1
+from procengine_nb import ProcessingEngine, ProcessingJob, ResultStore
+
+__all__ = ["run"]
+
+NONE = "no store"
+NAMED = "store, new batch name each round"
+FILE = "store, new file each round"
+RERUN = "rerun: all from the store"
+
+
+def _measure(fn: Callable[[object], object], n: int, repeat: int, workers: int, folder: str
+             ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    items = symbols(n)
+    engine = ProcessingEngine(fn, max_workers=workers)
+    shared = ResultStore(os.path.join(folder, f"shared-{fn.__name__}-{n}.db"))
+    done_name = "finished"
+    engine.process_batch(ProcessingJob(items, name=done_name), store=shared)  # what the rerun reads
+    counter = iter(range(10**9))
+
+    def no_store() -> int:
+        return len(engine.process_batch(ProcessingJob(items, name="x")))
+
+    def named() -> int:
+        return len(engine.process_batch(ProcessingJob(items, name=f"round {next(counter)}"), store=shared))
+
+    def new_file() -> int:
+        path = os.path.join(folder, f"fresh-{next(counter)}.db")
+        return len(engine.process_batch(ProcessingJob(items, name="fresh"), store=path))
+
+    def rerun() -> int:
+        result = engine.process_batch(ProcessingJob(items, name=done_name), store=shared)
+        if not all(r.from_store for r in result):
+            raise RuntimeError("the rerun ran symbols again")
+        return len(result)
+
+    variants = {NONE: no_store, NAMED: named, FILE: new_file, RERUN: rerun}
+    names = list(variants)
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            gc.collect()
+            cpu_start = time.process_time()
+            start = time.perf_counter()
+            count = variants[name]()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
+            if count != n:
+                raise RuntimeError(f"{name} returned {count} results, expected {n}")
+    return wall, cpu
+
+
+def _cell(times: dict[str, list[float]], name: str) -> str:
+    ratios = [t / b for t, b in zip(times[name], times[NONE], strict=True)]
+    return f"{median(ratios):.3f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+
+
+def _ratio(times: dict[str, list[float]], name: str) -> float:
+    return median([t / b for t, b in zip(times[name], times[NONE], strict=True)])
+
+
+def run(*, smoke: bool, repeat: int, workers: int = 4) -> str:
+    lines = [f"{workers} workers; {repeat} rounds, variants in rotating order. Times are medians; ratios are "
+             "medians of per-round ratios to the same batch without a store (min-max in brackets). "
+             "CPU = process CPU time over all threads."]
+    verdicts: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
+        for label, fn, n in (("W1", w1, 40 if smoke else 4_000), ("W0", w0, 300 if smoke else 100_000)):
+            print(f"  store: {label}, N={n} ...", file=sys.stderr, flush=True)
+            wall, cpu = _measure(fn, n, repeat, workers, folder)
+            table = Table("variant", "wall µs/symbol", "wall x no store", "CPU µs/symbol", "CPU x no store")
+            for name in wall:
+                table.add(name, f"{median(wall[name]) / n * 1e6:.2f}", _cell(wall, name),
+                          f"{median(cpu[name]) / n * 1e6:.2f}", _cell(cpu, name))
+            description = "1 ms sleep" if label == "W1" else "returns at once"
+            lines.append(f"\n### {label}: {description}, N={n:,}\n\n{table.render()}")
+            if label == "W1":
+                wall_ratio, cpu_ratio = _ratio(wall, NAMED), _ratio(cpu, NAMED)
+                verdicts.append(f"- W1 with a store: {(wall_ratio - 1) * 100:+.1f}% wall, "
+                                f"{(cpu_ratio - 1) * 100:+.1f}% CPU vs no store (target ≤ +3% wall) → "
+                                f"{'met' if wall_ratio <= 1.03 else 'MISSED'}")
+    if not smoke:  # a smoke run's tiny batches say nothing about cost: no verdicts
+        lines.append("\nTargets:\n" + "\n".join(verdicts))
+    return "\n".join(lines)
