@@ -4,8 +4,7 @@ Parts: overhead (W0/W1/W2 against the baselines), memory (1M symbols), cancel (l
 (panel traffic and cost in a real kernel), store (``store=`` against no store), backends (threads vs
 processes vs Dask, when ``bench/bench_backends.py`` exists), async (async processors against
 ``asyncio.gather`` and ``tqdm.asyncio``; cancel latency with coroutines). No part given: all of them.
-``--smoke`` runs tiny sizes in seconds
-and asserts nothing about timing (CI runs it so the suite never rots).
+``--smoke`` runs tiny sizes in seconds and asserts nothing about timing (CI runs it so the suite never rots).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult, UnprocessedView
 from procengine_nb.observe import Publisher
 from procengine_nb.progress import ProcessingProgress, ProgressTracker
+from procengine_nb.store import StoreSession
 
 __all__ = ["BatchRun", "BatchSettings"]
 
@@ -107,7 +108,7 @@ class BatchRun:
     """
 
     def __init__(self, settings: BatchSettings, job: ProcessingJob,
-                 publisher: Publisher, token: CancellationToken) -> None:
+                 publisher: Publisher, token: CancellationToken, store: StoreSession | None = None) -> None:
         self.settings = settings
         self.job = job
         self.publisher = publisher
@@ -136,6 +137,12 @@ class BatchRun:
         self._mean_seconds = 0.0  # smoothed processor time per symbol; drives the chunk size
         self._results = BatchResult(job=job)
         self._interrupted_result: BatchResult | None = None
+        self._store = store
+        """The batch's link to its ``store=`` (opened, used and closed on the batch's thread), or None."""
+        self._symbols: Any = job.symbols  # what is handed out: on a rerun, without what the store holds
+        self._stored: list[SymbolResult] = []  # lazy input: results from the store, drawn, not yet counted
+        self._stored_drawn = 0  # lazy input: symbols drawn that came from the store (never handed out)
+        self._held: list[Any] = []  # lazy input: the symbol whose key= raised (unprocessed)
 
     # -- read from other threads ----------------------------------------------------------------
     @property
@@ -189,7 +196,10 @@ class BatchRun:
     def _loop(self) -> BatchResult:
         settings = self.settings
         lazy = self._lazy
-        symbols: Any = None if lazy else self.job.symbols
+        store = self._store
+        if store is not None:
+            self._open_store(store)
+        symbols: Any = None if lazy else self._symbols
         total = 0 if lazy else len(symbols)
         token = self.token
         tracker = self.tracker
@@ -230,6 +240,8 @@ class BatchRun:
                             if self._exhausted:
                                 break
                             chunk = self._draw(self._chunk_size(self._lazy_remaining(), workers))
+                            if self._stored:
+                                self._count_stored()
                             if not chunk:
                                 break
                             start = self._drawn - len(chunk)
@@ -289,11 +301,17 @@ class BatchRun:
                         wait = due if wait is None else min(wait, due)
                     if wait is not None:
                         wait = min(wait, _MAX_WAIT)
+                if store is not None:  # results reach the store at most commit_seconds after they complete
+                    due = store.due()
+                    if due is not None:
+                        wait = due if wait is None else min(wait, due)
                 try:
                     item = completions.get(timeout=wait)
                 except queue.Empty:
                     if timed:
                         self._expire(clock(), executor)
+                    if store is not None:
+                        store.tick()
                     continue
                 if item is not _WAKE and item.__class__ is not _Started:
                     self._take(item)
@@ -309,7 +327,11 @@ class BatchRun:
                 # never wait for tasks given up on (cancelled, or past their timeout)
                 executor.close(cancelled=cancelled or bool(self._abandoned))
             token.close()
-            self._settle(next_index, cancelled)
+            try:
+                self._settle(next_index, cancelled)
+            finally:
+                if store is not None:  # however the batch ended: commit what the store buffered
+                    self._close_store(store)
         return results
 
     def _settle(self, next_index: int, cancelled: bool) -> None:
@@ -319,6 +341,8 @@ class BatchRun:
         A symbol that failed and was waiting for (or running) its next attempt when the batch stopped
         ran and failed: it ends as its last ERROR result, never as unprocessed."""
         tracker, inflight, results, token = self.tracker, self._inflight, self._results, self.token
+        if self._stored:  # drawn from the store while the batch was being stopped
+            self._count_stored()
         # What a cancel left running on workers (tasks that ignore the token): reported, not awaited.
         tracker.running = sum(span[1] - span[0] for f, span in inflight.items() if not f.done())
         tracker.cancelled = cancelled
@@ -335,6 +359,8 @@ class BatchRun:
         for last, attempts in waiting:
             last.attempts = attempts
             results.append(last)
+            if self._store is not None:
+                self._store.add((last,))
             tracker.record(last.symbol, error=True)
             self.publisher.failed(last)
         never.extend(self._dropped)
@@ -342,9 +368,9 @@ class BatchRun:
         if self._lazy:
             results.unprocessed = UnprocessedView(_Drawn(never, self._drawn), positions, self._drawn)  # type: ignore[arg-type]
             if self._exhausted:
-                tracker.total, tracker.total_known = self._drawn, True
+                tracker.total, tracker.total_known = self._drawn + self._stored_drawn, True
         else:
-            results.unprocessed = UnprocessedView(self.job.symbols, positions, next_index)  # type: ignore[arg-type]
+            results.unprocessed = UnprocessedView(self._symbols, positions, next_index)
         results.input_exhausted = self._exhausted
         results.input_error = self._input_error
         results.cancelled = cancelled
@@ -381,8 +407,11 @@ class BatchRun:
         self._check_budget()
 
     def _record(self, chunk: list[SymbolResult]) -> None:
-        """Final outcomes: into the results, one snapshot each to the callback, failures to the views."""
+        """Final outcomes: into the results (and the store), one snapshot each to the callback, failures
+        to the views."""
         self._results.extend(chunk)
+        if self._store is not None:
+            self._store.add(chunk)
         error_status = ResultStatus.ERROR
         failed = [r.status is error_status for r in chunk]
         token = self.token
@@ -435,12 +464,83 @@ class BatchRun:
         if max_errors is not None and self.tracker.errors > max_errors:
             self.token.cancel(f"error budget exceeded: {self.tracker.errors} errors > max_errors={max_errors}")
 
+    # -- the store --------------------------------------------------------------------------------------
+    def _open_store(self, store: StoreSession) -> None:
+        """Before any symbol runs. A sized input: check every key (a ``key=`` that raises is the batch's
+        error, naming the symbol), count what the store holds as completed (``from_store``) and hand out
+        only the rest, in input order. A lazy input: the same, symbol by symbol as it is drawn (a key that
+        raises then ends the batch like an input that raises: cancelled, ``input_error`` set)."""
+        symbols = self.job.symbols
+        try:
+            if self._lazy:
+                store.open()
+                self._symbols = self._without_stored(symbols, store)  # type: ignore[arg-type]
+                return
+            keys = [store.key(symbol) for symbol in symbols]  # type: ignore[union-attr]
+            store.open()
+            found = store.done(symbols, keys) if store.has_known else {}  # type: ignore[arg-type]
+        except BaseException:
+            store.close()
+            raise
+        if found:
+            self._results.extend(found[i] for i in sorted(found))
+            self._symbols = tuple(symbol for i, symbol in enumerate(symbols) if i not in found)  # type: ignore[arg-type]
+            self._stored = self._results[:]
+            self._count_stored()
+
+    def _without_stored(self, iterator: Iterator[Any], store: StoreSession) -> Iterator[Any]:
+        """A lazy input without the symbols the store holds: their results are kept for
+        :meth:`_count_stored` (looked up a few hundred at a time); a stored value that no longer loads
+        is yielded to run again."""
+        held_symbols: list[Any] = []
+        held_keys: list[str] = []
+        for symbol in iterator:
+            try:
+                key = store.key(symbol)
+            except BaseException:
+                self._held.append(symbol)
+                raise
+            known = store.is_known(key)
+            if known:
+                held_symbols.append(symbol)
+                held_keys.append(key)
+                if len(held_symbols) < 512:
+                    continue
+            if held_symbols:
+                found = store.done(held_symbols, held_keys)
+                self._stored.extend(found[i] for i in sorted(found))
+                self._stored_drawn += len(found)
+                yield from (s for i, s in enumerate(held_symbols) if i not in found)
+                held_symbols, held_keys = [], []
+            if not known:
+                yield symbol
+        if held_symbols:
+            found = store.done(held_symbols, held_keys)
+            self._stored.extend(found[i] for i in sorted(found))
+            self._stored_drawn += len(found)
+            yield from (s for i, s in enumerate(held_symbols) if i not in found)
+
+    def _count_stored(self) -> None:
+        """Count results taken from the store as completed at once (``from_store``), one snapshot each."""
+        stored, self._stored = self._stored, []
+        if self._lazy:
+            self._results.extend(stored)
+        self.publisher.updates(self.tracker.record_stored([r.symbol for r in stored]),
+                               cancelled=self.token.cancelled_now)
+
+    def _close_store(self, store: StoreSession) -> None:
+        """Commit what the store buffered and close it; never raises (``close`` logs its failures)."""
+        try:
+            store.close()
+        except Exception as exc:  # pragma: no cover - close() logs its own failures
+            _log.error("job %s: closing the store failed: %s", self.job.job_id, describe(exc))
+
     # -- lazy input -------------------------------------------------------------------------------
     def _draw(self, size: int) -> list[Any]:
         """Draw up to ``size`` symbols from a lazy input (on this thread). At its end, the total becomes
         known. If the input raises, the batch is cancelled with that reason (the exception is kept as
         ``input_error``), and what was drawn before still counts; an interrupt is re-raised after that."""
-        iterator: Iterator[Any] = self.job.symbols  # type: ignore[assignment]
+        iterator: Iterator[Any] = self._symbols
         chunk: list[Any] = []
         append = chunk.append
         try:
@@ -452,6 +552,10 @@ class BatchRun:
             self._exhausted = True
             self._drawn += len(chunk)
             self._dropped.extend(zip(range(self._drawn - len(chunk), self._drawn), chunk, strict=True))
+            for symbol in self._held:  # drawn, refused before it ran (its key= raised): unprocessed
+                self._dropped.append((self._drawn, symbol))
+                self._drawn += 1
+            self._held.clear()
             self._grow_total()
             if not isinstance(exc, Exception):
                 raise
@@ -465,7 +569,7 @@ class BatchRun:
         return chunk
 
     def _grow_total(self) -> None:
-        tracker, drawn = self.tracker, self._drawn
+        tracker, drawn = self.tracker, self._drawn + self._stored_drawn
         if self._exhausted:
             tracker.total, tracker.total_known = drawn, True
         elif drawn > tracker.total:  # no hint, or the hint was too low
@@ -473,9 +577,10 @@ class BatchRun:
 
     def _lazy_remaining(self) -> int:
         hint = self.job.total
-        if hint is None or hint <= self._drawn:
+        drawn = self._drawn + self._stored_drawn
+        if hint is None or hint <= drawn:
             return _UNKNOWN_REMAINING
-        return hint - self._drawn
+        return hint - drawn
 
     # -- helpers ----------------------------------------------------------------------------------
     def _chunk_size(self, remaining: int, workers: int) -> int:
@@ -547,6 +652,8 @@ class BatchRun:
                 ran.append(SymbolResult(symbol, ResultStatus.ERROR, None, error, timeout * 1000.0,
                                         traceback=format_text(error)))
             finals.extend(self._sift(ran, start, attempts) if self.settings.retries else ran)
+        if self._store is not None:
+            self._store.add(finals)
         for result in finals:
             self._results.append(result)
             self.publisher.update(self.tracker.record(result.symbol, error=True))

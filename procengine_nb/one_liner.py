@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from procengine_nb.engine import ProcessingEngine
 from procengine_nb.handle import JobHandle
 from procengine_nb.models import ProcessingJob, coerce_symbols
 from procengine_nb.progress import ProgressCallback
+from procengine_nb.store import ResultStore, make_key_function, resolve_store
 from procengine_nb.views.console import ConsoleProgress
 
 __all__ = ["in_jupyter_kernel", "run"]
@@ -102,6 +104,8 @@ def run(
     name: str | None = None,
     display: bool | None = None,
     total: int | None = None,
+    store: str | os.PathLike[str] | ResultStore | None = None,
+    key: Callable[[Any], str] | None = None,
     **engine_options: Any,
 ) -> JobHandle:
     """Start processing ``symbols`` with ``processor`` in the background and show its progress.
@@ -119,6 +123,11 @@ def run(
     ``client=`` is given, the shared loky pool) is released when the batch ends. Pass ``client=`` to
     keep a cluster across runs.
 
+    ``store=`` (an SQLite path or a :class:`~procengine_nb.ResultStore`) and ``key=`` make the results
+    durable, as for ``ProcessingEngine.process_batch``: rerunning the same ``run()`` (after a kernel
+    restart, say) skips every symbol the store holds a success for under the batch's ``name`` (the
+    processor's ``module.qualname`` when no name is given); the snapshot's ``from_store`` counts them.
+
     Under a kernel, worker threads' prints and the progress callback's output go to the cell that
     called ``run()``, not to the cell running when they print.
 
@@ -131,6 +140,8 @@ def run(
         raise TypeError(f"name must be a str or None, not {type(name).__name__}")
     if display is not None and not isinstance(display, bool):
         raise TypeError(f"display must be True, False or None, not {type(display).__name__}")
+    make_key_function(key)  # bad store= or key=: an error before an engine (or a cluster) is built
+    store = resolve_store(store)
     if isinstance(symbols, ProcessingJob):
         if name is not None and name != symbols.name:
             raise ValueError("name= cannot rename a ProcessingJob; give the job its name instead")
@@ -144,8 +155,12 @@ def run(
         # context, a copy of this one: its prints go to this cell already)
         processor = _in_caller_context(processor)
     engine = ProcessingEngine(processor, **engine_options)
-    handle = engine.start(job, progress_callback=progress_callback, cancellation_token=cancellation_token,
-                          total=total)
+    try:
+        handle = engine.start(job, progress_callback=progress_callback, cancellation_token=cancellation_token,
+                              total=total, store=store, key=key)
+    except BaseException:  # e.g. store= without a usable batch name: release what the engine holds
+        engine.close()
+        raise
     handle.attach(_CloseAtEnd(engine))  # run() owns its engine: a cluster it started ends with the batch
     show_panel = display if display is not None else kernel
     try:

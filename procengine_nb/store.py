@@ -16,9 +16,15 @@ rerun computes that symbol again. :func:`load_results` reads a store back as a
 A store file is as trusted as a pickle file: open only stores you (or code you trust) wrote.
 
 >>> import os, tempfile
+>>> from procengine_nb import ProcessingEngine, ProcessingJob
 >>> path = os.path.join(tempfile.mkdtemp(), "results.db")
->>> ResultStore(path).batches(), len(load_results(path))
-([], 0)
+>>> engine = ProcessingEngine(str.upper, max_workers=2)
+>>> first = engine.process_batch(ProcessingJob(["a", "b"], name="letters"), store=path)
+>>> again = engine.process_batch(ProcessingJob(["a", "b", "c"], name="letters"), store=path)
+>>> sorted((r.value, r.from_store) for r in again), again.progress.from_store
+([('A', True), ('B', True), ('C', False)], 2)
+>>> sorted(r.value for r in load_results(path, "letters"))
+['A', 'B', 'C']
 """
 
 from __future__ import annotations
@@ -498,10 +504,11 @@ def load_results(path: str | os.PathLike[str] | ResultStore, name: str | None = 
     message and traceback text), a value the store could not keep as :class:`NotStored`.
 
     >>> import os, tempfile
-    >>> load_results(os.path.join(tempfile.mkdtemp(), "missing.db"))  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    FileNotFoundError: no store at '...missing.db'
+    >>> from procengine_nb import run
+    >>> path = os.path.join(tempfile.mkdtemp(), "r.db")
+    >>> _ = run(len, ["ab", "c"], name="lengths", store=path, display=False).result(timeout=10)
+    >>> sorted(load_results(path).values)
+    [('ab', 2), ('c', 1)]
     """
     if isinstance(path, ResultStore):
         return path.load(name)
