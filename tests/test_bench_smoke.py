@@ -57,3 +57,11 @@ def test_smoke_run_of_the_async_part_prints_figures_and_no_verdicts(tmp_path):
     text = out.read_text()
     assert "## async" in text and "bare asyncio.gather" in text and "tqdm.asyncio" in text and "p99" in text
     assert "MISSED" not in text and "Targets:" not in text and "→ met" not in text
+
+
+def test_smoke_run_of_the_store_part_prints_figures_and_no_verdicts(tmp_path):
+    out = tmp_path / "report.md"
+    assert main(["--smoke", "store", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "## store" in text and "no store" in text and "rerun: all from the store" in text
+    assert "MISSED" not in text and "Targets:" not in text and "→ met" not in text
