@@ -25,3 +25,14 @@ def test_readme_guarantees_point_at_existing_tests():
             assert fnmatch.filter(defined, name), f"{current.name}::{name} is named in the README but missing"
             checked += 1
     assert checked >= 20
+
+
+def test_readme_pictures_and_links_exist():
+    """Every local picture or file the README points at is in the repository (the screenshots of each
+    front-end, retaken by the browser tests, included)."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    targets = re.findall(r"\]\(((?:docs|notebooks)/[^)#\s]+)\)", readme)
+    assert any(t.startswith("docs/img/") for t in targets)
+    missing = [t for t in targets if not (root / t).is_file()]
+    assert not missing, f"the README points at missing files: {missing}"

@@ -79,6 +79,11 @@ class FailureLog:
                 other = (kind, None)
                 self._groups[other] = self._groups.get(other, 0) + 1
 
+    @property
+    def latest_size(self) -> int:
+        """How many of the latest failures are kept."""
+        return self._latest.maxlen or 0
+
     def latest(self) -> list[Failure]:
         """The most recent failures, newest first."""
         with self._lock:

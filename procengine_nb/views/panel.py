@@ -74,7 +74,7 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _CSS = (
     "<style>"
     ".procengine-panel{display:flex;flex-flow:row wrap;align-items:center;gap:2px 8px;max-width:100%}"
-    ".procengine-panel>.procengine-bar{flex:1 1 14em;min-width:9em;width:auto;margin:0}"
+    ".procengine-panel>.procengine-bar{flex:1 1 10em;min-width:8em;width:auto;margin:0}"
     ".procengine-bar .widget-label{font-weight:bold;max-width:60%;color:var(--jp-ui-font-color1,#212121)}"
     ".procengine-panel>.procengine-stop.jupyter-button{flex:none;width:auto;min-width:max-content;margin:0;"
     "padding:0 12px;color:#fff;background:#b3261e;opacity:1}"
@@ -82,14 +82,14 @@ _CSS = (
     "background:var(--jp-layout-color2,#eee);border:1px solid var(--jp-border-color1,#9e9e9e);opacity:1;"
     "cursor:default}"
     ".procengine-panel>.procengine-text{flex:1 1 100%;min-width:0;width:auto;margin:0;height:auto}"
-    ".procengine-text .widget-html-content{line-height:1.45;white-space:normal;height:auto;"
-    "color:var(--jp-ui-font-color1,#212121)}"
+    ".procengine-text .widget-html-content{line-height:1.45;white-space:normal;height:auto;min-width:0;"
+    "overflow-wrap:anywhere;color:var(--jp-ui-font-color1,#212121)}"
     ".procengine-line{display:flex;flex-wrap:wrap;column-gap:1.2em}"
     ".procengine-line>span{white-space:nowrap}"
     ".procengine-err{font-weight:bold;border-left:3px solid var(--jp-error-color1,#d32f2f);padding-left:4px}"
     ".procengine-failures ul{margin:0;padding-left:1.2em}"
-    ".procengine-failures li,.procengine-error-table td{overflow-wrap:anywhere}"
-    ".procengine-error-table table{border-collapse:collapse}"
+    ".procengine-failures li,.procengine-error-table td{overflow-wrap:break-word}"
+    ".procengine-error-table{overflow-x:auto}.procengine-error-table table{border-collapse:collapse}"
     ".procengine-error-table td,.procengine-error-table th{padding:0 .6em 0 0;text-align:left;"
     "vertical-align:top;color:var(--jp-ui-font-color1,#212121)}"
     "</style>"
@@ -330,6 +330,10 @@ class ProgressPanel:
             self._outcome = (result, error)
             if result is not None:
                 self._latest = result.progress
+                if self._failures.total < len(result.errors):  # attached late: count them all from the result
+                    self._failures = FailureLog(latest=self._failures.latest_size)
+                    for failed in result.errors:
+                        self._failures.record(failed)
             elif self._handle is not None:
                 self._latest = self._handle.progress
             self._throttle.renders += 1
@@ -448,10 +452,11 @@ class ProgressPanel:
             f'<span class="procengine-eta">{self.eta.value}</span>'
             f'<span class="procengine-rate">{self.rate.value}</span>'
         )
-        status = f'<span class="procengine-status">{self.status.value}</span>'
+        # the status and the running symbols get a line each: one line where they fit, wrapped where not
+        parts = [f'<div class="procengine-line">{stats}</div>',
+                 f'<div class="procengine-status">{self.status.value}</div>']
         if self.running.value:
-            status += f'<span class="procengine-running">{self.running.value}</span>'
-        parts = [f'<div class="procengine-line">{stats}</div>', f'<div class="procengine-line">{status}</div>']
+            parts.append(f'<div class="procengine-running">{self.running.value}</div>')
         if self.failures.value:
             parts.append(f'<div class="procengine-failures">{self.failures.value}</div>')
         if self.error_table.value:

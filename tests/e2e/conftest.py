@@ -1,8 +1,10 @@
-"""Real-browser fixtures: a JupyterLab server on loopback and Debian chromium driven by Playwright.
+"""Real-browser fixtures: Jupyter servers on loopback and Debian chromium driven by Playwright.
 
 - ``lab``: one JupyterLab per test module, on a free 127.0.0.1 port, with a token, serving a temp folder
   (config, runtime and workspace dirs are temp dirs too). Stopped by its own process handle as soon as
   the module is done, so no server or browser idles through the rest of the suite.
+- ``server``: the same for each front-end in turn (JupyterLab, Notebook 7, Voilà); ``make_page(server)``
+  opens a page on it (any viewport), ``server.set_theme(dark)`` switches the JupyterLab theme setting.
 - ``notebook_dir``: that folder; ``make_notebook(name, cells)`` writes a notebook into it.
 - ``lab_page``: a fresh browser page (own context) wrapped in :class:`LabPage`; the kernels the test
   started are shut down afterwards, so the next test has both cores.
@@ -12,6 +14,7 @@ A missing browser is a failure under ``CI=true`` and a skip with a reason elsewh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -73,13 +76,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Lab:
-    """A running JupyterLab: its base URL, token, folder and a tiny REST client."""
+class Server:
+    """A running Jupyter server (JupyterLab, Notebook 7 or Voilà): its base URL, folders and a tiny REST client."""
 
-    def __init__(self, base: str, root: Path, log: Path) -> None:
+    def __init__(self, kind: str, base: str, root: Path, home: Path, log: Path) -> None:
+        self.kind = kind
         self.base = base
         self.root = root
+        self.home = home
         self.log = log
+
+    def url(self, name: str) -> str:
+        """Where the notebook ``name`` opens in this front-end."""
+        if self.kind == "lab":  # a unique workspace: no tabs restored from earlier runs
+            return f"{self.base}/lab/workspaces/t{uuid.uuid4().hex[:10]}/tree/{name}?reset&token={TOKEN}"
+        if self.kind == "notebook":
+            return f"{self.base}/notebooks/{name}?token={TOKEN}"
+        return f"{self.base}/voila/render/{name}?token={TOKEN}"
 
     def api(self, method: str, path: str) -> Any:
         req = urllib.request.Request(f"{self.base}{path}", method=method,
@@ -89,20 +102,27 @@ class Lab:
         return json.loads(body) if body else None
 
     def shutdown_kernels(self) -> None:
+        if self.kind == "voila":  # Voilà ends a page's kernel when the page goes away
+            return
         for session in self.api("GET", "/api/sessions"):
             self.api("DELETE", f"/api/sessions/{session['id']}")
         for kernel in self.api("GET", "/api/kernels"):
             self.api("DELETE", f"/api/kernels/{kernel['id']}")
 
+    def set_theme(self, dark: bool) -> None:
+        """JupyterLab / Notebook 7 user setting read when a page opens (Voilà: ``?theme=dark`` instead)."""
+        path = self.home / "cfg" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+        (path / "themes.jupyterlab-settings").write_text(
+            json.dumps({"theme": "JupyterLab Dark" if dark else "JupyterLab Light"}))
 
-@pytest.fixture(scope="module")
-def notebook_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("lab-root")
+
+Lab = Server  # the name the JupyterLab tests use
 
 
-@pytest.fixture(scope="module")
-def lab(chromium_path: str, notebook_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    home = tmp_path_factory.mktemp("jupyter-home")
+@contextlib.contextmanager
+def start_server(kind: str, root: Path, home: Path) -> Iterator[Server]:
+    """Start ``kind`` (lab, notebook or voila) on a free loopback port with a token, serving ``root``; stop
+    it (by its own process handle) on exit."""
     env = dict(
         os.environ,
         JUPYTER_CONFIG_DIR=str(home / "cfg"), JUPYTER_RUNTIME_DIR=str(home / "rt"),
@@ -112,33 +132,43 @@ def lab(chromium_path: str, notebook_dir: Path, tmp_path_factory: pytest.TempPat
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
         PATH=os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", ""))),
     )
-    env.pop("COV_CORE_SOURCE", None)  # no coverage plumbing inside the lab's kernels
+    env.pop("COV_CORE_SOURCE", None)  # no coverage plumbing inside the server's kernels
     settings = home / "cfg" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
+    settings.mkdir(parents=True, exist_ok=True)
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     port = _free_port()
-    cmd = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-        "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={notebook_dir}",
-        "--allow-root", "--LabApp.news_url=None",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]
-    log_path = home / "lab.log"
+    if kind == "voila":
+        cmd = [
+            sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
+            "--Voila.port_retries=0", f"--token={TOKEN}", f"--Voila.root_dir={root}",
+            "--VoilaConfiguration.allow_theme_override=YES", "--show_tracebacks=True",
+        ]
+        ready = f"/?token={TOKEN}"
+    else:
+        cmd = [
+            sys.executable, "-m", "jupyterlab" if kind == "lab" else "notebook", "--no-browser", f"--port={port}",
+            "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}",
+            f"--ServerApp.root_dir={root}", "--allow-root",
+        ]
+        if kind == "lab":
+            cmd += ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        ready = f"/api/status?token={TOKEN}"
+    log_path = home / f"{kind}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=notebook_dir)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2).close()
+                urllib.request.urlopen(f"{base}{ready}", timeout=2).close()
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start:\n{log_path.read_text()[-3000:]}") from None
+                    raise RuntimeError(f"{kind} did not start:\n{log_path.read_text()[-3000:]}") from None
                 time.sleep(0.2)
-        yield Lab(base, notebook_dir, log_path)
+        yield Server(kind, base, root, home, log_path)
     finally:
         proc.terminate()  # only the server this fixture started, by its handle
         try:
@@ -149,7 +179,18 @@ def lab(chromium_path: str, notebook_dir: Path, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="module")
-def browser(chromium_path: str, lab: Lab) -> Iterator[Any]:
+def notebook_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lab-root")
+
+
+@pytest.fixture(scope="module")
+def lab(chromium_path: str, notebook_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with start_server("lab", notebook_dir, tmp_path_factory.mktemp("jupyter-home")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -184,14 +225,17 @@ class LabPage:
         self.artifacts = artifacts
 
     # -- opening and running ---------------------------------------------------------------
-    def open(self, name: str) -> None:
-        """Open ``name`` in a unique workspace (no tabs restored from earlier runs); wait for an idle kernel."""
-        workspace = f"t{uuid.uuid4().hex[:10]}"
-        self.page.goto(f"{self.lab.base}/lab/workspaces/{workspace}/tree/{name}?reset&token={TOKEN}")
-        self.page.wait_for_selector(f".jp-Dialog, {IDLE}", timeout=90_000)
+    def open(self, name: str, query: str = "") -> None:
+        """Open ``name`` (JupyterLab: in a unique workspace, no tabs restored from earlier runs); wait for an
+        idle kernel (Voilà: for the rendered page, which Voilà shows once every cell ran)."""
+        self.page.goto(self.lab.url(name) + query)
+        if self.lab.kind == "voila":
+            self.page.wait_for_selector(".jp-OutputArea-output, .voila-error, .jp-RenderedText", timeout=90_000)
+            return
+        self.page.wait_for_selector(f".jp-Dialog, {IDLE}", state="attached", timeout=90_000)
         if self.page.locator(".jp-Dialog").count():  # 'Select Kernel': accept the default
             self.page.locator(".jp-Dialog .jp-mod-accept").click()
-        self.page.wait_for_selector(IDLE, timeout=90_000)
+        self.page.wait_for_selector(IDLE, state="attached", timeout=90_000)  # hidden in a narrow window
 
     def cell(self, index: int) -> Any:
         return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
@@ -251,7 +295,25 @@ class LabPage:
         return self.output(cell).locator(".procengine-panel")
 
     def part(self, cell: int, name: str) -> Any:
+        """A part of the panel by its stable class (``title``: the job name, the bar's label)."""
+        if name == "title":
+            return self.panel(cell).locator(".procengine-bar .widget-label")
         return self.panel(cell).locator(f".procengine-{name}")
+
+    def contrast(self, locator: Any) -> list[dict[str, Any]]:
+        """Every visible text under ``locator``: its WCAG contrast ratio against what is drawn behind it."""
+        return locator.evaluate(CONTRAST_JS)
+
+    def assert_contrast(self, locator: Any, where: str, minimum: float = 4.5) -> float:
+        texts = self.contrast(locator)
+        assert texts, f"{where}: no text found"
+        low = [t for t in texts if t["ratio"] < minimum]
+        assert not low, f"{where}: text under {minimum}:1: {low}"
+        return min(t["ratio"] for t in texts)
+
+    def layout_problems(self, locator: Any) -> list[str]:
+        """Texts of the panel that are cut (ellipsis / clipped) or whose items wrap inside themselves."""
+        return locator.evaluate(LAYOUT_JS)
 
     def bar_percent(self, cell: int) -> float:
         """The bar's width in percent (ipywidgets puts the value only in the inline style)."""
@@ -276,12 +338,15 @@ class LabPage:
         return path
 
 
-@pytest.fixture
-def lab_page(browser: Any, lab: Lab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabPage]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+@contextlib.contextmanager
+def open_page(browser: Any, server: Server, tmp_path: Path, request: pytest.FixtureRequest, *,
+              width: int = 1280, height: int = 900) -> Iterator[LabPage]:
+    """A fresh browser page (own context) on ``server``; on failure a full-page screenshot; the kernels
+    started meanwhile are shut down afterwards, so the next test has both cores."""
+    context = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1)
     page = context.new_page()
     page.set_default_timeout(30_000)
-    wrapper = LabPage(page, lab, tmp_path)
+    wrapper = LabPage(page, server, tmp_path)
     try:
         yield wrapper
     finally:
@@ -293,7 +358,124 @@ def lab_page(browser: Any, lab: Lab, tmp_path: Path, request: pytest.FixtureRequ
             except Exception as exc:  # the page may be gone; the test's own error matters more
                 print(f"no failure screenshot: {exc}")
         context.close()
-        lab.shutdown_kernels()
+        server.shutdown_kernels()
+
+
+@pytest.fixture
+def make_page(browser: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """``make_page(server, width=..., height=...)``: a fresh page on ``server`` (see :func:`open_page`)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda server, **size: stack.enter_context(open_page(browser, server, tmp_path, request, **size))
+
+
+@pytest.fixture(scope="module", params=["lab", "notebook", "voila"])
+def server(request: pytest.FixtureRequest, chromium_path: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Each front-end in turn (module scope: one server per front-end for the whole module)."""
+    root = tmp_path_factory.mktemp(f"{request.param}-root")
+    with start_server(request.param, root, tmp_path_factory.mktemp(f"{request.param}-home")) as running:
+        yield running
+
+
+@pytest.fixture
+def write_nb() -> Any:
+    """``write_nb(folder, name, cells)``: see :func:`write_notebook`."""
+    return write_notebook
+
+
+@pytest.fixture
+def lab_page(browser: Any, lab: Server, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabPage]:
+    with open_page(browser, lab, tmp_path, request) as page:
+        yield page
+
+
+# The WCAG 2 contrast ratio of every visible text node under an element: its colour composited over the
+# backgrounds painted behind it (all ancestors'), with the opacity of translucent ancestors applied to both.
+CONTRAST_JS = """
+(root) => {
+  const parse = (c) => {
+    const m = c && c.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+  };
+  const over = (top, bottom, alpha) => [0, 1, 2].map(i => top[i] * alpha + bottom[i] * (1 - alpha));
+  const lum = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+  };
+  const drawn = (el) => {  // [background behind el's text, background behind el's translucent group, opacity]
+    const chain = [];
+    for (let e = el; e; e = e.parentElement) chain.unshift(e);
+    let bg = [255, 255, 255], outer = null, opacity = 1;
+    for (const e of chain) {
+      const cs = getComputedStyle(e);
+      const o = parseFloat(cs.opacity);
+      if (o < 1 && outer === null) outer = bg.slice();
+      opacity *= o;
+      const c = parse(cs.backgroundColor);
+      if (c && c[3] > 0) bg = over(c, bg, c[3]);
+    }
+    return [bg, outer, opacity];
+  };
+  const out = [];
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    const text = node.textContent.trim();
+    const el = node.parentElement;
+    if (!text || !el || el.closest("style, script")) continue;
+    const cs = getComputedStyle(el);
+    const box = el.getBoundingClientRect();
+    if (cs.visibility === "hidden" || cs.display === "none" || box.width === 0 || box.height === 0) continue;
+    let [bg, outer, opacity] = drawn(el);
+    const c = parse(cs.color);
+    let fg = over(c, bg, c[3]);
+    if (outer !== null) { fg = over(fg, outer, opacity); bg = over(bg, outer, opacity); }
+    const [a, b] = [lum(fg), lum(bg)];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    out.push({text: text.slice(0, 40), ratio: Math.round(ratio * 100) / 100,
+              color: fg.map(Math.round).join(","), background: bg.map(Math.round).join(",")});
+  }
+  return out;
+}
+"""
+
+# Layout problems of the panel in a narrow output: a label cut short (text wider than its box: an
+# ellipsis or clipping), a stat item broken over two lines ("errors:" above "0"), the status line
+# spread over several lines although it would fit on one.
+LAYOUT_JS = """
+(root) => {
+  const problems = [];
+  const cut = (el, what) => {
+    if (el && el.scrollWidth > el.clientWidth + 1) problems.push(`${what} cut: ${el.textContent.trim()}`);
+  };
+  root.querySelectorAll(".procengine-stop, .procengine-bar .widget-label").forEach(e => cut(e, "label"));
+  const lines = (el) => {
+    const r = document.createRange(); r.selectNodeContents(el);
+    return new Set(Array.from(r.getClientRects()).map(x => Math.round(x.top))).size;
+  };
+  root.querySelectorAll(".procengine-line > span").forEach(e => {
+    if (lines(e) > 1) problems.push(`item wraps inside itself: ${e.textContent.trim()}`);
+  });
+  const right = root.getBoundingClientRect().right;
+  root.querySelectorAll(".procengine-text *, .procengine-stop, .procengine-bar").forEach(e => {
+    if (e.tagName !== "STYLE" && e.getBoundingClientRect().right > right + 1)
+      problems.push(`overflows the panel: ${e.textContent.trim().slice(0, 60)}`);
+  });
+  const status = root.querySelector(".procengine-status");
+  if (status) {
+    const probe = status.cloneNode(true);
+    probe.style.cssText = "position:absolute;visibility:hidden;white-space:nowrap";
+    document.body.appendChild(probe);
+    const needed = probe.getBoundingClientRect().width;
+    probe.remove();
+    if (needed <= root.getBoundingClientRect().width && lines(status) > 1)
+      problems.push(`status on ${lines(status)} lines though it fits on one: ${status.textContent.trim()}`);
+  }
+  return problems;
+}
+"""
 
 
 @pytest.hookimpl(hookwrapper=True)

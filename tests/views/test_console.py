@@ -239,3 +239,19 @@ def test_no_redirect_when_asked_or_not_a_tty(fake_clock, tty_logger):
         view.update(snap(1))
         assert handler.stream is stream
         view.finish(None, None)
+
+
+def test_a_record_handled_by_logging_last_resort_gets_its_own_line(fake_clock, monkeypatch):
+    """No handler configured: ``logging.lastResort`` writes warnings to ``sys.stderr`` — our terminal."""
+    stream = FakeTty()
+    monkeypatch.setattr("sys.stderr", stream)
+    log = logging.getLogger("procengine-test-unconfigured")
+    monkeypatch.setattr(log, "propagate", False)
+    original = logging.lastResort
+    view = ConsoleProgress(name="n", tty=True, clock=fake_clock, ticker=False)
+    view.update(snap(2))
+    log.warning("nobody configured logging")
+    shown = screen(stream.getvalue())
+    assert shown[0] == "nobody configured logging" and shown[1].startswith("n: 2 / 10 (20%)")
+    view.finish(None, None)
+    assert logging.lastResort is original

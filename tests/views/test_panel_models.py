@@ -207,3 +207,11 @@ def test_a_real_job_feeds_failures_to_the_panel_as_they_happen(no_thread_leak):
     handle.result(timeout=10)
     assert "37 x ConnectionError: 429" in panel.failures.value and "latest:" not in panel.failures.value
     assert "37 failed symbols" in panel.error_table.value
+
+
+def test_failures_before_the_panel_was_attached_are_counted_at_the_end():
+    engine = ProcessingEngine(lambda s: 1 / 0 if s % 2 else s, max_workers=2)
+    handle = engine.start(range(40))
+    handle.result(timeout=10)
+    panel = ProgressPanel.for_handle(handle, ticker=False)  # attached after every failure happened
+    assert "20 x ZeroDivisionError: division by zero" in panel.failures.value
