@@ -1,123 +1,344 @@
-"""Backends: threads vs processes (loky) vs Dask (a LocalCluster) on ~1 ms CPU-bound tasks, as ratios.
+"""Backends against the tools people would use instead, side by side in one process, as ratios.
 
-Each symbol burns about 1 ms of pure-Python arithmetic (holds the GIL, calibrated here; the loop count
-travels with the function so worker processes burn the same). Every backend gets ``WORKERS`` workers
-(the machine's cores); its pool or cluster is started and warmed up first, and that start-up is
-reported separately. Timings are the median of ``rounds`` runs. Ratios: against the plain serial
-loop (speed-up) and against the ideal ``n x 1 ms / WORKERS``. A Stop line per backend gives the time
-from ``token.cancel()`` to ``process_batch`` returning, in the middle of a run.
+Processes (``WORKERS`` worker processes): the engine (``backend="processes"``) against joblib
+``Parallel`` (loky, auto-batching), mpire ``WorkerPool.map`` and loky's ``executor.map`` (chunked).
+Dask (a ``LocalCluster`` of ``WORKERS`` single-threaded worker processes, started once): the engine
+(``backend="dask", client=client``) against ``client.gather(client.map(...))`` and ``dask.bag``.
 
-Run it with ``python -m bench backends`` (or ``python -m bench.bench_backends [--smoke]``).
+Two workloads each: *tiny* (``x * x``: the tool's own overhead is everything) and *5 ms of pure-Python
+CPU* per item (the GIL held; the loop count is calibrated here and travels with the function). Every
+contender runs in every round, in rotating order; the engine twice: a **new engine per call** (what
+``run()`` does; closed after each call) and **one engine reused**. Peers get the same treatment (a new
+``Parallel``/``WorkerPool`` per call, or one kept alive). Reported: medians of the times, and the median
+of per-round ratios engine / best peer of that round (min-max in brackets).
+
+Stop latency: 10,000 pending 5 ms tasks, ``token.cancel()`` at a random moment 0.2-0.6 s into the run,
+the time until ``process_batch`` returns; on threads, processes and Dask.
+
+Run with ``python -m bench backends`` (``--smoke``: tiny sizes, no verdicts).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import random
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.common import Table, median
+from bench.common import Table, median, percentile
 from procengine_nb import CancellationToken, ProcessingEngine
 
-__all__ = ["burn", "main"]
+__all__ = ["burn", "main", "square"]
 
-WORKERS = max(2, os.cpu_count() or 1)
+WORKERS = 2
 
 
-def burn(symbol: Any, loops: int) -> int:
-    """About 1 ms of pure-Python arithmetic once ``loops`` is calibrated (holds the GIL)."""
+def square(x: int) -> int:
+    """The tiny task."""
+    return x * x
+
+
+def burn(x: int, loops: int) -> int:
+    """``loops`` iterations of pure-Python arithmetic (about 5 ms once calibrated; holds the GIL)."""
     total = 0
     for i in range(loops):
         total += i * i
-    return total
+    return total + x
 
 
-def _calibrate(target: float = 0.001) -> int:
+def _calibrate(target: float) -> int:
     loops = 20_000
-    best = min(_time(lambda: burn(None, loops)) for _ in range(5))
+    best = min(_seconds(lambda: burn(0, loops)) for _ in range(7))
     return max(1, int(loops * target / best))
 
 
-def _time(fn: Callable[[], Any]) -> float:
+def _seconds(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def _stop_latency(engine: ProcessingEngine, items: list[str], after: float) -> float:
-    token = CancellationToken()
-    cancelled_at: list[float] = []
+# -- contenders: each returns the number of results it got --------------------------------------------
+Runner = Callable[[Callable[[Any], Any], Sequence[Any]], int]
 
-    def cancel() -> None:
-        cancelled_at.append(time.perf_counter())
-        token.cancel()
 
-    timer = threading.Timer(after, cancel)
-    timer.start()
-    result = engine.process_batch(items, cancellation_token=token)
-    returned = time.perf_counter()
-    timer.join()
-    if not result.cancelled or not cancelled_at:
-        return float("nan")  # finished before the cancel (tiny smoke sizes)
-    return returned - cancelled_at[0]
+def _engine_new(backend: str, **options: Any) -> Runner:
+    def run(fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
+        with ProcessingEngine(fn, backend=backend, max_workers=WORKERS, **options) as engine:
+            result = engine.process_batch(items)
+        assert not result.errors and not result.cancelled, result
+        return len(result)
+    return run
+
+
+class _ReusedEngine:
+    def __init__(self, backend: str, **options: Any) -> None:
+        self.backend, self.options = backend, options
+        self.engines: dict[Any, ProcessingEngine] = {}
+
+    def __call__(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
+        engine = self.engines.get(fn)
+        if engine is None:
+            engine = self.engines[fn] = ProcessingEngine(fn, backend=self.backend, max_workers=WORKERS,
+                                                         **self.options)
+        result = engine.process_batch(items)
+        assert not result.errors and not result.cancelled, result
+        return len(result)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+
+
+def joblib_new(fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
+    from joblib import Parallel, delayed
+
+    return len(Parallel(n_jobs=WORKERS)(delayed(fn)(x) for x in items))
+
+
+class _JoblibReused:
+    def __init__(self) -> None:
+        from joblib import Parallel
+
+        self.parallel = Parallel(n_jobs=WORKERS)
+        self.parallel.__enter__()
+
+    def __call__(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
+        from joblib import delayed
+
+        return len(self.parallel(delayed(fn)(x) for x in items))
+
+    def close(self) -> None:
+        self.parallel.__exit__(None, None, None)
+
+
+def mpire_new(fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
+    from mpire import WorkerPool
+
+    with WorkerPool(n_jobs=WORKERS) as pool:
+        return len(pool.map(fn, items))
+
+
+class _MpireReused:
+    def __init__(self) -> None:
+        from mpire import WorkerPool
+
+        self.pool = WorkerPool(n_jobs=WORKERS, keep_alive=True)
+
+    def __call__(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
+        return len(self.pool.map(fn, items))
+
+    def close(self) -> None:
+        self.pool.terminate()
+
+
+def loky_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
+    """loky's reusable executor (warm across calls, as in joblib), ``map`` with 4 chunks per worker."""
+    import loky
+
+    executor = loky.get_reusable_executor(max_workers=WORKERS)
+    chunksize = max(1, len(items) // (4 * WORKERS))
+    return sum(1 for _ in executor.map(fn, items, chunksize=chunksize))
+
+
+def _dask_map(client: Any) -> Runner:
+    def run(fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
+        return len(client.gather(client.map(fn, items, pure=False)))
+    return run
+
+
+def _dask_bag(client: Any) -> Runner:
+    def run(fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
+        import dask.bag as db
+
+        return len(db.from_sequence(items).map(fn).compute(scheduler=client))
+    return run
+
+
+# -- measurement -----------------------------------------------------------------------------------------
+def _rounds(contenders: dict[str, Runner], fn: Callable[[Any], Any], items: Sequence[Any], rounds: int,
+            engines: Sequence[str]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Run every contender once a round in rotating order; return times and per-round ratios to the
+    best peer of the round (for the engine rows)."""
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in engines}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        this_round: dict[str, float] = {}
+        for name in order:
+            started = time.perf_counter()
+            count = contenders[name](fn, items)
+            this_round[name] = time.perf_counter() - started
+            assert count == len(items), f"{name}: {count} results for {len(items)} items"
+            times[name].append(this_round[name])
+        best_peer = min(t for name, t in this_round.items() if name not in engines)
+        for name in engines:
+            ratios[name].append(this_round[name] / best_peer)
+    return times, ratios
+
+
+def _table(title: str, times: dict[str, list[float]], ratios: dict[str, list[float]], n: int) -> str:
+    table = Table("contender", "median", "per item", "x best peer (median of rounds) [min-max]")
+    for name in sorted(times, key=lambda k: median(times[k])):
+        t = median(times[name])
+        cell = "-"
+        if name in ratios:
+            values = ratios[name]
+            cell = f"**{median(values):.2f}x** [{min(values):.2f}-{max(values):.2f}]"
+        table.add(name, f"{t * 1000:,.0f} ms", f"{t / n * 1e6:,.1f} µs", cell)
+    return f"#### {title}\n\n{table.render()}"
+
+
+def _stop_latencies(make: Callable[[], ProcessingEngine], items: Sequence[Any], trials: int,
+                    rng: random.Random) -> list[float]:
+    out: list[float] = []
+    with make() as engine:
+        engine.process_batch(items[: 4 * WORKERS])  # warm
+        for _ in range(trials):
+            token = CancellationToken()
+            cancelled_at: list[float] = []
+
+            def cancel(token: CancellationToken = token, cancelled_at: list[float] = cancelled_at) -> None:
+                cancelled_at.append(time.perf_counter())
+                token.cancel()
+
+            timer = threading.Timer(rng.uniform(0.2, 0.6), cancel)
+            timer.start()
+            result = engine.process_batch(items, cancellation_token=token)
+            returned = time.perf_counter()
+            timer.join()
+            if result.cancelled and cancelled_at:
+                out.append(returned - cancelled_at[0])
+    return out
+
+
+def _stop_row(table: Table, name: str, values: list[float]) -> float:
+    if not values:
+        table.add(name, 0, "-", "-", "-")
+        return float("nan")
+    table.add(name, len(values), *(f"{v * 1000:.1f} ms" for v in (
+        median(values), percentile(values, 99), max(values))))
+    return percentile(values, 99)
 
 
 def main(smoke: bool = False) -> str:
-    """Run the comparison and return a Markdown report (also printed when run as a script)."""
-    n = 200 if smoke else 4000
-    rounds = 1 if smoke else 3
-    loops = _calibrate()
-    processor = functools.partial(burn, loops=loops)
-    items = [f"SYM{i:07d}" for i in range(n)]
-    one = median([_time(lambda: processor(None)) for _ in range(50)])
-    serial = median([_time(lambda: [processor(s) for s in items]) for _ in range(rounds)])
-    ideal = n * one / WORKERS
+    """Run the comparison and return a Markdown report."""
+    rounds = 1 if smoke else 5
+    tiny_n = 500 if smoke else 20_000
+    dask_tiny_n = 200 if smoke else 5_000
+    slow_n = 20 if smoke else 400
+    loops = _calibrate(0.005)
+    slow = functools.partial(burn, loops=loops)
+    one = median([_seconds(lambda: slow(0)) for _ in range(20)])
+    tiny_items = list(range(tiny_n))
+    slow_items = list(range(slow_n))
+    load = os.getloadavg()
+    sections = [
+        f"{WORKERS} workers everywhere; {rounds} round(s), contenders in rotating order; 5 ms task measured "
+        f"at {one * 1000:.2f} ms here (ideal for {slow_n}: {slow_n * one / WORKERS:.2f} s). "
+        f"Load average at the start of this part: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}."
+    ]
+    verdicts: list[str] = []
 
-    table = Table("backend", "start-up", f"{n} symbols", "symbols/s", "speed-up vs serial",
-                  "vs ideal", "Stop → return")
-    table.add("serial loop", "-", f"{serial:.2f} s", f"{n / serial:,.0f}", "1.00x",
-              f"{serial / ideal:.2f}x", "-")
-    notes: list[str] = []
-    for name in ("threads", "processes", "dask"):
-        started = time.perf_counter()
+    # -- processes ----------------------------------------------------------------------------------
+    print("  backends: processes ...", file=sys.stderr, flush=True)
+    reused_engine = _ReusedEngine("processes")
+    joblib_reused = _JoblibReused()
+    mpire_reused = _MpireReused()
+    engines = ("engine, new per call", "engine, reused")
+    processes: dict[str, Runner] = {
+        "engine, new per call": _engine_new("processes"),
+        "engine, reused": reused_engine,
+        "joblib Parallel, new per call": joblib_new,
+        "joblib Parallel, reused": joblib_reused,
+        "mpire WorkerPool, new per call": mpire_new,
+        "mpire WorkerPool, reused (keep_alive)": mpire_reused,
+        "loky executor.map (chunked)": loky_map,
+    }
+    try:
+        for fn, items in ((square, tiny_items[:50]), (slow, slow_items[:4])):  # start every pool once
+            for runner in processes.values():
+                runner(fn, items)
+        for title, fn, items, target in (
+            (f"processes, {tiny_n:,} tiny tasks (x*x)", square, tiny_items, 1.5),
+            (f"processes, {slow_n} tasks of 5 ms CPU", slow, slow_items, 1.05),
+        ):
+            times, ratios = _rounds(processes, fn, items, rounds, engines)
+            sections.append(_table(title, times, ratios, len(items)))
+            for name in engines:
+                ratio = median(ratios[name])
+                verdicts.append(f"- {title}, {name}: {ratio:.2f}x the best peer (target ≤ {target}x) → "
+                                f"{'met' if ratio <= target else 'MISSED'}")
+    finally:
+        reused_engine.close()
+        joblib_reused.close()
+        mpire_reused.close()
+
+    # -- dask ---------------------------------------------------------------------------------------------
+    try:
+        import distributed
+    except ImportError as exc:  # pragma: no cover - without the dask extra
+        sections.append(f"dask: skipped ({exc})")
+        distributed = None
+    cluster = client = None
+    if distributed is not None:
+        print("  backends: dask ...", file=sys.stderr, flush=True)
+        cluster = distributed.LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                                           host="127.0.0.1", dashboard_address=None,
+                                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                           silence_logs=50)
+        client = distributed.Client(cluster, set_as_default=False)
+        reused_dask = _ReusedEngine("dask", client=client)
+        dask_contenders: dict[str, Runner] = {
+            "engine, new per call": _engine_new("dask", client=client),
+            "engine, reused": reused_dask,
+            "client.map + gather": _dask_map(client),
+            "dask.bag (default partitions)": _dask_bag(client),
+        }
         try:
-            engine = ProcessingEngine(processor, backend=name, max_workers=WORKERS)
-            engine.process_batch(items[: WORKERS * 4])  # start the pool / cluster, warm it up
-        except ImportError as exc:
-            notes.append(f"{name}: skipped ({exc})")
-            continue
-        startup = time.perf_counter() - started
-        try:
-            times = []
-            for _ in range(rounds):
-                result = None
-
-                def run(engine: ProcessingEngine = engine) -> None:
-                    nonlocal result
-                    result = engine.process_batch(items)
-
-                times.append(_time(run))
-                assert result is not None and len(result) == n and not result.errors, f"{name}: wrong result"
-            elapsed = median(times)
-            stop = _stop_latency(engine, items, after=min(elapsed / 2, 1.0))
+            for fn, items in ((square, tiny_items[:50]), (slow, slow_items[:4])):
+                for runner in dask_contenders.values():
+                    runner(fn, items)
+            dask_rounds = 1 if smoke else 3
+            for title, fn, items in (
+                (f"dask LocalCluster, {dask_tiny_n:,} tiny tasks (x*x)", square, tiny_items[:dask_tiny_n]),
+                (f"dask LocalCluster, {slow_n} tasks of 5 ms CPU", slow, slow_items),
+            ):
+                times, ratios = _rounds(dask_contenders, fn, items, dask_rounds, engines)
+                sections.append(_table(title, times, ratios, len(items)))
+                for name in engines:
+                    ratio = median(ratios[name])
+                    verdicts.append(f"- {title}, {name}: {ratio:.2f}x the best peer (target ≤ 1.1x) → "
+                                    f"{'met' if ratio <= 1.1 else 'MISSED'}")
         finally:
-            engine.close()
-        stop_text = "n/a" if stop != stop else f"{stop * 1000:.1f} ms"
-        table.add(name, f"{startup:.2f} s", f"{elapsed:.2f} s", f"{n / elapsed:,.0f}",
-                  f"{serial / elapsed:.2f}x", f"{elapsed / ideal:.2f}x", stop_text)
-    report = (
-        f"{n} symbols of {one * 1000:.2f} ms pure-Python CPU each (GIL held), {WORKERS} workers per backend, "
-        f"median of {rounds} run(s); ideal = n x task / workers = {ideal:.2f} s. Start-up = creating the "
-        "engine's pool or LocalCluster plus a first small batch (not in the timed runs).\n\n"
-        + table.render()
-    )
-    if notes:
-        report += "\n\n" + "\n".join(f"- {note}" for note in notes)
-    return report
+            reused_dask.close()
+
+    # -- Stop latency ---------------------------------------------------------------------------------------
+    print("  backends: Stop latency ...", file=sys.stderr, flush=True)
+    rng = random.Random(14)
+    stop_items = list(range(200 if smoke else 10_000))
+    trials = 2 if smoke else 20
+    stop = Table("backend", "trials", "median", "p99", "max")
+    p99s = {
+        "threads": _stop_row(stop, "threads", _stop_latencies(
+            lambda: ProcessingEngine(slow, max_workers=WORKERS), stop_items, trials, rng)),
+        "processes": _stop_row(stop, "processes", _stop_latencies(
+            lambda: ProcessingEngine(slow, backend="processes", max_workers=WORKERS), stop_items, trials, rng)),
+    }
+    if client is not None:
+        p99s["dask"] = _stop_row(stop, "dask (LocalCluster)", _stop_latencies(
+            lambda: ProcessingEngine(slow, backend="dask", client=client), stop_items, max(2, trials // 2), rng))
+        client.close()
+        cluster.close()
+    sections.append(f"#### Stop: `token.cancel()` → `process_batch` returns, {len(stop_items):,} pending 5 ms "
+                    f"tasks, cancel 0.2-0.6 s into the run\n\n{stop.render()}")
+    verdicts.extend(f"- Stop p99 on {name}: {value * 1000:.1f} ms" for name, value in p99s.items())
+    return "\n\n".join(sections) + "\n\nTargets:\n" + "\n".join(verdicts)
 
 
 if __name__ == "__main__":

@@ -417,7 +417,8 @@ class BatchRun:
         token = self.token
         # one clock reading for the chunk, one snapshot per symbol (the callback sees each)
         publisher = self.publisher
-        publisher.updates(self.tracker.record_group([r.symbol for r in chunk], failed), cancelled=token.cancelled_now)
+        publisher.updates(self.tracker.record_group([r.symbol for r in chunk], failed, each=publisher.wants_each),
+                          cancelled=token.cancelled_now)
         if True in failed:
             for r in chunk:
                 if r.status is error_status:
@@ -595,8 +596,10 @@ class BatchRun:
         if mean_seconds <= 0.0 or mean_seconds >= settings.target_chunk_seconds:
             return 1
         size = int(settings.target_chunk_seconds / mean_seconds)
-        balance = max(1, remaining // (workers * 4))
-        return max(1, min(size, balance, 4096))
+        # balance the end across workers, but never below a quarter of the target: smaller chunks
+        # only add hand-offs (each costs more than the imbalance it saves)
+        balance = max(1, remaining // (workers * 4), size // 4)
+        return max(1, min(size, balance, remaining, 4096))
 
     @staticmethod
     def _outcome(future: Future[Any], symbols: Any) -> list[SymbolResult]:

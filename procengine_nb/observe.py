@@ -119,6 +119,12 @@ class Publisher:
             self.add(view)
 
     @property
+    def wants_each(self) -> bool:
+        """True when the user's progress callback listens (it gets a snapshot per symbol; views only
+        ever get the last of a group, so without a callback the batch makes one snapshot a group)."""
+        return self._callback is not None
+
+    @property
     def has_listeners(self) -> bool:
         """True when anyone listens (the batch skips making per-symbol snapshots for nobody)."""
         return bool(self._listeners)

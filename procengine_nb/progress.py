@@ -272,7 +272,8 @@ class ProgressTracker:
         self._last = now
         return self._make(now)
 
-    def record_group(self, symbols: Sequence[Any], errors: Sequence[bool]) -> Iterator[ProcessingProgress]:
+    def record_group(self, symbols: Sequence[Any], errors: Sequence[bool], *,
+                     each: bool = True) -> Iterator[ProcessingProgress]:
         """Count symbols that completed together (one task that ran several) and yield a snapshot after
         each, in order, so a per-symbol callback still sees every count. ``errors[i]`` is True when
         ``symbols[i]`` failed.
@@ -280,6 +281,8 @@ class ProgressTracker:
         The group gets one clock reading and moves the smoothed rate once, by the group's time per
         symbol: timed one by one, the symbols of a chunk would look instant and the ETA would collapse.
         The counts are checked before anything is recorded; each snapshot is recorded as it is yielded.
+        With ``each=False`` (nobody wants every snapshot) the group is recorded at once and only its
+        last snapshot is yielded (the same one ``each=True`` ends with).
 
         >>> clock = iter([0.0, 0.4]).__next__
         >>> tracker = ProgressTracker(8, clock=clock)
@@ -293,14 +296,18 @@ class ProgressTracker:
             raise ValueError(f"record_group needs one error flag per symbol: {count} symbols, {len(errors)} flags")
         if self.completed + count > self.total:
             raise ValueError(f"recorded {self.completed + count} completions for {self.total} symbols")
+        if not each and count > 1:
+            return self._group(symbols[-1:], errors[-1:], before=count - 1, failed_before=sum(errors[:-1]))
         return self._group(symbols, errors)
 
-    def _group(self, symbols: Sequence[Any], errors: Sequence[bool]) -> Iterator[ProcessingProgress]:
+    def _group(self, symbols: Sequence[Any], errors: Sequence[bool], before: int = 0,
+               failed_before: int = 0) -> Iterator[ProcessingProgress]:
+        """``before``/``failed_before``: symbols (failures) of the group counted without a snapshot."""
         if not symbols:
             return
         now = self._clock()
         if self._smoothing is not None:
-            self._smooth((now - self._last) / len(symbols))
+            self._smooth((now - self._last) / (len(symbols) + before))
         self._last = now
         elapsed = now - self._start
         if elapsed < 0.0:
@@ -315,6 +322,10 @@ class ProgressTracker:
         known = self.total_known
         retrying = self.retrying
         from_store = self.from_store
+        if before:
+            completed += before
+            failed += failed_before
+            self.completed, self.errors = completed, failed
         for symbol, error in zip(symbols, errors, strict=True):
             completed += 1
             if error:

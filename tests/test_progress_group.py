@@ -83,3 +83,14 @@ def test_a_chunked_batch_calls_back_once_per_symbol_with_increasing_counts():
     assert [s.completed_symbols for s in seen[:-1]] == list(range(1, 51))
     assert seen[-1].finished and seen[-1].completed_symbols == 50
     assert sorted(s.current_symbol for s in seen[:-1]) == list(range(50))
+
+
+def test_a_group_recorded_without_each_snapshot_ends_in_the_same_state():
+    each = ProgressTracker(10, clock=iter([0.0, 0.5]).__next__)
+    last_only = ProgressTracker(10, clock=iter([0.0, 0.5]).__next__)
+    symbols, errors = ["a", "b", "c", "d"], [False, True, False, True]
+    full = list(each.record_group(symbols, errors))
+    quick = list(last_only.record_group(symbols, errors, each=False))
+    assert len(full) == 4 and len(quick) == 1
+    assert quick[0] == full[-1] and last_only.snapshot == each.snapshot
+    assert (last_only.completed, last_only.errors) == (4, 2)

@@ -24,13 +24,13 @@ on other hosts (told apart by host name) cannot see the file, so there the token
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import shutil
 import socket
 import tempfile
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
@@ -96,6 +96,7 @@ class BatchMarker:
         self.directory = tempfile.mkdtemp(prefix="procengine-batch-")
         self.marker = (_HOSTNAME, os.path.join(self.directory, "stopped"))
         self._finalizer = weakref.finalize(self, _remove_directory, self.directory)
+        self._chunks = itertools.count()
 
     def cancel(self) -> None:
         try:
@@ -105,7 +106,8 @@ class BatchMarker:
             pass
 
     def running_file(self) -> str:
-        return os.path.join(self.directory, f"{uuid.uuid4().hex}.running")
+        # unique within the batch's own directory: a counter (uuid4 read os.urandom for every chunk)
+        return os.path.join(self.directory, f"{next(self._chunks)}.running")
 
     def close(self) -> None:
         self._finalizer()
@@ -237,6 +239,25 @@ def encode_chunk(
     return (processor_blob, symbols_blob, pass_token, marker), task
 
 
+def _decode_plain(symbols: Sequence[Any], rows: list[tuple[Any, ...]],
+                  local: Mapping[int, SymbolResult]) -> list[SymbolResult]:
+    success = ResultStatus.SUCCESS
+    if not local:
+        return [SymbolResult(symbol, success, row[1], None, row[3]) for symbol, row in zip(symbols, rows, strict=False)]
+    results: list[SymbolResult] = []
+    remote = iter(rows)
+    for index, symbol in enumerate(symbols):
+        found = local.get(index)
+        if found is not None:
+            results.append(found)
+            continue
+        row = next(remote, None)
+        if row is None:  # the worker stopped early
+            break
+        results.append(SymbolResult(symbol, success, row[1], None, row[3]))
+    return results
+
+
 # -- worker side ----------------------------------------------------------------------------------
 # Results travel as one byte string holding one independent pickle per symbol plus the end offset of
 # each: a result that fails to pickle here or to unpickle in the parent costs only its own symbol, and
@@ -262,12 +283,33 @@ def _replacement(result: SymbolResult, exc: BaseException, trace: str | None) ->
     return (1, None, error, result.duration_ms, trace)
 
 
-def encode_results(results: Sequence[SymbolResult]) -> tuple[bytes, list[int]]:
-    """``(one pickle per result, concatenated; the end offset of each)``; see :func:`decode_results`.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
-    Each result is pickled on its own with the standard pickler (fast), else with cloudpickle (a value
-    of a class defined in a notebook travels by value), else replaced by its symbol's ERROR.
+
+def _plain(value: Any) -> bool:
+    """True for values that unpickle anywhere, for sure: builtin scalars, or a short tuple/list of them."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if (kind is tuple or kind is list) and len(value) <= 16:
+        return all(type(item) in _PLAIN for item in value)
+    return False
+
+
+def encode_results(results: Sequence[SymbolResult]) -> tuple[bytes, list[int] | None]:
+    """``(pickled results, the end offset of each or None)``; see :func:`decode_results`.
+
+    When every result is a plain value (builtin scalars: they unpickle anywhere), the chunk is one
+    pickle of all of them and the offsets are None (~0.2 µs a result). Otherwise each result is pickled
+    on its own with the standard pickler, else with cloudpickle (a value of a class defined in a
+    notebook travels by value), else replaced by its symbol's ERROR; the offsets say where each ends.
     """
+    success = ResultStatus.SUCCESS
+    if all(r.status is success and _plain(r.value) for r in results):
+        try:
+            return pickle.dumps([(0, r.value, None, r.duration_ms, None) for r in results], _PROTOCOL), None
+        except BaseException:  # pragma: no cover - plain values always pickle; go one by one
+            pass
     parts: list[bytes] = []
     offsets: list[int] = []
     end = 0
@@ -380,11 +422,13 @@ class RemoteTask(Future):  # type: ignore[type-arg]
             self._finish(decoded)
 
 
-def decode_results(symbols: Sequence[Any], payload: tuple[bytes, Sequence[int]],
+def decode_results(symbols: Sequence[Any], payload: tuple[bytes, Sequence[int] | None],
                    local: Mapping[int, SymbolResult]) -> list[SymbolResult]:
     """Rebuild the chunk's results: ``local`` ones (made here) at their index, the others from
     ``payload`` in order; a prefix of the chunk when the worker stopped early (a cancel)."""
     blob, offsets = payload
+    if offsets is None:  # plain values, one pickle for the chunk
+        return _decode_plain(symbols, pickle.loads(blob), local)
     view = memoryview(blob)
     loads = pickle.loads
     results: list[SymbolResult] = []
