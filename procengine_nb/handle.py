@@ -229,6 +229,11 @@ class JobHandle:
         it gets the latest snapshot at once, and a view attached after the end gets the end at once."""
         self._batch.publisher.add(view, latest=self._batch.progress)
 
+    def close(self) -> None:
+        """Close the views that show this job (each view's ``close()``: the panel releases its widget
+        models and its output disappears). The job itself goes on; ``cancel()`` stops it."""
+        self._batch.publisher.close_views()
+
     def __repr__(self) -> str:
         p = self.progress
         state = "done" if self.done() else ("stopping" if self.stopping else "running")

@@ -221,6 +221,13 @@ class Publisher:
             if listener.waited is not None:
                 self._call(listener, listener.waited)
 
+    def close_views(self) -> None:
+        """Call ``close()`` on every view that has one (e.g. the panel releases its widget models)."""
+        for listener in self._views:
+            close = getattr(listener.target, "close", None)
+            if callable(close):
+                self._call(listener, close)
+
     # -- the guard --------------------------------------------------------------------------------
     @classmethod
     def _call(cls, listener: _Listener, fn: Callable[..., Any], *args: Any) -> None:

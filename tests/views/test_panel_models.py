@@ -215,3 +215,16 @@ def test_failures_before_the_panel_was_attached_are_counted_at_the_end():
     handle.result(timeout=10)
     panel = ProgressPanel.for_handle(handle, ticker=False)  # attached after every failure happened
     assert "20 x ZeroDivisionError: division by zero" in panel.failures.value
+
+
+def test_closing_the_handle_releases_the_panels_models(comms):
+    handle = ProcessingEngine(str.upper, max_workers=1).start(["a", "b"])
+    panel = ProgressPanel.for_handle(handle, ticker=False)
+    panel._repr_mimebundle_()
+    handle.result(timeout=10)
+    models = opened(comms)
+    assert 0 < len(models) <= MAX_MODELS
+    handle.close()
+    assert closed(comms) == models and not set(_instances) & models
+    handle.close()  # twice: nothing more to release
+    assert closed(comms) == models
