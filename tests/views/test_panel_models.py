@@ -64,13 +64,13 @@ def test_a_panel_never_shown_opens_no_comm(comms, fake_clock):
 
 
 def test_200_runs_without_display_open_no_comm(comms, no_thread_leak):
-    before = len(_instances)
+    before = set(_instances)
     for i in range(200):
         handle = run(lambda s: s, [i, i + 1], display=False, max_workers=1)
         handle.result(timeout=10)
         assert handle.panel.status.value == "Done: 2 processed"
     assert opened(comms) == set()
-    assert len(_instances) == before
+    assert not set(_instances) - before  # (widgets of earlier tests may be collected meanwhile)
 
 
 def test_a_shown_panel_uses_at_most_8_models_and_close_releases_them(comms, fake_clock):
