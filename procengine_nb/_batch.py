@@ -539,8 +539,9 @@ class BatchRun:
     # -- lazy input -------------------------------------------------------------------------------
     def _draw(self, size: int) -> list[Any]:
         """Draw up to ``size`` symbols from a lazy input (on this thread). At its end, the total becomes
-        known. If the input raises, the batch is cancelled with that reason (the exception is kept as
-        ``input_error``), and what was drawn before still counts; an interrupt is re-raised after that."""
+        known. If the input raises (anything but an interrupt), the batch is cancelled with that reason
+        (the exception is kept as ``input_error``), and what was drawn before still counts; an interrupt
+        (``KeyboardInterrupt``, ``SystemExit``) is re-raised after that, with the partial result."""
         iterator: Iterator[Any] = self._symbols
         chunk: list[Any] = []
         append = chunk.append
@@ -558,7 +559,7 @@ class BatchRun:
                 self._drawn += 1
             self._held.clear()
             self._grow_total()
-            if not isinstance(exc, Exception):
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # an interrupt: run() keeps the partial result
                 raise
             self._input_error = exc
             _log.error("job %s: the input raised while symbol #%d was drawn: %s", self.job.job_id,

@@ -166,6 +166,26 @@ def test_a_generator_that_raises_ends_the_batch_cancelled_with_the_reason(caplog
     assert any("the input raised" in r.getMessage() for r in caplog.records)
 
 
+class Custom(BaseException):
+    """Not an Exception, not an interrupt."""
+
+
+@pytest.mark.parametrize("error", [Custom("odd"), GeneratorExit()])
+def test_an_input_raising_a_base_exception_is_reported_like_any_failure(error):
+    source = Counting(fail_at=6, error=error)
+    result = ProcessingEngine(str, max_workers=1, chunk_size=4).process_batch(source)
+    assert result.cancelled and result.input_error is error
+    assert_accounted(list(range(6)), result, lazy=True)
+
+
+def test_an_empty_generator_is_an_empty_finished_batch():
+    recorder = Recorder()
+    result = ProcessingEngine(str).process_batch(iter(()), progress_callback=recorder)
+    assert len(result) == 0 and not result.cancelled and result.input_exhausted
+    assert result.progress.total_known and result.progress.percentage == 100.0
+    assert_accounted([], result, recorder.snapshots, lazy=True)
+
+
 def test_symbols_drawn_in_the_chunk_where_the_input_raised_are_unprocessed():
     source = Counting(fail_at=5)
     result = ProcessingEngine(str, max_workers=1, chunk_size=4).process_batch(source)
