@@ -81,6 +81,14 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("engine backend unknown", lambda: ProcessingEngine(str, backend="gpu"), ValueError, "backend"),
     ("engine clock", lambda: ProcessingEngine(str, clock=0.0), TypeError, "clock"),
     ("engine unknown option", lambda: ProcessingEngine(str, colour="red"), TypeError, "colour"),
+    ("engine retries -1", lambda: ProcessingEngine(str, retries=-1), ValueError, "retries"),
+    ("engine retries float", lambda: ProcessingEngine(str, retries=2.0), TypeError, "retries"),
+    ("engine retry_on int", lambda: ProcessingEngine(str, retry_on=int), TypeError, "retry_on"),
+    ("engine retry_on instance", lambda: ProcessingEngine(str, retry_on=ValueError()), TypeError, "retry_on"),
+    ("engine retry_on empty", lambda: ProcessingEngine(str, retry_on=()), ValueError, "retry_on"),
+    ("engine backoff -1", lambda: ProcessingEngine(str, backoff=-1), ValueError, "backoff"),
+    ("engine backoff nan", lambda: ProcessingEngine(str, backoff=NAN), ValueError, "backoff"),
+    ("engine backoff inf", lambda: ProcessingEngine(str, backoff=INF), ValueError, "backoff"),
     # process_batch / start
     ("process_batch None", lambda: _engine().process_batch(None), TypeError, "job_or_symbols"),
     ("process_batch int", lambda: _engine().process_batch(5), TypeError, "job_or_symbols"),
@@ -90,7 +98,12 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
      "progress_callback"),
     ("process_batch token", lambda: _engine().process_batch(["a"], cancellation_token=threading.Event()),
      TypeError, "cancellation_token"),
+    ("process_batch memoryview", lambda: _engine().process_batch(memoryview(b"ab")), TypeError, "job_or_symbols"),
+    ("process_batch total -1", lambda: _engine().process_batch(iter([]), total=-1), ValueError, "total"),
+    ("process_batch total str", lambda: _engine().process_batch(iter([]), total="3"), TypeError, "total"),
+    ("process_batch total != len", lambda: _engine().process_batch(["a"], total=2), ValueError, "total"),
     ("start None", lambda: _engine().start(None), TypeError, "job_or_symbols"),
+    ("start total float", lambda: _engine().start(iter([]), total=1.0), TypeError, "total"),
     ("start str", lambda: _engine().start("AAPL"), TypeError, "job_or_symbols"),
     ("start callback", lambda: _engine().start(["a"], progress_callback="print"), TypeError, "progress_callback"),
     ("start token", lambda: _engine().start(["a"], cancellation_token=True), TypeError, "cancellation_token"),
@@ -169,8 +182,8 @@ def _threads() -> set[threading.Thread]:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"progress_callback": 3}, {"cancellation_token": "stop"}],
-    ids=["callback", "token"],
+    [{"progress_callback": 3}, {"cancellation_token": "stop"}, {"total": "2"}],
+    ids=["callback", "token", "total"],
 )
 def test_a_refused_start_starts_no_thread_and_calls_nothing(kwargs):
     calls = []
@@ -178,6 +191,11 @@ def test_a_refused_start_starts_no_thread_and_calls_nothing(kwargs):
     with pytest.raises(TypeError):
         ProcessingEngine(calls.append, max_workers=2).start(["a", "b"], **kwargs)
     assert _threads() == before and calls == []
+    drawn = []
+    source = (drawn.append(s) or s for s in "ab")  # a lazy input is not drawn by a refused call
+    with pytest.raises(TypeError):
+        ProcessingEngine(calls.append, max_workers=2).start(source, **kwargs)
+    assert _threads() == before and calls == [] and drawn == []
 
 
 def test_a_refused_batch_leaves_the_callers_token_alone():
