@@ -15,7 +15,7 @@ def test_readme_guarantees_point_at_existing_tests():
     section = readme.split("## Guarantees", 1)[1].split("\n## ", 1)[0]
     current = None
     checked = 0
-    for file, name in re.findall(r"`(tests/test_\w+\.py)?(?:::(test_[\w*]+))?`", section):
+    for file, name in re.findall(r"`(tests/(?:\w+/)*test_\w+\.py)?(?:::(test_[\w*]+))?`", section):
         if file:
             current = root / file
             assert current.is_file(), file

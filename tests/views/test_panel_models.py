@@ -228,3 +228,49 @@ def test_closing_the_handle_releases_the_panels_models(comms):
     assert closed(comms) == models and not set(_instances) & models
     handle.close()  # twice: nothing more to release
     assert closed(comms) == models
+
+
+def test_concurrent_updates_failures_clicks_and_displays_end_in_one_consistent_final_state(comms, no_thread_leak):
+    token = CancellationToken()
+    panel = ProgressPanel(token, name="race", min_interval=0.0, refresh_interval=0.001)
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def guarded(fn):
+        def run_it():
+            try:
+                start.wait(10)
+                fn()
+            except BaseException as exc:  # collected: the assertion below names it
+                errors.append(exc)
+        return threading.Thread(target=run_it)
+
+    def updates():
+        for done in range(1, 2001):
+            panel.update(snap(total=2000, done=done, errors=done // 2))
+
+    def failures():
+        for i in range(1000):
+            panel.failed(failure(f"S{i}", ValueError("boom")))
+
+    def displays():
+        for _ in range(50):
+            panel._repr_mimebundle_()
+            panel.tick()
+
+    threads = [guarded(updates), guarded(failures), guarded(displays), guarded(panel._on_stop)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    result = BatchResult([failure(f"S{i}", ValueError("boom")) for i in range(1000)],
+                         unprocessed=[f"U{i}" for i in range(1000)], cancelled=True)
+    panel.finish(result, None)
+    panel.waited()
+    assert panel.status.value == "Cancelled: 1000 of 2000 processed, 1000 not processed"
+    assert panel.stop_button.disabled and panel.stop_button.description == "Stopped"
+    assert panel.progress_bar.value == 1000 and panel.progress_bar.max == 2000
+    assert "1000 x ValueError: boom" in panel.failures.value
+    assert len(opened(comms)) <= MAX_MODELS
+    panel.close()
