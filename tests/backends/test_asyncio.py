@@ -500,3 +500,51 @@ def test_racing_cancels_at_random_moments_lose_nothing_and_leave_no_thread(no_th
     # the rounds did exercise the cancel path (CANCELLED results themselves are a race here: the
     # deterministic Stop tests above pin them)
     assert outcomes["cancelled batches"] >= 10 and outcomes[ResultStatus.SUCCESS], outcomes
+
+
+# -- with the other batch features ------------------------------------------------------------------------
+def test_retries_rerun_a_failing_coroutine(no_thread_leak):
+    calls = Counter()
+
+    async def flaky(x):
+        calls[x] += 1
+        await asyncio.sleep(0)
+        if x % 2 and calls[x] < 3:
+            raise ConnectionError(f"429 for {x}")
+        return x
+
+    result = ProcessingEngine(flaky, max_workers=3, retries=2).process_batch(range(6))
+    assert sorted((r.symbol, r.status, r.attempts) for r in result) == [
+        (s, ResultStatus.SUCCESS, 3 if s % 2 else 1) for s in range(6)]
+
+
+def test_an_endless_generator_stops_on_a_deadline(no_thread_leak):
+    import itertools
+
+    token = CancellationToken()
+    drawn = Started()
+
+    async def work(x):
+        drawn.hit()
+        await asyncio.sleep(0)
+        return x
+
+    timer = threading.Thread(target=lambda: (drawn.wait(500), token.cancel("deadline")))
+    timer.start()
+    result = ProcessingEngine(work, max_workers=4).process_batch(itertools.count(), cancellation_token=token)
+    timer.join()
+    assert result.cancelled and result.cancel_reason == "deadline" and not result.input_exhausted
+    assert len(result) >= 500 and all(r.value == r.symbol for r in result if r.status is ResultStatus.SUCCESS)
+
+
+def test_a_store_skips_what_an_async_batch_already_did(tmp_path, no_thread_leak):
+    async def fetch(x):
+        await asyncio.sleep(0)
+        return x * 2
+
+    path = tmp_path / "results.sqlite"
+    engine = ProcessingEngine(fetch, max_workers=4)
+    engine.process_batch(range(10), store=path)
+    again = engine.process_batch(range(15), store=path)
+    assert sum(r.from_store for r in again) == 10
+    assert sorted(r.value for r in again) == [2 * s for s in range(15)]
