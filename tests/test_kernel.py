@@ -72,7 +72,10 @@ class Kernel:
                    and m["parent_header"].get("msg_id") == msg_id for m in self.messages)
 
     def execute(self, code: str, timeout: float = 60.0, wait: bool = True) -> str:
-        msg_id = self.kc.execute(textwrap.dedent(code))
+        # stop_on_error=False: a cell that fails (an interrupted one) must not make the kernel abort the
+        # next request ("aborted" reply, no output), which it does when that request arrives while the
+        # kernel is still discarding its queue after the error
+        msg_id = self.kc.execute(textwrap.dedent(code), stop_on_error=False)
         if wait:
             self.pump(lambda: self.idle(msg_id), timeout)
         return msg_id
