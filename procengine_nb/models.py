@@ -181,11 +181,23 @@ class ProcessingJob:
         return len(self.symbols)
 
     def __repr__(self) -> str:
-        # never raises and stays short, however many symbols and whatever they are
-        n = len(self.symbols)
-        shown = ", ".join(safe_repr(s, 80) for s in self.symbols[:5]) + (f", ... ({n - 5} more)" if n > 5 else "")
-        return (f"ProcessingJob(symbols=({shown}), job_type={self.job_type}, job_id={safe_repr(self.job_id, 80)}, "
-                f"name={safe_repr(self.name, 80)})")
+        # never raises and stays short, however many symbols and whatever they are (a lazy input is not
+        # drawn: its iterator's type is shown)
+        if isinstance(self.symbols, Iterator):
+            symbols = f"<lazy {type_name(self.symbols)}>"
+        else:
+            n = len(self.symbols)
+            shown = ", ".join(safe_repr(s, 80) for s in self.symbols[:5]) + (f", ... ({n - 5} more)" if n > 5 else "")
+            symbols = f"({shown})"
+        total = f", total={self.total}" if self.total is not None else ""
+        return (f"ProcessingJob(symbols={symbols}, job_type={self.job_type}, job_id={safe_repr(self.job_id, 80)}, "
+                f"name={safe_repr(self.name, 80)}{total})")
+
+    def __reduce__(self) -> Any:
+        # a lazy job travels without its iterator (a generator cannot be pickled, and what is left in it
+        # belongs to this process): it arrives as a used-up lazy job with the same id, name and total
+        symbols = iter(()) if isinstance(self.symbols, Iterator) else self.symbols
+        return (ProcessingJob, (symbols, self.job_type, self.job_id, self.name, self.total))
 
 
 class ResultStatus(enum.Enum):

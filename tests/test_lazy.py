@@ -300,3 +300,18 @@ def test_run_takes_a_generator_and_a_total(no_thread_leak):
     result = handle.result(timeout=WAIT)
     assert len(result) == 20 and result.progress.total_symbols == 20
     assert all(r.status is ResultStatus.SUCCESS for r in result)
+
+
+def test_a_lazy_job_has_a_repr_that_draws_nothing_and_its_result_pickles():
+    import pickle
+
+    source = Counting(n=3)
+    job = ProcessingJob(source, name="feed", total=3)
+    assert "<lazy Counting>" in repr(job) and "total=3" in repr(job) and source.drawn == 0
+    with pytest.raises(TypeError, match="has no len"):
+        len(job)
+    result = ProcessingEngine(str).process_batch(job)
+    again = pickle.loads(pickle.dumps(result))
+    assert sorted(r.symbol for r in again) == [0, 1, 2] and again.input_exhausted
+    assert again.job.job_id == job.job_id and again.job.lazy and list(again.job.symbols) == []
+    assert repr(result.job) and repr(result)

@@ -254,3 +254,15 @@ def test_processes_a_chunk_queued_behind_a_hung_one_is_not_timed_until_it_starts
     assert isinstance(by_symbol["hung"].error, TimeoutError)
     # "queued" was handed to loky at ~1 s and started at ~3 s (when the worker was free): not late
     assert by_symbol["queued"].ok, by_symbol["queued"].error
+
+
+@pytest.mark.slow
+@pytest.mark.dask
+def test_dask_a_chunk_queued_behind_a_hung_one_is_not_timed_until_it_starts():
+    pytest.importorskip("distributed")
+    with ProcessingEngine(_sleep_if_hung, backend="dask", max_workers=1, timeout=1.0) as engine:
+        result = engine.process_batch(["hung", "queued"])
+    by_symbol = {r.symbol: r for r in result}
+    assert isinstance(by_symbol["hung"].error, TimeoutError)
+    # on a LocalCluster a chunk marks its start with a running file: "queued" is timed from there
+    assert by_symbol["queued"].ok, by_symbol["queued"].error
