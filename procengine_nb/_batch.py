@@ -388,10 +388,12 @@ class BatchRun:
         tracker = self.tracker
         tracker.running -= stop - start
         ran = self._outcome(future, symbols)
-        if last is not None and not ran:  # a retry the executor dropped on a cancel: its last failure stands
-            self._schedule(start, last, attempts, 0.0)
-            return
         token = self.token
+        if last is not None and not ran:  # a retry the executor dropped: its last failure stands
+            self._schedule(start, last, attempts, 0.0)
+            if not token.is_cancelled:  # no cancel asked: never resubmit it to an executor that drops tasks
+                token.cancel("the executor cancelled a task it had accepted (1 symbol(s)); was it shut down?")
+            return
         if ran:
             chunk = self._sift(ran, start, attempts) if self.settings.retries else ran
             if chunk:

@@ -266,3 +266,53 @@ def test_dask_a_chunk_queued_behind_a_hung_one_is_not_timed_until_it_starts():
     assert isinstance(by_symbol["hung"].error, TimeoutError)
     # on a LocalCluster a chunk marks its start with a running file: "queued" is timed from there
     assert by_symbol["queued"].ok, by_symbol["queued"].error
+
+
+class _DropsRetries:
+    """An executor that runs first tries and cancels every later task it accepted (a pool shut down)."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import Future
+
+        self._future = Future
+        self.submitted = 0
+
+    def submit(self, fn, /, *args):
+        self.submitted += 1
+        future = self._future()
+        if self.submitted <= 3:
+            future.set_result(fn(*args))
+        else:
+            future.cancel()
+        return future
+
+
+def test_a_retry_the_executor_drops_ends_the_batch_instead_of_looping():
+    from procengine_nb.backends.base import Backend, BatchExecutor
+
+    executor = _DropsRetries()
+
+    class Batch(BatchExecutor):
+        def submit(self, fn, /, *args):
+            return executor.submit(fn, *args)
+
+        def close(self, *, cancelled):
+            pass
+
+    class Dropping(Backend):
+        name = "dropping"
+
+        @property
+        def max_workers(self):
+            return 1
+
+        def open(self, token):
+            return Batch()
+
+    def fails(symbol):
+        raise ConnectionError(symbol)
+
+    result = ProcessingEngine(fails, backend=Dropping(), chunk_size=1, retries=5).process_batch(["a", "b", "c"])
+    assert result.cancelled and "cancelled a task it had accepted" in result.cancel_reason
+    assert executor.submitted < 10
+    assert_accounted(["a", "b", "c"], result, retries=5)
