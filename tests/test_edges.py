@@ -119,3 +119,258 @@ def test_async_processors_errors_keep_no_frames_either():
     gc.collect()
     assert len(result.errors) == 2 and all(ref() is None for ref in refs)
     assert all(r.error.__traceback__ is None and "ValueError: no data" in r.traceback for r in result.errors)
+
+
+# -- hostile user objects through every public path -------------------------------------------------
+class Boom(Exception):
+    """What a hostile dunder raises."""
+
+
+class _HostileStr(str):
+    """A str subclass (``isinstance(x, str)`` holds) whose own methods all raise."""
+
+    def __str__(self):
+        raise Boom("str")
+
+    def __repr__(self):
+        raise Boom("repr")
+
+    def __format__(self, spec):
+        raise Boom("format")
+
+    def __len__(self):
+        raise Boom("len")
+
+    def __hash__(self):
+        raise Boom("hash")
+
+    def __eq__(self, other):
+        raise Boom("eq")
+
+
+def _raising_object():
+    class Raising:
+        def __str__(self):
+            raise Boom("str")
+
+        def __repr__(self):
+            raise Boom("repr")
+
+        def __eq__(self, other):
+            raise Boom("eq")
+
+        def __hash__(self):
+            raise Boom("hash")
+
+    return Raising()
+
+
+def _returning(value):
+    class Returning:
+        def __str__(self):
+            return value
+
+        __repr__ = __str__
+
+        def __eq__(self, other):
+            return value
+
+        def __hash__(self):
+            return value
+
+    return Returning()
+
+
+HOSTILE = {
+    "str/repr/eq/hash raise": _raising_object(),
+    "str/repr return non-str": _returning(5),
+    "str/repr return a hostile str subclass": _returning(_HostileStr("x")),
+    "huge str/repr": _returning("x" * 5_000_000),
+    "lone surrogate": "A\ud800B",
+    "control, ANSI and bidi": "\x1b[31mred\x1b]0;title\x07\r\n\u202eexe.pdf\x00\x9b",
+    "hostile str subclass": _HostileStr("sym"),
+}
+
+
+def _hostile_exception(payload):
+    """An exception whose ``__str__``/``__repr__`` behave as ``payload``'s do (raise, non-str, huge...)."""
+
+    class HostileError(Exception):
+        def __str__(self):
+            return str(payload)
+
+        def __repr__(self):
+            return repr(payload)
+
+    return HostileError
+
+
+def _text_ok(text, limit=None):
+    assert type(text) is str
+    text.encode("utf-8")  # no lone surrogate: a Jupyter message would fail to encode
+    if limit is not None:
+        assert len(text) <= limit, f"{len(text)} characters"
+
+
+@pytest.mark.parametrize("payload", list(HOSTILE.values()), ids=list(HOSTILE))
+def test_hostile_symbols_and_exceptions_break_no_public_path(payload, caplog, no_thread_leak):
+    from procengine_nb import CancellationToken, ProcessingEngine, run
+    from procengine_nb.views.console import ConsoleProgress
+
+    error_type = _hostile_exception(payload)
+
+    def processor(symbol):
+        if symbol is payload:
+            raise error_type()
+        return symbol
+
+    def callback(progress):
+        raise error_type()
+
+    symbols = [payload, "ok", payload]
+    engine = ProcessingEngine(processor, max_workers=2)
+    with caplog.at_level("WARNING", logger="procengine_nb"):
+        result = engine.process_batch(symbols, progress_callback=callback)
+    assert len(result) == 3 and len(result.errors) == 2
+    for record in caplog.records:
+        _text_ok(record.getMessage(), 100_000)
+    for text in (repr(result), result.summary(), repr(result.progress), repr(result.job),
+                 *(repr(r) for r in result), *(r.traceback for r in result.errors)):
+        _text_ok(text, 70_000)
+    for record in result.to_records():
+        _text_ok(record["error"] or "")
+    assert result.errors[0].error.__traceback__ is None
+
+    # retry and resume take the hostile symbols again
+    assert len(engine.retry(result)) == 2
+    token = CancellationToken()
+    token.cancel()
+    stopped = engine.process_batch(symbols, cancellation_token=token)
+    _text_ok(repr(stopped.unprocessed), 2_000)
+    assert len(engine.resume(stopped)) == 3
+
+    # the timeout path names the symbol in its message
+    hung = ProcessingEngine(lambda s: CancellationToken().wait(0.5), timeout=0.05, max_workers=1)
+    late = hung.process_batch([payload])
+    assert isinstance(late[0].error, TimeoutError)
+    _text_ok(str(late[0].error), 2_000)
+
+    # the handle, the terminal view and the panel
+    handle = engine.start(symbols, progress_callback=callback)
+    handle.result(timeout=30)
+    _text_ok(repr(handle), 500)
+    import io
+
+    stream = io.StringIO()
+    view = ConsoleProgress(CancellationToken(), name="x", stream=stream)
+    view.update(result.progress)
+    view.finish(result, None)
+    _text_ok(stream.getvalue(), 10_000)
+    assert "\x1b" not in stream.getvalue() and "\u202e" not in stream.getvalue()
+
+    shown = run(processor, symbols, display=False, max_workers=2)
+    assert len(shown.result(timeout=30)) == 3
+    panel = shown.panel
+    for text in (panel.as_text(), panel.as_html(), panel.status.value, repr(panel)):
+        _text_ok(text, 20_000)
+
+
+# -- crashes that threw away every result ---------------------------------------------------------------
+class CustomBase(BaseException):
+    """A user's own BaseException (not an Exception)."""
+
+
+class StrRaises(Exception):
+    def __str__(self):
+        raise Boom("no str")
+
+
+def _ways_to_wait():
+    """The four ways to run a batch and get its result: each returns the BatchResult or raises."""
+    import asyncio
+
+    from procengine_nb import run
+
+    def blocking(symbols, callback):
+        return ProcessingEngine(str.upper, max_workers=2).process_batch(symbols, progress_callback=callback)
+
+    def started(symbols, callback):
+        handle = ProcessingEngine(str.upper, max_workers=2).start(symbols, progress_callback=callback)
+        _ways_to_wait.last_handle = handle
+        return handle.result(timeout=30)
+
+    def awaited(symbols, callback):
+        handle = ProcessingEngine(str.upper, max_workers=2).start(symbols, progress_callback=callback)
+        _ways_to_wait.last_handle = handle
+
+        async def wait():
+            return await handle
+
+        return asyncio.run(wait())
+
+    def one_liner(symbols, callback):
+        handle = run(str.upper, symbols, progress_callback=callback, display=False, max_workers=2)
+        _ways_to_wait.last_handle = handle
+        return handle.result(timeout=30)
+
+    return {"process_batch": blocking, "start+result": started, "await handle": awaited, "run": one_liner}
+
+
+WAYS = _ways_to_wait()
+
+
+@pytest.mark.parametrize("way", list(WAYS))
+@pytest.mark.parametrize("raised", [StrRaises, SystemExit, CustomBase, GeneratorExit],
+                         ids=["str-raises", "SystemExit", "custom-BaseException", "GeneratorExit"])
+def test_a_callback_raising_anything_but_an_interrupt_loses_no_result(way, raised, no_thread_leak):
+    calls = []
+
+    def callback(progress):
+        calls.append(progress)
+        raise raised()
+
+    symbols = [f"s{i}" for i in range(50)]
+    result = WAYS[way](symbols, callback)
+    assert sorted(r.value for r in result) == sorted(s.upper() for s in symbols)
+    assert not result.cancelled and result.progress.completed_symbols == 50
+    assert len(calls) == 51  # every snapshot and the final one, although each call raised
+
+
+@pytest.mark.parametrize("way", list(WAYS))
+def test_an_interrupt_from_a_callback_keeps_the_partial_result(way, no_thread_leak):
+    """A KeyboardInterrupt escaping a callback stops the batch; the partial result rides on the
+    exception (``partial_result``) and stays on the handle (``handle.partial_result``)."""
+    def callback(progress):
+        if progress.completed_symbols >= 3 and not progress.finished:
+            raise KeyboardInterrupt
+
+    symbols = [f"s{i}" for i in range(200)]
+    _ways_to_wait.last_handle = None
+    with pytest.raises(KeyboardInterrupt) as info:
+        WAYS[way](symbols, callback)
+    partial = info.value.partial_result
+    assert partial.cancelled and len(partial) >= 3
+    assert sorted([r.symbol for r in partial] + list(partial.unprocessed)) == sorted(symbols)
+    handle = _ways_to_wait.last_handle
+    if handle is not None:
+        assert handle.done() and handle.partial_result is partial
+
+
+def test_a_symbol_whose_repr_raises_times_out_as_its_own_error():
+    from procengine_nb import CancellationToken
+
+    hostile = _raising_object()
+    release = CancellationToken()
+
+    def processor(symbol):
+        if symbol is hostile:
+            release.wait(5)
+        return 1
+
+    try:
+        result = ProcessingEngine(processor, timeout=0.05, max_workers=2).process_batch([hostile, "a", "b"])
+    finally:
+        release.cancel()
+    assert len(result) == 3 and [r.symbol for r in result.errors] == [hostile]
+    assert isinstance(result.errors[0].error, TimeoutError)
+    assert "<unprintable Raising>" in str(result.errors[0].error)
