@@ -40,6 +40,7 @@ from typing import Any
 
 from procengine_nb._safe import safe_str
 from procengine_nb._tracebacks import format_text
+from procengine_nb._validation import check_seconds
 from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult
 
 __all__ = [
@@ -215,10 +216,7 @@ class ResultStore:
         self.path = _check_path(path)
         """The absolute path of the SQLite file."""
         for name, value in (("commit_seconds", commit_seconds), ("busy_timeout", busy_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-            if not 0 < value < float("inf"):
-                raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
+            check_seconds(value, name, strict=True)
         if isinstance(commit_results, bool) or not isinstance(commit_results, int):
             raise TypeError(f"commit_results must be an int, not {type(commit_results).__name__}")
         if commit_results < 1:

@@ -374,3 +374,65 @@ def test_a_symbol_whose_repr_raises_times_out_as_its_own_error():
     assert len(result) == 3 and [r.symbol for r in result.errors] == [hostile]
     assert isinstance(result.errors[0].error, TimeoutError)
     assert "<unprintable Raising>" in str(result.errors[0].error)
+
+
+# -- huge timeouts: refused up front, never a late OverflowError or a dead timer thread ---------------
+def _huge_timeout_calls():
+    import tempfile
+    from pathlib import Path
+
+    from procengine_nb import CancellationToken, ProgressPanel, run
+    from procengine_nb.backends._remote import MarkerToken
+    from procengine_nb.backends.asyncio import AsyncBackend
+    from procengine_nb.backends.processes import ProcessBackend
+    from procengine_nb.store import ResultStore
+    from procengine_nb.views.console import ConsoleProgress
+
+    def handle():
+        return ProcessingEngine(str).start(["a"])
+
+    store_path = str(Path(tempfile.mkdtemp()) / "results.db")
+    return {
+        "ProcessingEngine(timeout=)": lambda huge: ProcessingEngine(str, timeout=huge),
+        "run(timeout=)": lambda huge: run(str, ["a"], timeout=huge, display=False),
+        "handle.result(timeout)": lambda huge: handle().result(timeout=huge),
+        "handle.wait(timeout)": lambda huge: handle().wait(huge),
+        "token.cancel_after": lambda huge: CancellationToken().cancel_after(huge),
+        "token.wait": lambda huge: CancellationToken().wait(huge),
+        "worker token wait": lambda huge: MarkerToken(None).wait(huge),
+        "panel min_interval": lambda huge: ProgressPanel(CancellationToken(), min_interval=huge),
+        "panel refresh_interval": lambda huge: ProgressPanel(CancellationToken(), refresh_interval=huge),
+        "console min_interval": lambda huge: ConsoleProgress(CancellationToken(), min_interval=huge),
+        "processes idle_timeout": lambda huge: ProcessBackend(1, idle_timeout=huge),
+        "asyncio timeout": lambda huge: AsyncBackend(1, timeout=huge),
+        "store commit_seconds": lambda huge: ResultStore(store_path, commit_seconds=huge),
+        "store busy_timeout": lambda huge: ResultStore(store_path, busy_timeout=huge),
+    }
+
+
+HUGE_TIMEOUT_CALLS = _huge_timeout_calls()
+
+
+@pytest.mark.parametrize("huge", [1e10, 1e300], ids=["1e10", "1e300"])
+@pytest.mark.parametrize("entry", list(HUGE_TIMEOUT_CALLS))
+def test_a_huge_timeout_is_refused_up_front_by_every_entry_point(entry, huge, no_thread_leak):
+    import threading
+
+    before = set(threading.enumerate())
+    with pytest.raises(ValueError, match=r"at most \d+ seconds") as info:
+        HUGE_TIMEOUT_CALLS[entry](huge)
+    assert "OverflowError" not in repr(info.value)
+    started = [t for t in set(threading.enumerate()) - before if "deadline" in t.name or "ticker" in t.name]
+    assert not started, f"a timer thread started: {started}"
+
+
+def test_the_longest_accepted_timeout_works():
+    from procengine_nb import CancellationToken
+    from procengine_nb._validation import MAX_SECONDS
+
+    token = CancellationToken()
+    token.cancel_after(MAX_SECONDS)
+    assert token.wait(0.001) is False
+    token.cancel()
+    handle = ProcessingEngine(str).start(["a"])
+    assert len(handle.result(timeout=MAX_SECONDS)) == 1 and handle.wait(MAX_SECONDS)

@@ -40,6 +40,7 @@ import cloudpickle
 
 from procengine_nb._safe import describe as _describe
 from procengine_nb._safe import safe_repr
+from procengine_nb._validation import check_seconds
 from procengine_nb.backends.base import run_chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import ResultStatus, SymbolResult
@@ -157,6 +158,8 @@ class MarkerToken(CancellationToken):
         super().throw_if_cancelled()
 
     def wait(self, timeout: float | None = None) -> bool:
+        if timeout is not None:
+            check_seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while not self._poll():
             remaining = _CHECK_EVERY if deadline is None else min(_CHECK_EVERY, deadline - time.monotonic())

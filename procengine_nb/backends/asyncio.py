@@ -41,6 +41,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from procengine_nb._tracebacks import detach, format_text, release
+from procengine_nb._validation import check_seconds
 from procengine_nb.backends._loop import LoopThread, is_awaitable
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
@@ -240,8 +241,7 @@ class AsyncBackend(Backend):
                 raise TypeError(f"{label} must be a number or None, not {type(value).__name__}")
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
-        if timeout is not None and not 0 < timeout < float("inf"):
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        check_seconds(timeout, "timeout", strict=True, allow_none=True)
         self._max_workers = max_workers if max_workers is not None else DEFAULT_ASYNC_WORKERS
         self.timeout = timeout
 

@@ -42,6 +42,7 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
+from procengine_nb._validation import check_seconds
 from procengine_nb.backends._remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken
@@ -329,10 +330,9 @@ class ProcessBackend(Backend):
     def __init__(self, max_workers: int | None = None, *, idle_timeout: float = 300.0) -> None:
         if max_workers is None:
             max_workers = loky.cpu_count()
-        if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
-            raise TypeError(f"idle_timeout must be a number of seconds, not {type(idle_timeout).__name__}")
-        if not 0 < idle_timeout < 1e9:
-            raise ValueError(f"idle_timeout must be > 0 and finite, got {idle_timeout!r}")
+        check_seconds(idle_timeout, "idle_timeout", strict=True)
+        if idle_timeout >= 1e9:  # loky's workers wait this long on a queue
+            raise ValueError(f"idle_timeout must be at most 999999999 seconds, got {idle_timeout!r}")
         self._max_workers = max_workers
         self._idle_timeout = float(idle_timeout)
         self._closed = False

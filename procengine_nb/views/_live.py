@@ -22,6 +22,7 @@ import math
 import threading
 from collections.abc import Callable
 
+from procengine_nb._validation import check_seconds
 from procengine_nb.progress import ProcessingProgress
 from procengine_nb.views._format import JobState
 from procengine_nb.views._ticker import Ticker
@@ -30,12 +31,9 @@ __all__ = ["Throttle", "check_interval", "shown_times"]
 
 
 def check_interval(value: object, label: str) -> float:
-    """``value`` as a finite number of seconds >= 0, or a TypeError/ValueError naming ``label``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{label} must be a number of seconds, not {type(value).__name__}")
-    if not value >= 0 or value == math.inf:
-        raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    """``value`` as a finite number of seconds >= 0 that the OS timers take (see ``check_seconds``),
+    or a TypeError/ValueError naming ``label``: a huge interval must not kill the refresh thread later."""
+    return float(check_seconds(value, label))
 
 
 def shown_times(progress: ProcessingProgress, state: JobState, *, since_snapshot: float,
