@@ -303,6 +303,9 @@ class BatchRun:
                         wait = min(wait, _MAX_WAIT)
                 if store is not None:  # results reach the store at most commit_seconds after they complete
                     due = store.due()
+                    if due == 0.0:  # (here, with the window just refilled, workers keep busy meanwhile)
+                        store.commit()
+                        due = store.due()
                     if due is not None:
                         wait = due if wait is None else min(wait, due)
                 try:

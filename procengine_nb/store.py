@@ -29,6 +29,7 @@ A store file is as trusted as a pickle file: open only stores you (or code you t
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -172,11 +173,13 @@ def make_key_function(key: Callable[[Any], Any] | None) -> KeyFunction:
             value = key(symbol)
         except Exception as exc:
             raise ValueError(f"key= raised {_describe(exc)} for the symbol {_short_repr(symbol)}") from exc
-        if not isinstance(value, str):
-            raise TypeError(
-                f"key= must return a str, not {type(value).__name__} (for the symbol {_short_repr(symbol)}); "
-                "wrap it, e.g. key=lambda s: str(...)"
-            )
+        if type(value) is not str:
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"key= must return a str, not {type(value).__name__} (for the symbol {_short_repr(symbol)}); "
+                    "wrap it, e.g. key=lambda s: str(...)"
+                )
+            value = str.__str__(value)  # a str subclass's own __eq__/__hash__ stay out of the store
         return value
 
     checked.__wrapped__ = key  # type: ignore[attr-defined]
@@ -401,33 +404,48 @@ class StoreSession:
         return found
 
     def add(self, results: Iterable[SymbolResult]) -> None:
-        """Buffer completed results (those from the store are skipped); commit when due."""
+        """Buffer completed results (those from the store are skipped). Committing is the batch's next
+        step (:meth:`due`, :meth:`tick`), after it handed out new work: workers keep busy meanwhile."""
         rows = self._rows
         name = self.name
         key = self.key
         now_wall = time.time()
+        success = ResultStatus.SUCCESS
+        dumps = pickle.dumps
+        protocol = pickle.HIGHEST_PROTOCOL
+        append = rows.append
         for result in results:
-            if getattr(result, "from_store", False):
+            if result.from_store:
                 continue
+            symbol = result.symbol
             try:
-                k = key(result.symbol)
+                k = key(symbol)
             except (TypeError, ValueError) as exc:  # it passed when handed out; a copy from a worker may not
-                _log.error("store %s: result of %r not stored: %s", self.store.path, result.symbol, exc)
+                _log.error("store %s: result of %s not stored: %s", self.store.path, _short_repr(symbol), exc)
                 continue
-            rows.append(self._row(name, k, result, now_wall))
-        if len(rows) >= self.store.commit_results or self._clock() - self._last_commit >= self.store.commit_seconds:
-            self.commit()
+            if result.status is success and type(symbol) is str and symbol == k:
+                try:  # the common case, inline: a str symbol (read back as its key) and its pickled value
+                    append((name, k, "success", None, dumps(result.value, protocol), None, None, None, None,
+                            result.duration_ms, result.attempts, now_wall))
+                    continue
+                except Exception:  # the value does not pickle: the general path says why
+                    pass
+            append(self._row(name, k, result, now_wall))
 
     def due(self) -> float | None:
-        """Seconds until buffered results must be committed (None when nothing is buffered): the batch
-        waits for its next completion at most this long, then calls :meth:`tick`."""
-        if not self._rows:
+        """Seconds until buffered results must be committed (None when nothing is buffered; 0.0 once
+        ``commit_results`` are buffered): the batch waits for its next completion at most this long,
+        then calls :meth:`tick`."""
+        rows = len(self._rows)
+        if not rows:
             return None
+        if rows >= self.store.commit_results:
+            return 0.0
         return max(0.0, self._last_commit + self.store.commit_seconds - self._clock())
 
     def tick(self) -> None:
-        """Commit when the buffer's time is up (call when a wait bounded by ``due`` ran out)."""
-        if self._rows and self._clock() - self._last_commit >= self.store.commit_seconds:
+        """Commit when it is due (``commit_results`` buffered, or the oldest waited ``commit_seconds``)."""
+        if self.due() == 0.0:
             self.commit()
 
     def commit(self) -> bool:
@@ -441,7 +459,7 @@ class StoreSession:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(_UPSERT, rows)
+                _write(conn, rows)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -490,8 +508,8 @@ class StoreSession:
                 symbol_blob = pickle.dumps(symbol, pickle.HIGHEST_PROTOCOL)
             except Exception:  # read back as its key
                 symbol_blob = None
-        return (name, k, _STATUS[status], symbol_blob, value_blob, value_note, error_type, error_message,
-                error_traceback, float(result.duration_ms), int(getattr(result, "attempts", 1) or 1), now_wall)
+        return (name, k, status.value, symbol_blob, value_blob, value_note, error_type, error_message,
+                error_traceback, float(result.duration_ms), int(result.attempts or 1), now_wall)
 
 
 def load_results(path: str | os.PathLike[str] | ResultStore, name: str | None = None) -> BatchResult:
@@ -654,6 +672,38 @@ class _closing:
 
     def __exit__(self, *exc: object) -> None:
         self.conn.close()
+
+
+def _rows_per_statement(conn: sqlite3.Connection) -> int:
+    """How many rows one INSERT may carry (SQLite's limit on ``?`` parameters: 32,766 since 3.32, 999
+    before), so that a commit of ~1,000 results is one statement where SQLite allows it."""
+    try:
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[attr-defined]
+    except AttributeError:  # Python < 3.11
+        limit = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+    return max(1, min(2048, limit // len(_COLUMNS)))
+
+
+@functools.lru_cache(maxsize=8)
+def _upsert(rows: int) -> str:
+    values = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
+    return _UPSERT.replace(f"VALUES {values}", "VALUES " + ", ".join([values] * rows), 1)
+
+
+def _write(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` with as few statements as possible. ``executemany`` would step once per row, and
+    ``sqlite3`` lets go of the GIL and takes it back at each step: with busy worker threads each take-back
+    waits its turn (up to the interpreter's switch interval), so a row cost tens of microseconds of the
+    batch thread's time instead of a few."""
+    per = _rows_per_statement(conn)
+    full = len(rows) - len(rows) % per
+    if full:
+        statement = _upsert(per)
+        for start in range(0, full, per):
+            conn.execute(statement, [value for row in rows[start:start + per] for value in row])
+    if full < len(rows):
+        rest = rows[full:]
+        conn.execute(_upsert(len(rest)), [value for row in rest for value in row])
 
 
 def _parts(items: list[Any], size: int) -> Iterable[list[Any]]:

@@ -310,8 +310,10 @@ def test_commits_are_batched_by_time(path, fake_clock):
     fake_clock.advance(0.1)
     session.tick()
     assert rows_in(path) == 10 and session.due() is None
-    fake_clock.advance(0.6)  # after a quiet spell, the next result is written at once
+    fake_clock.advance(0.6)  # after a quiet spell, the next result is due at once
     session.add([ok("late", 1)])
+    assert rows_in(path) == 10 and session.due() == 0.0  # add() only buffers: the batch commits next
+    session.tick()
     assert rows_in(path) == 11
     session.close()
 
@@ -320,8 +322,11 @@ def test_commits_are_batched_by_count(path, fake_clock):
     store = ResultStore(path, commit_seconds=60, commit_results=100)
     session = store._session("b", str, fake_clock).open()
     session.add([ok(i, i) for i in range(99)])
-    assert rows_in(path) == 0
+    session.tick()
+    assert rows_in(path) == 0 and session.due() > 0
     session.add([ok(99, 99)])
+    assert session.due() == 0.0
+    session.tick()
     assert rows_in(path) == 100
     session.add([ok(100, 100)])
     session.close()  # close commits the rest
@@ -336,6 +341,7 @@ def test_a_locked_store_keeps_the_rows_and_retries(path, fake_clock, caplog):
     blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
     fake_clock.advance(1.0)
     session.add([ok("A", 1)])
+    session.tick()
     assert "could not commit" in caplog.text
     assert session.due() is not None  # still buffered
     blocker.execute("COMMIT")
@@ -357,6 +363,7 @@ def test_concurrent_batches_on_one_file(path):
             barrier.wait()
             for i in range(300):
                 session.add([ok(f"{n}-{i}", i)])
+                session.tick()
             session.close()
         except Exception as exc:  # pragma: no cover - the failure we look for
             errors.append(exc)

@@ -320,6 +320,7 @@ def test_run_with_a_store(path):
     again = run(double, list(range(6)), name="run", store=str(path), display=False, max_workers=2)
     result = again.result(timeout=10)
     assert result.progress.from_store == 5 and again.panel.progress_bar.value == 6
+    assert again.panel.counts.value.endswith("6 / 6 (100%), 5 from the store")
 
 
 def test_an_async_processor_with_a_store(path):

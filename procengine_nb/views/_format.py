@@ -114,6 +114,11 @@ def format_counts(progress: ProcessingProgress) -> str:
 
     >>> format_counts(ProcessingProgress(total_symbols=40, completed_symbols=37, total_known=False, retrying=2))
     '37 done (total unknown), 2 waiting to retry'
+
+    A rerun with ``store=`` says how many came from the store without running:
+
+    >>> format_counts(ProcessingProgress(total_symbols=10, completed_symbols=8, from_store=6))
+    '8 / 10 (80%), 6 from the store'
     """
     if progress.total_known:
         text = f"{progress.completed_symbols} / {progress.total_symbols} ({math.floor(progress.percentage)}%)"
@@ -122,6 +127,9 @@ def format_counts(progress: ProcessingProgress) -> str:
     retrying = getattr(progress, "retrying", 0)
     if retrying:
         text += f", {retrying} waiting to retry"
+    from_store = getattr(progress, "from_store", 0)
+    if from_store:
+        text += f", {from_store} from the store"
     return text
 
 
