@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import threading
 import weakref
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = ["Awaiter", "LoopThread", "awaiter_for", "cannot_await", "is_awaitable
            "unregister_awaiter"]
 
 _STUBBORN_RECANCEL_SECONDS = 1.0
+_log = logging.getLogger(__name__)
 
 
 def is_awaitable(value: object) -> bool:
@@ -75,10 +77,11 @@ class LoopThread:
     False
     """
 
-    def __init__(self, name: str = "procengine-loop") -> None:
+    def __init__(self, name: str = "procengine-loop", on_exit: Callable[[], Any] | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self._stopping = False
         self._lock = threading.Lock()
+        self._on_exit = on_exit
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -86,7 +89,8 @@ class LoopThread:
         loop = self.loop
         asyncio.set_event_loop(loop)
         try:
-            loop.run_forever()
+            loop.run_forever()  # until stop(), or a processor that stopped the running loop itself
+            self._refuse_new_work()
             pending = asyncio.all_tasks(loop)
             while pending:
                 for task in pending:
@@ -94,9 +98,26 @@ class LoopThread:
                 _, pending = loop.run_until_complete(asyncio.wait(pending, timeout=_STUBBORN_RECANCEL_SECONDS))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
+        except RuntimeError:  # a processor stopped the loop again during the clean-up: close it as it is
+            _log.debug("the loop was stopped during its clean-up", exc_info=True)
         finally:
+            self._refuse_new_work()
             asyncio.set_event_loop(None)
             loop.close()
+            if self._on_exit is not None:  # e.g. fail what was handed over and never ran
+                try:
+                    self._on_exit()
+                except Exception:
+                    _log.exception("loop exit hook %r raised", self._on_exit)
+
+    def _refuse_new_work(self) -> None:
+        with self._lock:
+            self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        """True once the loop stops taking work (``stop()`` was called, or the loop ended)."""
+        return self._stopping
 
     def call_soon(self, callback: Any, *args: Any) -> bool:
         """Run ``callback(*args)`` on the loop (from any thread); False once the loop is stopping."""
@@ -154,6 +175,9 @@ class Awaiter:
         if loop is None:
             _close(awaitable)
             raise ProcessingCancelledException("the batch ended before this awaitable could run")
+        if loop.stopping:
+            _close(awaitable)
+            raise RuntimeError("the batch's event loop has stopped (did a processor stop the running loop?)")
         future = self._context.copy().run(loop.submit, _await(awaitable))
         token = self._token
         registration = token.register(future.cancel) if token is not None else None

@@ -37,7 +37,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from procengine_nb._tracebacks import detach, format_text, release
@@ -92,7 +92,9 @@ class _AsyncBatch(BatchExecutor):
     def __init__(self, max_workers: int, token: CancellationToken, timeout: float | None) -> None:
         self.worker_token = token
         self._timeout = timeout
-        self._loop_thread = LoopThread("procengine-asyncio")
+        self._unresolved: set[Future[list[SymbolResult]]] = set()  # handed over, not finished
+        self._unresolved_lock = threading.Lock()
+        self._loop_thread = LoopThread("procengine-asyncio", on_exit=self._loop_ended)
         self._semaphore = asyncio.Semaphore(max_workers)
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancel_asked = False
@@ -105,9 +107,32 @@ class _AsyncBatch(BatchExecutor):
         if fn is not run_chunk:
             raise TypeError(f"the asyncio backend runs only chunks of symbols, not {fn!r}")
         future: Future[list[SymbolResult]] = Future()
+        with self._unresolved_lock:
+            self._unresolved.add(future)
+        future.add_done_callback(self._resolved)
         if not self._loop_thread.call_soon(self._loop_start, future, *args):
             future.cancel()
+            raise RuntimeError("the batch's event loop has stopped (did a processor stop or close the running "
+                               "loop?)")
         return future
+
+    def _resolved(self, future: Future[list[SymbolResult]]) -> None:
+        with self._unresolved_lock:
+            self._unresolved.discard(future)
+
+    def _loop_ended(self) -> None:
+        """The loop thread is ending: a chunk handed over and never finished (a processor stopped the
+        running loop, or a chunk swallowed every cancel until the end) fails rather than hangs."""
+        with self._unresolved_lock:
+            futures = list(self._unresolved)
+        error = RuntimeError("the batch's event loop stopped before this chunk finished (did a processor "
+                             "stop the running loop?)")
+        for future in futures:
+            try:
+                future.set_exception(error)
+            except InvalidStateError:  # cancelled or finished meanwhile
+                pass
+        self._settled.set()
 
     def stop_running(self, futures: Iterable[Future[Any]]) -> None:
         """Drop the chunks the loop has not started, cancel the running coroutines (the token's own
@@ -136,7 +161,7 @@ class _AsyncBatch(BatchExecutor):
                     symbols: Any, token: CancellationToken | None, pass_token: bool) -> None:
         if not future.set_running_or_notify_cancel():
             return
-        if self._cancel_asked:
+        if self._cancel_asked or self._loop_thread.stopping:
             future.set_result([])
             return
         task = asyncio.get_running_loop().create_task(self._loop_chunk(future, processor, symbols, token, pass_token))

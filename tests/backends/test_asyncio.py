@@ -502,6 +502,25 @@ def test_racing_cancels_at_random_moments_lose_nothing_and_leave_no_thread(no_th
     assert outcomes["cancelled batches"] >= 10 and outcomes[ResultStatus.SUCCESS], outcomes
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "threads"])
+def test_a_processor_that_stops_the_running_loop_ends_the_batch_cleanly(backend, no_thread_leak):
+    async def rogue(x):
+        if x == 3:
+            asyncio.get_running_loop().stop()
+        await asyncio.sleep(0.01)
+        return x
+
+    symbols = list(range(40))
+    processor = rogue if backend == "asyncio" else (lambda x: rogue(x))
+    result = ProcessingEngine(processor, backend=backend, max_workers=2, chunk_size=1).process_batch(symbols)
+    assert_accounted(symbols, result)  # no hang, no crash, nothing lost
+    failed = [r for r in result if r.status is not ResultStatus.SUCCESS]
+    assert failed or result.cancelled
+    messages = [str(r.error) for r in failed] + [result.cancel_reason or ""]
+    assert any("event loop" in m for m in messages) or all(
+        r.status is ResultStatus.CANCELLED for r in failed), messages
+
+
 # -- with the other batch features ------------------------------------------------------------------------
 def test_retries_rerun_a_failing_coroutine(no_thread_leak):
     calls = Counter()
