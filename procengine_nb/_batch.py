@@ -649,6 +649,7 @@ class BatchRun:
         if not late:
             return
         executor.cancel_pending([f for f, _ in late])
+        executor.abandon([f for f, _ in late])
         finals: list[SymbolResult] = []
         for future, (start, stop, chunk, _, attempts, _) in late:
             del self._inflight[future]

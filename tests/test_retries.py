@@ -6,6 +6,7 @@ import math
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from test_properties import Recorder, assert_accounted
@@ -177,7 +178,9 @@ def test_a_symbol_queued_behind_a_hung_one_is_never_a_timeout(no_thread_leak):
             release.wait(WAIT)
         return symbol
 
-    engine = ProcessingEngine(processor, max_workers=1, timeout=0.2)
+    # the caller's own pool (the engine's own would give the stuck thread's place to "queued")
+    pool = ThreadPoolExecutor(max_workers=1)
+    engine = ProcessingEngine(processor, executor=pool, timeout=0.2)
     recorder = Recorder()
     handle = engine.start(["hung", "queued"], progress_callback=recorder)
     assert hung_started.wait(WAIT)
@@ -191,11 +194,33 @@ def test_a_symbol_queued_behind_a_hung_one_is_never_a_timeout(no_thread_leak):
     assert handle.progress.completed_symbols == 1 and not handle.done()
     release.set()  # the hung thread returns; "queued" starts and finishes in time
     result = handle.result(timeout=WAIT)
+    pool.shutdown()
     by_symbol = {r.symbol: r for r in result}
     assert isinstance(by_symbol["hung"].error, TimeoutError)
     assert "of starting" in str(by_symbol["hung"].error)
     assert by_symbol["queued"].ok
     assert_accounted(["hung", "queued"], result, recorder.snapshots)
+
+
+def test_the_engines_own_pool_gives_a_stuck_threads_place_to_the_symbols_behind_it(no_thread_leak):
+    release = threading.Event()
+
+    def processor(symbol):
+        if symbol.startswith("hung"):
+            release.wait(WAIT)
+        return symbol
+
+    symbols = ["hung1", "hung2", "a", "b", "c"]
+    began = time.monotonic()
+    try:
+        result = ProcessingEngine(processor, max_workers=2, timeout=0.2).process_batch(symbols)
+        assert time.monotonic() - began < WAIT / 2  # not after the stuck tasks gave up waiting
+    finally:
+        release.set()  # the stuck threads end; no_thread_leak checks they exit
+    by_symbol = {r.symbol: r for r in result}
+    assert isinstance(by_symbol["hung1"].error, TimeoutError) and isinstance(by_symbol["hung2"].error, TimeoutError)
+    assert all(by_symbol[s].ok for s in "abc")  # they ran on replacement threads, with the stuck ones still stuck
+    assert_accounted(symbols, result)
 
 
 def test_the_timeout_counts_from_the_start_in_the_engine_clock(fake_clock, no_thread_leak):

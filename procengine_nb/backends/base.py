@@ -86,6 +86,10 @@ class BatchExecutor(abc.ABC):
         given tasks that already run, where the backend can, and return once their outcomes are out
         (briefly: a cancel must stay prompt). Default: nothing (running tasks keep running)."""
 
+    def abandon(self, futures: Iterable[Future[Any]]) -> None:  # noqa: B027 - optional hook
+        """Tasks the batch gave up on (past their ``timeout=``) that may still be running: a backend may
+        give their workers' places to the tasks queued behind them. Default: nothing."""
+
     def started(self, future: Future[Any]) -> bool:
         """True once the task began running on a worker (``timeout=`` counts from then; asked only by
         batches with a timeout, on backends whose workers do not share memory). Default: what the

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
@@ -66,6 +66,17 @@ class DaemonThreadPool(Executor):
                 self._threads.append(thread)
             return future
 
+    def add_worker(self) -> None:
+        """One thread more than ``max_workers`` from now on (a task given up on keeps its thread busy,
+        maybe forever): the tasks queued behind it keep moving. Nothing after ``shutdown``."""
+        with self._lock:
+            if self._shutdown:
+                return
+            self._max_workers += 1
+            thread = threading.Thread(target=self._worker, daemon=True, name=f"{self._prefix}_{len(self._threads)}")
+            thread.start()
+            self._threads.append(thread)
+
     def _worker(self) -> None:
         work = self._work
         while True:
@@ -111,6 +122,8 @@ class DaemonThreadPool(Executor):
 class _OwnedPoolBatch(BatchExecutor):
     def __init__(self, max_workers: int, token: CancellationToken) -> None:
         self._pool = DaemonThreadPool(max_workers, thread_name_prefix="procengine-worker")
+        self._replaced = 0
+        self._replace_limit = max(4, max_workers)
         self.worker_token = token
         # Awaitables a sync processor returns are awaited on the batch's own loop (started at the
         # first one); workers find it by the batch token run_chunk gets.
@@ -119,6 +132,15 @@ class _OwnedPoolBatch(BatchExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         return self._pool.submit(fn, *args)
+
+    def abandon(self, futures: Iterable[Future[Any]]) -> None:
+        """A thread stuck in a task past its ``timeout=`` is replaced (up to ``max(4, max_workers)``
+        replacements a batch), so the symbols queued behind it still run; beyond that, they wait for a
+        thread to come back (a Stop still returns at once)."""
+        for future in futures:
+            if self._replaced < self._replace_limit and future.running():
+                self._replaced += 1
+                self._pool.add_worker()
 
     def close(self, *, cancelled: bool) -> None:
         # Cancelled: drop what has not started and return at once; the threads exit after their
