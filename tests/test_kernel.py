@@ -267,3 +267,34 @@ def test_interrupt_during_result_cancels_running_coroutines_and_leaves_no_thread
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_lone_surrogates_in_symbols_names_and_messages_show_as_replacement_characters(kernel):
+    """A lone surrogate ('\\ud800') cannot be encoded into a Jupyter message: as a symbol, a job name, an
+    exception message and a callback's error it must show as U+FFFD, and the job must run."""
+    start = len(kernel.messages)
+    cell = kernel.execute(r"""
+        def surrogate_work(symbol):
+            if symbol.startswith("bad"):
+                raise ValueError("broken \ud800 message")
+            return symbol
+
+        def surrogate_callback(progress):
+            raise RuntimeError("callback \udfff failed")
+
+        handle = run(surrogate_work, ["bad\ud800", "ok\ud801", "fine"], name="job \ud800 name",
+                     progress_callback=surrogate_callback, max_workers=2)
+        surrogate_result = handle.result(timeout=30)
+        print(surrogate_result.summary(), "|", handle.panel.status.value, "|", ascii(repr(handle)))
+        handle
+    """)
+    reply_errors = kernel.errors(cell)
+    assert not reply_errors, reply_errors
+    out = kernel.stdout(cell)
+    assert "3 of 3 processed: 2 ok, 1 failed | Done with errors: 1 of 3 failed | " in out
+    assert "\\ufffd" in out  # the handle's repr shows the job name with a replacement character
+    # the panel's widget state and the cell's outputs carry replacement characters, never a surrogate
+    texts = [str(m["content"]) for m in kernel.messages[start:]]
+    assert any("\ufffd" in t and "job" in t for t in texts)
+    assert any("broken \ufffd message" in t for t in texts), "the failure is shown with U+FFFD"
+    assert "callback \ufffd failed" in out  # the callback's error was logged, encodable
