@@ -545,8 +545,10 @@ class ProgressPanel:
         return f'<div class="procengine-summary">{live}</div>'
 
     def _mimebundle(self) -> dict[str, Any]:
-        widgets = self._built()
-        bundle = dict(widgets.box._repr_mimebundle_() or {})
+        """The widget view (unless the panel was closed) with the text fallbacks."""
+        with self._lock:
+            closed = self._closed
+        bundle = {} if closed else dict(self._built().box._repr_mimebundle_() or {})
         bundle["text/plain"] = self.as_text()
         bundle["text/html"] = self.as_html()
         return bundle

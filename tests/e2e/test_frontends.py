@@ -24,13 +24,13 @@ try:
 except ImportError:  # the chromium_path fixture fails (CI) or skips (locally) with the reason
     expect = None  # type: ignore[assignment]
 
-N = 200  # 200 x 0.15 s on 4 workers: about 7.5 s, Stop comes long before
+N = 200  # 200 x 0.25 s on 4 workers: about 12.5 s, Stop comes long before (even after a slow Voilà page load)
 SETUP = f"""\
 import time
 from procengine_nb import run
 
 def slow(symbol):
-    time.sleep(0.15)
+    time.sleep(0.25)
     if symbol.endswith("7"):
         raise ConnectionError("429 <b>Too Many Requests</b>")
     return symbol.lower()

@@ -274,3 +274,13 @@ def test_concurrent_updates_failures_clicks_and_displays_end_in_one_consistent_f
     assert "1000 x ValueError: boom" in panel.failures.value
     assert len(opened(comms)) <= MAX_MODELS
     panel.close()
+
+
+def test_a_closed_panel_still_displays_its_text(comms):
+    panel = ProgressPanel(CancellationToken(), name="gone", ticker=False)
+    panel._repr_mimebundle_()
+    panel.close()
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in bundle
+    assert bundle["text/plain"].startswith("ProgressPanel(name='gone'): Running")
+    assert len(opened(comms)) <= MAX_MODELS
