@@ -188,22 +188,24 @@ def test_a_real_job_feeds_failures_to_the_panel_as_they_happen(no_thread_leak):
     gate = threading.Event()
 
     def flaky(symbol):
-        if symbol == "last":
-            gate.wait(10)
+        if symbol == "first":
+            gate.wait(30)  # holds one worker until the end of the test; the other runs the failures
             return symbol
         raise ConnectionError("429")
 
-    # one symbol a task: a chunk holding "last" would hold back the failures chunked with it
-    handle = ProcessingEngine(flaky, max_workers=2, chunk_size=1).start([f"S{i}" for i in range(37)] + ["last"])
+    # one symbol a task: a chunk holding "first" would hold back the failures chunked with it
+    handle = ProcessingEngine(flaky, max_workers=2, chunk_size=1).start(["first"] + [f"S{i}" for i in range(37)])
     panel = ProgressPanel.for_handle(handle, min_interval=0.0)
-    deadline = threading.Event()
-    for _ in range(1000):  # bounded: the 37 failures arrive while "last" still runs
-        if "37 x ConnectionError: 429" in panel.failures.value:
-            break
-        deadline.wait(0.01)
-        panel.tick()
-    assert "37 x ConnectionError: 429" in panel.failures.value and not handle.done(), panel.failures.value
-    gate.set()
+    try:
+        seen = threading.Event()
+        for _ in range(2000):  # bounded (20 s): the 37 failures arrive while "first" still runs
+            if "37 x ConnectionError: 429" in panel.failures.value:
+                break
+            seen.wait(0.01)
+        assert "37 x ConnectionError: 429" in panel.failures.value, panel.failures.value
+        assert not handle.done()
+    finally:
+        gate.set()
     handle.result(timeout=10)
     assert "37 x ConnectionError: 429" in panel.failures.value and "latest:" not in panel.failures.value
     assert "37 failed symbols" in panel.error_table.value
