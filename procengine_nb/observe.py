@@ -136,8 +136,9 @@ class Publisher:
         listener = _Listener(view)
         with self._lock:
             outcome = self._outcome
+            # kept after the end too: waited() and close_views() reach a view attached late
+            self._views = (*self._views, listener)
             if outcome is None:
-                self._views = (*self._views, listener)
                 self._listeners = (*self._listeners, listener)
         if outcome is not None:
             self._call(listener, listener.finish, *outcome)
@@ -195,14 +196,14 @@ class Publisher:
             if self._outcome is not None:
                 return
             self._outcome = (result, error)
-            listeners = self._listeners
+            listeners, views = self._listeners, self._views  # a view added from now on finishes itself
         # An interrupt (Ctrl-C landing in a callback) does not cut the end short: every view still gets
         # its final state, then the interrupt goes on.
         interrupt: KeyboardInterrupt | None = None
         calls: list[tuple[_Listener, Callable[..., Any], tuple[Any, ...]]] = []
         if result is not None:  # the final snapshot (100% unless cancelled) to everyone
             calls.extend((listener, listener.update, (result.progress,)) for listener in listeners)
-        calls.extend((view, view.finish, (result, error)) for view in self._views)
+        calls.extend((view, view.finish, (result, error)) for view in views)
         for listener, fn, args in calls:
             try:
                 self._call(listener, fn, *args)

@@ -193,9 +193,12 @@ def test_a_real_job_feeds_failures_to_the_panel_as_they_happen(no_thread_leak):
             return symbol
         raise ConnectionError("429")
 
-    # one symbol a task: a chunk holding "first" would hold back the failures chunked with it
-    handle = ProcessingEngine(flaky, max_workers=2, chunk_size=1).start(["first"] + [f"S{i}" for i in range(37)])
-    panel = ProgressPanel.for_handle(handle, min_interval=0.0)
+    # one symbol a task: a chunk holding "first" would hold back the failures chunked with it; the panel
+    # listens from the start (attached later, it would not see the failures that happened before)
+    token = CancellationToken()
+    panel = ProgressPanel(token, min_interval=0.0)
+    handle = ProcessingEngine(flaky, max_workers=2, chunk_size=1).start(
+        ["first"] + [f"S{i}" for i in range(37)], cancellation_token=token, views=[panel])
     try:
         seen = threading.Event()
         for _ in range(2000):  # bounded (20 s): the 37 failures arrive while "first" still runs
@@ -286,3 +289,15 @@ def test_a_closed_panel_still_displays_its_text(comms):
     assert "application/vnd.jupyter.widget-view+json" not in bundle
     assert bundle["text/plain"].startswith("ProgressPanel(name='gone'): Running")
     assert len(opened(comms)) <= MAX_MODELS
+
+
+def test_a_panel_attached_after_the_end_is_still_waited_for_and_closed(comms):
+    handle = ProcessingEngine(str.upper, max_workers=1).start(["a", "b"])
+    assert handle.wait(10)
+    panel = ProgressPanel.for_handle(handle, ticker=False)  # attached after the end: finished at once
+    panel._repr_mimebundle_()
+    before = len(comms)
+    handle.result(timeout=10)  # the waiter re-sends the final state of every view, late ones too
+    assert any(kind == "comm_msg" for kind, _, _ in comms[before:])
+    handle.close()
+    assert closed(comms) == opened(comms)
