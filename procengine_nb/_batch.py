@@ -33,6 +33,7 @@ _log = logging.getLogger("procengine_nb.engine")
 _WAKE = object()  # put in the completion queue by a cancel
 _MAX_WAIT = 0.1  # longest real wait on a deadline computed from the (injectable) clock: a fake clock works
 _START_POLL = 0.02  # how often a backend that cannot tell the start of a task is asked (timeout= only)
+_STORE_SLICE = 256  # rows a store= commit writes per turn of the loop (a commit of 1,000 could starve workers)
 _UNKNOWN_REMAINING = 1 << 20  # what a lazy input without total= counts as left, for the chunk size
 
 
@@ -303,8 +304,8 @@ class BatchRun:
                         wait = min(wait, _MAX_WAIT)
                 if store is not None:  # results reach the store at most commit_seconds after they complete
                     due = store.due()
-                    if due == 0.0:  # (here, with the window just refilled, workers keep busy meanwhile)
-                        store.commit()
+                    if due == 0.0:  # here, the window just refilled, in slices short enough that workers
+                        store.commit(_STORE_SLICE)  # keep busy meanwhile (the rest at the next turns)
                         due = store.due()
                     if due is not None:
                         wait = due if wait is None else min(wait, due)

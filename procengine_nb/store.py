@@ -354,6 +354,8 @@ class StoreSession:
         self._rows: list[tuple[Any, ...]] = []
         self._last_commit = 0.0
         self._failed_commits = 0
+        self._draining = False  # a due commit was cut into slices and rows are left: still due
+        self._blocked_until = 0.0  # after a failed commit, the next try waits until then
         self.unkept = 0
         """Results whose value could not be pickled in this batch (kept in memory only)."""
 
@@ -438,22 +440,31 @@ class StoreSession:
         then calls :meth:`tick`."""
         rows = len(self._rows)
         if not rows:
+            self._draining = False
             return None
-        if rows >= self.store.commit_results:
+        now = self._clock()
+        if now < self._blocked_until:  # the last commit failed (a lock held too long): not before then
+            return self._blocked_until - now
+        if rows >= self.store.commit_results or self._draining:
             return 0.0
-        return max(0.0, self._last_commit + self.store.commit_seconds - self._clock())
+        return max(0.0, self._last_commit + self.store.commit_seconds - now)
 
     def tick(self) -> None:
         """Commit when it is due (``commit_results`` buffered, or the oldest waited ``commit_seconds``)."""
         if self.due() == 0.0:
             self.commit()
 
-    def commit(self) -> bool:
-        """Write what is buffered in one transaction. On failure (another writer held the lock longer
-        than the busy timeout, a full disk), keep the rows for the next try and return False."""
-        self._last_commit = self._clock()
+    def commit(self, limit: int | None = None) -> bool:
+        """Write what is buffered (the oldest ``limit`` rows when given) in one transaction. While rows
+        are left, :meth:`due` stays 0 (the batch writes the next slice at its next turn). On failure
+        (another writer held the lock longer than the busy timeout, a full disk), keep the rows for the
+        next try and return False."""
         rows = self._rows
         conn = self._conn
+        if limit is not None and len(rows) > limit:
+            rows = rows[:limit]
+        else:
+            self._last_commit = self._clock()
         if not rows or conn is None:
             return True
         try:
@@ -466,11 +477,18 @@ class StoreSession:
                 raise
         except sqlite3.Error as exc:
             self._failed_commits += 1
+            self._blocked_until = self._clock() + self.store.commit_seconds  # try again then
             if self._failed_commits <= 3:
                 _log.warning("store %s: could not commit %d result(s) (%s); will try again",
-                             self.store.path, len(rows), exc)
+                             self.store.path, len(self._rows), exc)
             return False
-        self._rows = []
+        self._blocked_until = 0.0
+        if len(rows) == len(self._rows):
+            self._rows = []
+            self._draining = False
+        else:
+            del self._rows[:len(rows)]
+            self._draining = True
         return True
 
     def close(self) -> None:

@@ -343,7 +343,7 @@ def test_a_locked_store_keeps_the_rows_and_retries(path, fake_clock, caplog):
     session.add([ok("A", 1)])
     session.tick()
     assert "could not commit" in caplog.text
-    assert session.due() is not None  # still buffered
+    assert session.due() == pytest.approx(0.5)  # still buffered; the next try waits commit_seconds
     blocker.execute("COMMIT")
     blocker.close()
     fake_clock.advance(1.0)
@@ -450,3 +450,20 @@ def test_symbol_result_keeps_its_field_order():
     result = SymbolResult("A", ResultStatus.SUCCESS, 1, None, 2.0)
     assert (result.symbol, result.value, result.duration_ms, result.from_store) == ("A", 1, 2.0, False)
     assert pickle.loads(pickle.dumps(result)).from_store is False
+
+
+def test_a_due_commit_is_written_in_slices_and_stays_due_until_drained(path, fake_clock):
+    store = ResultStore(path, commit_seconds=60, commit_results=100)
+    session = store._session("b", str, fake_clock).open()
+    session.add([ok(i, i) for i in range(250)])
+    assert session.due() == 0.0
+    assert session.commit(limit=100) and rows_in(path) == 100
+    assert session.due() == 0.0  # the rest is still due, below commit_results or not
+    session.add([ok("new", 1)])
+    assert session.commit(limit=100) and rows_in(path) == 200
+    assert session.commit(limit=100) and rows_in(path) == 251
+    assert session.due() is None
+    session.add([ok("later", 1)])
+    assert session.due() == pytest.approx(60)  # drained: the clock starts again
+    session.close()
+    assert rows_in(path) == 252
