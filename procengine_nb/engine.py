@@ -344,7 +344,9 @@ class ProcessingEngine:
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
         """Release what the engine's backend holds: the LocalCluster or client it started for
-        ``backend="dask"``, the shared loky pool for ``backend="processes"`` (threads: nothing).
+        ``backend="dask"``; for ``backend="processes"``, the workers of tasks a Stop abandoned (the warm
+        pool itself stays for the next engine: ``procengine_nb.backends.processes.shutdown_pools()``
+        stops it). Threads: nothing. Never waits for running tasks.
         Idempotent. A Backend object, client or executor you passed in is yours and is not closed.
 
         >>> with ProcessingEngine(str.upper) as engine:
