@@ -67,8 +67,8 @@ elif NAME == "drop one in-flight unprocessed symbol":
     patch(models.UnprocessedView, "__init__", make)
 elif NAME == "count an error twice":
     def make(record_group):
-        def mutated(self, symbols, errors):
-            for snapshot in record_group(self, symbols, errors):
+        def mutated(self, symbols, errors, **options):
+            for snapshot in record_group(self, symbols, errors, **options):
                 yield snapshot
             if any(errors):
                 ran()
