@@ -31,7 +31,7 @@ PLUGIN = """
 import os
 from pathlib import Path
 
-from procengine_nb import models, observe, progress
+from procengine_nb import _batch, models, observe, progress
 
 NAME = os.environ.get("PROCENGINE_MUTATION", "")
 RAN = Path(os.environ.get("PROCENGINE_MUTATION_RAN", os.devnull))
@@ -95,6 +95,27 @@ elif NAME == "skip the final callback":
             finish(self, result, error)
         return mutated
     patch(observe.Publisher, "finish", make)
+elif NAME == "keep a failed attempt that is retried":
+    def make(schedule):
+        def mutated(self, index, last, calls, delay):
+            if not getattr(self, "_mutated", False):
+                ran()
+                self._mutated = True
+                self._results.append(last)
+            schedule(self, index, last, calls, delay)
+        return mutated
+    patch(_batch.BatchRun, "_schedule", make)
+elif NAME == "draw one symbol the batch never accounts for":
+    def make(draw):
+        def mutated(self, size):
+            chunk = draw(self, size)
+            if len(chunk) > 1 and not getattr(self, "_mutated", False):
+                ran()
+                self._mutated = True
+                return chunk[1:]
+            return chunk
+        return mutated
+    patch(_batch.BatchRun, "_draw", make)
 elif NAME:
     raise RuntimeError(f"unknown mutation {NAME!r}")
 """
@@ -106,6 +127,8 @@ MUTATIONS = [
     "lose one finished result",
     "count a finished result twice",
     "skip the final callback",
+    "keep a failed attempt that is retried",
+    "draw one symbol the batch never accounts for",
 ]
 
 
