@@ -51,11 +51,20 @@ class IProcessingEngine(Protocol):
     ) -> JobHandle: ...
 
 
+def _processor_name(processor: object) -> str:
+    """The processor's ``__qualname__`` (else its type's name) as short, safe text; never raises."""
+    try:
+        name = getattr(processor, "__qualname__", None)
+    except Exception:  # a callable object whose __getattr__ raises
+        name = None
+    return safe_str(name, 80) if name else type_name(processor)
+
+
 def _accepts_token(processor: Callable[..., Any]) -> bool:
     """True when ``processor`` declares a ``cancellation_token`` parameter it can take by keyword."""
     try:
         parameter = inspect.signature(processor).parameters.get("cancellation_token")
-    except (TypeError, ValueError):  # builtins and some C callables have no signature
+    except Exception:  # builtins and some C callables have no signature; a hostile __getattr__ neither
         return False
     return parameter is not None and parameter.kind in (
         inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY,
@@ -68,7 +77,7 @@ def _coroutine_backend(processor: Callable[..., Any], backend: str | Backend | N
 
     Refuses, naming the fix, what cannot run coroutines (a worker process or a Dask worker has no
     event loop of ours, and a user's executor would hand back coroutine objects)."""
-    name = getattr(processor, "__qualname__", type(processor).__name__)
+    name = _processor_name(processor)
     fix = ("drop it (the engine then awaits the coroutines on its own event loop, max_workers at once), "
            "or pass a sync function")
     if executor is not None:
@@ -420,8 +429,5 @@ class ProcessingEngine:
         return f"{base} ({verb})"
 
     def __repr__(self) -> str:
-        try:
-            name = safe_str(getattr(self.processor, "__qualname__", None) or type_name(self.processor), 80)
-        except Exception:  # a processor whose __getattr__ raises
-            name = type_name(self.processor)
+        name = _processor_name(self.processor)
         return f"<ProcessingEngine processor={name} backend={self.backend.name} max_workers={self.max_workers}>"

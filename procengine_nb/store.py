@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from procengine_nb._safe import safe_str
+from procengine_nb._safe import describe, safe_repr, safe_str
 from procengine_nb._tracebacks import format_text
 from procengine_nb._validation import check_seconds
 from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult
@@ -150,6 +150,17 @@ class NotStored:
         return hash(self.reason)
 
 
+def _str_key(symbol: Any) -> str:
+    """The default key, ``str(symbol)``: a ``__str__`` that raises or returns a non-str is a ValueError naming
+    the symbol (never the user's own exception escaping a store); a str subclass is made a plain str."""
+    try:
+        value = str(symbol)
+    except Exception as exc:
+        raise ValueError(f"a store keys each symbol by str(symbol), which raised {describe(exc, 200)} for the "
+                         f"symbol {safe_repr(symbol, 80)}: pass key=") from exc
+    return value if type(value) is str else str.__str__(value)
+
+
 def make_key_function(key: Callable[[Any], Any] | None) -> KeyFunction:
     """The key function a batch uses: ``str`` when ``key`` is None, else ``key`` checked at each call.
 
@@ -164,7 +175,7 @@ def make_key_function(key: Callable[[Any], Any] | None) -> KeyFunction:
     ValueError: key= raised KeyError('id') for the symbol {'name': 'x'}
     """
     if key is None:
-        return str
+        return _str_key
     if not callable(key):
         raise TypeError(f"key must be callable or None, not {type(key).__name__}")
 

@@ -436,3 +436,42 @@ def test_the_longest_accepted_timeout_works():
     token.cancel()
     handle = ProcessingEngine(str).start(["a"])
     assert len(handle.result(timeout=MAX_SECONDS)) == 1 and handle.wait(MAX_SECONDS)
+
+
+@pytest.mark.parametrize("payload", [HOSTILE["str/repr/eq/hash raise"], HOSTILE["str/repr return non-str"]],
+                         ids=["str raises", "str returns non-str"])
+def test_a_store_refuses_a_symbol_it_cannot_key_by_name_before_running_anything(payload, tmp_path):
+    ran = []
+    with pytest.raises(ValueError, match=r"str\(symbol\).*<unprintable \w+>: pass key=") as info:
+        ProcessingEngine(ran.append).process_batch(["a", payload], store=tmp_path / "results.db")
+    assert not ran
+    _text_ok(str(info.value), 500)
+
+
+def test_a_store_keys_a_hostile_str_subclass_as_a_plain_str(tmp_path):
+    from procengine_nb import load_results
+
+    symbol = HOSTILE["str/repr return a hostile str subclass"]
+    path = tmp_path / "results.db"
+    from procengine_nb import ProcessingJob
+
+    first = ProcessingEngine(lambda s: 1).process_batch(ProcessingJob([symbol, "ok"], name="b"), store=path)
+    again = ProcessingEngine(lambda s: 2).process_batch(ProcessingJob([symbol, "ok"], name="b"), store=path)
+    assert len(first) == len(again) == 2 and all(r.from_store for r in again)
+    assert len(load_results(path)) == 2
+
+
+def test_a_processor_whose_attributes_raise_still_runs_and_prints():
+    from procengine_nb import run
+
+    class Opaque:
+        def __call__(self, symbol):
+            return symbol
+
+        def __getattr__(self, name):
+            raise Boom(name)
+
+    engine = ProcessingEngine(Opaque(), max_workers=2)
+    _text_ok(repr(engine), 200)
+    assert engine.process_batch([1, 2]).summary() == "2 of 2 processed: 2 ok, 0 failed"
+    assert len(run(Opaque(), [1], display=False).result(timeout=30)) == 1
