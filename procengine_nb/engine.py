@@ -291,6 +291,7 @@ class ProcessingEngine:
         key: Callable[[Any], str] | None = None,
     ) -> JobHandle:
         """Start :meth:`process_batch` on a background thread and return its :class:`JobHandle` at once.
+        Same arguments (``total=`` for a lazy input); a generator is drawn on that thread, not here.
 
         ``store=`` and ``key=`` as for :meth:`process_batch`; the store is checked here, before the
         thread starts.
