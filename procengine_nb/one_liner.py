@@ -131,6 +131,9 @@ def run(
     Under a kernel, worker threads' prints and the progress callback's output go to the cell that
     called ``run()``, not to the cell running when they print.
 
+    An ``async def`` processor is awaited on an event loop the batch owns (not the kernel's), at most
+    ``max_workers`` coroutines at once; Stop cancels the running ones (see ``ProcessingEngine``).
+
     Wait with ``await handle`` (Stop stays clickable on ipykernel >= 7.4) or ``handle.result()``
     (blocks the kernel: Stop clicks wait until the cell ends; interrupt the kernel to cancel).
     """

@@ -12,11 +12,13 @@ from concurrent.futures import Executor
 from typing import Any
 
 from procengine_nb._safe import safe_repr
+from procengine_nb.backends.asyncio import AsyncBackend
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.backends.threads import ExecutorBackend, ThreadBackend, default_worker_count
 
 __all__ = [
     "BACKENDS",
+    "AsyncBackend",
     "Backend",
     "BatchExecutor",
     "ExecutorBackend",
@@ -57,8 +59,6 @@ def make_backend(
         return ThreadBackend(max_workers)
     if backend == "asyncio":
         _only(options, "asyncio", {"timeout"})
-        from procengine_nb.backends.asyncio import AsyncBackend
-
         return AsyncBackend(max_workers, **options)
     if backend == "processes":
         _only(options, "processes", {"idle_timeout"})
