@@ -289,10 +289,12 @@ def test_timeout_goes_to_a_given_async_backend_object():
 
 # -- sync callables that return awaitables -----------------------------------------------------------
 def test_callable_returning_an_awaitable_is_awaited_on_threads(no_thread_leak):
-    loops = set()
+    loops = []  # the loop objects themselves: an id could be reused once a closed loop is freed
 
     async def inner(x):
-        loops.add(id(asyncio.get_running_loop()))
+        loop = asyncio.get_running_loop()
+        if not any(seen is loop for seen in loops):
+            loops.append(loop)
         await asyncio.sleep(0)
         return x + 1
 
