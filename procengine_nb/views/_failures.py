@@ -65,10 +65,10 @@ class FailureLog:
 
     def record(self, result: Any) -> None:
         """Count one failed result (anything with ``symbol`` and ``error``)."""
-        kind, message = describe_error(getattr(result, "error", None))
+        kind, message = describe_error(getattr(result, "error", None), 4096)  # a 5 MB message costs no more
         if not kind:
             kind = safe_str(getattr(getattr(result, "status", None), "value", "error"))
-        failure = Failure(truncate(safe_str(getattr(result, "symbol", "?")), 500), kind, truncate(message, 500))
+        failure = Failure(safe_str(getattr(result, "symbol", "?"), 500), kind, truncate(message, 500))
         key: tuple[str, str | None] = (kind, truncate(message, _MESSAGE_KEY))
         with self._lock:
             self.total += 1

@@ -173,12 +173,12 @@ def html_text(value: Any, limit: int = 200) -> str:
     return html.escape(clean_text(value, limit), quote=True)
 
 
-def describe_error(error: BaseException | None) -> tuple[str, str]:
+def describe_error(error: BaseException | None, limit: int | None = None) -> tuple[str, str]:
     """``(exception type name, message)`` of ``error``: raw user data, pass it through :func:`clean_text`
     or :func:`html_text` where it is shown."""
     if error is None:
         return ("", "")
-    return (type_name(error), safe_str(error))
+    return (type_name(error), safe_str(error, limit))
 
 
 class JobState(enum.Enum):
