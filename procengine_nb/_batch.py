@@ -293,11 +293,14 @@ class BatchRun:
                     break
                 # 2. wait for a completion (or a cancel, a task's start, a deadline, a retry's due time)
                 wait = None
-                if timed or heap:
+                # a retry's due time matters only while the window has room for it: with the window
+                # full, only a completion frees a slot (waiting for the due time would spin)
+                retry_due = bool(heap) and len(inflight) < window
+                if timed or retry_due:
                     now = clock()
                     if timed:
                         wait = self._next_wait(now, executor, pushed)
-                    if heap:
+                    if retry_due:
                         due = max(0.0, heap[0][0] - now)
                         wait = due if wait is None else min(wait, due)
                     if wait is not None:

@@ -102,6 +102,47 @@ def test_a_waiting_retry_holds_no_worker_and_runs_after_its_due_time(fake_clock,
     assert_accounted(["a", "b", "c", "d"], result, retries=1)
 
 
+def test_a_due_retry_waiting_for_a_free_slot_does_not_spin_the_batch_loop(fake_clock, no_thread_leak):
+    # One worker, a window of 2 tasks: "a" fails once, then "b" (running) and "c" (queued) fill the
+    # window while a's retry falls due. Until a slot frees, the loop must block on the completions, not
+    # poll them with a zero timeout (that spin held the GIL and slowed the workers ~2x with 429 retries).
+    release, b_started = threading.Event(), threading.Event()
+    calls = Counter()
+
+    def clock():
+        calls["clock"] += 1
+        return fake_clock()
+
+    def processor(symbol):
+        if symbol == "b":
+            b_started.set()
+        if symbol in "bc":
+            release.wait(WAIT)
+        return flaky(symbol)
+
+    flaky = Flaky({"a": 1})
+    engine = ProcessingEngine(processor, max_workers=1, chunk_size=1, retries=1, backoff=1.0, clock=clock)
+    handle = engine.start(["a", "b", "c", "d"])
+    try:
+        assert b_started.wait(WAIT)
+        deadline = time.monotonic() + WAIT
+        while handle.progress.retrying != 1 and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        assert handle.progress.retrying == 1
+        fake_clock.advance(1.0)  # a's retry is due (after 0.5-1 s), but b and c hold the window
+        threading.Event().wait(0.15)  # the loop's longest timed wait (0.1 s) has passed: it saw the due time
+        before = calls["clock"]
+        threading.Event().wait(0.3)
+        assert calls["clock"] - before <= 5, f"the batch loop polled {calls['clock'] - before} times in 0.3 s"
+        assert not handle.done()
+    finally:
+        release.set()
+    result = handle.result(timeout=WAIT)
+    assert flaky.order == ["a", "b", "c", "a", "d"]
+    assert {r.symbol: r.attempts for r in result} == {"a": 2, "b": 1, "c": 1, "d": 1}
+    assert_accounted(["a", "b", "c", "d"], result, retries=1)
+
+
 def test_a_stop_does_not_wait_for_retries_they_end_as_their_last_error(no_thread_leak):
     flaky = Flaky({"a": 10, "b": 10})
     token = CancellationToken()
