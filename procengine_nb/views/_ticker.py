@@ -36,6 +36,9 @@ class Ticker:
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        # start() holds it until the thread has fully started, so a stop() from another thread never
+        # joins a thread caught half-way (ident set, not yet marked started: join() would raise)
+        self._lock = threading.Lock()
 
     @property
     def alive(self) -> bool:
@@ -44,15 +47,17 @@ class Ticker:
 
     def start(self) -> None:
         """Start the thread; a ticker already stopped stays stopped."""
-        if not self._stop.is_set():
-            self._thread.start()
+        with self._lock:
+            if not self._stop.is_set():
+                self._thread.start()
 
     def stop(self) -> None:
         """Stop the thread and wait for it to end (safe before ``start`` and from the thread itself)."""
-        self._stop.set()
-        thread = self._thread
-        if thread.ident is not None and thread is not threading.current_thread():
-            thread.join()
+        with self._lock:
+            self._stop.set()
+            started = self._thread.ident is not None
+        if started and self._thread is not threading.current_thread():
+            self._thread.join()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
