@@ -106,7 +106,8 @@ class ProcessingProgress:
 
     @property
     def percentage(self) -> float:
-        """Completed share in percent, 0.0 to 100.0 (100.0 for an empty batch)."""
+        """Completed share in percent, 0.0 to 100.0 (100.0 for an empty batch). While ``total_known`` is
+        False it is the share of the symbols drawn so far, not of the input: views do not show it then."""
         if self.total_symbols == 0:
             return 100.0
         return 100.0 * self.completed_symbols / self.total_symbols
