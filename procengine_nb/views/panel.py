@@ -4,10 +4,10 @@ What the panel shows lives in widget state (the bar's value, one HTML widget's t
 renders the same in JupyterLab, Notebook 7, Voilà, exported HTML and tests. It is a ``JobView``
 (``update(progress)``, ``failed(result)``, ``finish(result, error)``, ``waited()``).
 
-- Lazy: the widgets are built the first time the panel is displayed (or ``progress_bar``,
-  ``stop_button`` or ``widget`` is read), so a panel never displayed opens no comm. Displayed, it
-  uses 8 widget models (a box, the bar, the button, one HTML text, and their layout and styles);
-  :meth:`close` releases them.
+- An ipywidgets ``Box``, lazily: its comm and parts are opened the first time the panel is displayed
+  (or ``progress_bar``/``stop_button``/``model_id`` is read, e.g. by a container it is put in), so a
+  panel never displayed opens no comm. Displayed, it uses 8 widget models (the box, the bar, the button,
+  one HTML text, and their shared layout and three styles); :meth:`close` releases them.
 - Throttled: at most one render per ``min_interval`` (0.1 s) whatever the symbol rate; a ticker
   re-renders while nothing completes so elapsed/ETA/"Stopping…" move; the final state is always
   rendered, in ``finish``, before ``result()`` returns.
@@ -133,11 +133,12 @@ class Part:
 
 
 class _Widgets:
-    """The 8 widget models of a displayed panel: a box holding the bar, the Stop button and one HTML
-    text, one Layout shared by all four, and the bar's, the button's and the text's styles."""
+    """The parts of a displayed panel: the bar, the Stop button and one HTML text, one Layout shared by
+    them and the panel's box, and the bar's, the button's and the text's styles. With the panel's own box,
+    8 widget models."""
 
     def __init__(self, name: str, on_stop: Callable[[Any], None]) -> None:
-        layout = widgets.Layout()
+        self.layout = layout = widgets.Layout()
         self.bar = widgets.IntProgress(
             value=0, min=0, max=1, bar_style="info", description=clean_text(name, 60),
             style=ProgressStyle(description_width="initial"), layout=layout,
@@ -149,11 +150,9 @@ class _Widgets:
             _dom_classes=("procengine-stop",),
         )
         self.text = widgets.HTML(layout=layout, style=HTMLStyle(), _dom_classes=("procengine-text",))
-        self.box = widgets.Box([self.bar, self.button, self.text], layout=layout,
-                               _dom_classes=("procengine-panel",))
         self.button.on_click(on_stop)
         self.models: tuple[widgets.Widget, ...] = (
-            self.box, self.bar, self.button, self.text, layout, self.bar.style, self.button.style, self.text.style,
+            self.bar, self.button, self.text, layout, self.bar.style, self.button.style, self.text.style,
         )
 
     def send_state(self) -> None:
@@ -166,7 +165,7 @@ class _Widgets:
             model.close()
 
 
-class ProgressPanel:
+class ProgressPanel(widgets.Box):
     """A live panel for one job: name, bar, counts, errors, elapsed, ETA, rate, running symbols, status,
     failures as they happen, a Stop button and (at the end) a collapsible table of failed symbols.
 
@@ -184,6 +183,9 @@ class ProgressPanel:
         ticker: start the refresh thread on the first update (tests drive :meth:`tick` instead).
 
     Use :meth:`for_handle` to make a panel for a running job and attach it in one call.
+
+    The panel is an ipywidgets container (a ``Box``) whose model is opened, with its parts, the first
+    time it is displayed (or put in another container, or a part is read): until then it costs no comm.
     """
 
     _PARTS = ("title", "counts", "errors", "elapsed", "eta", "rate", "running", "status", "failures",
@@ -217,6 +219,8 @@ class ProgressPanel:
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         if name is None and handle is not None:
             name = handle.job.display_name
+        self._may_open = False  # Widget.__init__ calls open(): the comm waits for the first display
+        super().__init__(_dom_classes=("procengine-panel",))
         self._token = token
         self._handle = handle
         self._name = name if name is not None else "batch"
@@ -278,14 +282,34 @@ class ProgressPanel:
     def _built(self) -> _Widgets:
         with self._lock:
             if self._widgets is None:
-                self._widgets = _Widgets(self._name, self._on_stop)
-                self._push(self._widgets)
+                parts = _Widgets(self._name, self._on_stop)
+                self._widgets = parts
+                self._push(parts)
+                # the box's own state goes in its opening message (no update messages before it)
+                self.layout = parts.layout
+                self.children = (parts.bar, parts.button, parts.text)
+                self._may_open = True
+                widgets.Box.open(self)
             return self._widgets
+
+    def open(self) -> None:
+        """Open the panel's comm, with its parts (the first display does it; nothing before)."""
+        if getattr(self, "_may_open", True):
+            super().open()
+        # else: still inside __init__; the first display builds the parts and opens the box
+
+    @property
+    def model_id(self) -> str:
+        """The widget model id (opens the panel's comm and builds its parts on first use)."""
+        if self.comm is None and not getattr(self, "_closed", False):
+            self._built()
+        return super().model_id
 
     @property
     def widget(self) -> widgets.Box:
-        """The panel's ipywidgets container (builds the widgets): put it in your own layout."""
-        return self._built().box
+        """The panel itself, an ipywidgets ``Box`` (kept for code that asks for "the widget")."""
+        self._built()
+        return self
 
     @property
     def progress_bar(self) -> widgets.IntProgress:
@@ -360,12 +384,17 @@ class ProgressPanel:
 
     def close(self) -> None:
         """Stop the ticker and close the panel's widget models (its view disappears from the notebook)."""
+        if "_throttle" not in self.__dict__:  # __init__ refused its arguments (Widget.__del__ still closes)
+            widgets.Box.close(self)
+            return
         self._throttle.end()
         with self._lock:
             self._closed = True
-            widgets = self._widgets
-        if widgets is not None:
-            widgets.close()
+            parts = self._widgets
+        if parts is not None:
+            parts.close()
+        widgets.Box.close(self)
+        self.__dict__.pop("_repr_mimebundle_", None)  # Widget.close hides it; a closed panel still shows its text
 
     # -- Stop ----------------------------------------------------------------------------------------
     def _on_stop(self, _button: Any = None) -> None:
@@ -548,7 +577,9 @@ class ProgressPanel:
         """The widget view (unless the panel was closed) with the text fallbacks."""
         with self._lock:
             closed = self._closed
-        bundle = {} if closed else dict(self._built().box._repr_mimebundle_() or {})
+        if not closed:
+            self._built()
+        bundle = {} if closed else dict(widgets.Box._repr_mimebundle_(self) or {})
         bundle["text/plain"] = self.as_text()
         bundle["text/html"] = self.as_html()
         return bundle

@@ -301,3 +301,24 @@ def test_a_panel_attached_after_the_end_is_still_waited_for_and_closed(comms):
     assert any(kind == "comm_msg" for kind, _, _ in comms[before:])
     handle.close()
     assert closed(comms) == opened(comms)
+
+
+def test_the_panel_is_an_ipywidgets_container_whose_comm_opens_with_its_first_use(comms):
+    """The contract: ``ProgressPanel`` is an ipywidgets container. Its model (and its parts') opens only
+    when it is first shown or put in another container, in one opening message with its full state."""
+    import ipywidgets
+
+    panel = ProgressPanel(CancellationToken(), name="boxed", ticker=False)
+    assert isinstance(panel, ipywidgets.Box) and panel.comm is None and comms == []
+    outer = ipywidgets.VBox([panel])  # serialising the child asks for its model id: it opens then
+    models = opened(comms)
+    assert panel.model_id in models and len(models) <= MAX_MODELS + 2  # + the VBox and its layout
+    assert [kind for kind, cid, _ in comms if cid == panel.model_id][0] == "comm_open"
+    state = next(data["state"] for kind, cid, data in comms if cid == panel.model_id and kind == "comm_open")
+    assert len(state["children"]) == 3 and "procengine-panel" in state["_dom_classes"]
+    panel.stop_button.click()
+    assert panel.stop_button.disabled and panel._token.is_cancelled
+    outer_ids = {outer.layout.model_id, outer.model_id}
+    outer.close()
+    panel.close()
+    assert opened(comms) - outer_ids <= closed(comms)
