@@ -443,8 +443,11 @@ class ProgressPanel(widgets.Box):
         self.status.value = html.escape(status_text(state, p, error=error))
         self.failures.value = self._failures_html(ended)
         self.error_table.value = self._error_table_html(result)
-        value = p.completed_symbols if p.total_symbols else (1 if ended else 0)
-        self._bar = (value, max(1, p.total_symbols), bar_style(state))
+        if not p.total_known:  # no total, no share of it to draw: the bar stays empty, the counts speak
+            value, maximum = 0, 1
+        else:
+            value, maximum = (p.completed_symbols if p.total_symbols else (1 if ended else 0)), max(1, p.total_symbols)
+        self._bar = (value, maximum, bar_style(state))
         if state is JobState.STOPPING:
             self._button = ("Stopping…", True)
         elif ended:  # the job is over: the button no longer acts; after a cancel it says so

@@ -313,7 +313,7 @@ def test_the_panel_is_an_ipywidgets_container_whose_comm_opens_with_its_first_us
     outer = ipywidgets.VBox([panel])  # serialising the child asks for its model id: it opens then
     models = opened(comms)
     assert panel.model_id in models and len(models) <= MAX_MODELS + 2  # + the VBox and its layout
-    assert [kind for kind, cid, _ in comms if cid == panel.model_id][0] == "comm_open"
+    assert next(kind for kind, cid, _ in comms if cid == panel.model_id) == "comm_open"
     state = next(data["state"] for kind, cid, data in comms if cid == panel.model_id and kind == "comm_open")
     assert len(state["children"]) == 3 and "procengine-panel" in state["_dom_classes"]
     panel.stop_button.click()
@@ -322,3 +322,14 @@ def test_the_panel_is_an_ipywidgets_container_whose_comm_opens_with_its_first_us
     outer.close()
     panel.close()
     assert opened(comms) - outer_ids <= closed(comms)
+
+
+def test_an_unknown_total_draws_no_share_of_the_bar_and_no_eta(comms, fake_clock):
+    panel = ProgressPanel(CancellationToken(), name="endless", clock=fake_clock, ticker=False)
+    panel.update(ProcessingProgress(total_symbols=40, completed_symbols=37, total_known=False))
+    assert panel.progress_bar.value == 0 and "%" not in panel.counts.value
+    assert panel.eta.value == "ETA —"
+    panel.update(ProcessingProgress(total_symbols=40, completed_symbols=37, total_known=True))
+    fake_clock.advance(1)
+    panel.tick()
+    assert panel.progress_bar.value == 37 and panel.progress_bar.max == 40
