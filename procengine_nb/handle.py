@@ -170,6 +170,11 @@ class JobHandle:
 
     def _wait(self, timeout: float | None) -> None:
         check_seconds(timeout, "timeout", allow_none=True)
+        if threading.current_thread() is self._thread and not self._future.done():
+            # a progress callback or a view (they run on the job's thread) waiting for its own job
+            raise RuntimeError("JobHandle.result()/wait() was called on the job's own thread (from a progress "
+                               "callback or a view): it would wait forever for itself; use handle.progress "
+                               "there, or add_done_callback()")
         try:
             # Short waits keep the main thread responsive to signals (KeyboardInterrupt).
             if timeout is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import gc
+import threading
 import tracemalloc
 import weakref
 
@@ -475,3 +476,24 @@ def test_a_processor_whose_attributes_raise_still_runs_and_prints():
     _text_ok(repr(engine), 200)
     assert engine.process_batch([1, 2]).summary() == "2 of 2 processed: 2 ok, 0 failed"
     assert len(run(Opaque(), [1], display=False).result(timeout=30)) == 1
+
+
+@pytest.mark.timeout(60)  # the code before this round waited forever here
+@pytest.mark.parametrize("wait", ["result", "wait"])
+def test_a_callback_waiting_for_its_own_job_is_refused_not_a_hang(wait, caplog, no_thread_leak):
+    handles = []
+    refused = []
+
+    def callback(progress):
+        try:
+            getattr(handles[0], wait)()
+        except RuntimeError as exc:
+            refused.append(str(exc))
+
+    engine = ProcessingEngine(str.upper, max_workers=2)
+    gate = threading.Event()
+    handle = engine.start(["a", "b"], progress_callback=lambda p: (gate.wait(10), callback(p)))
+    handles.append(handle)
+    gate.set()
+    assert len(handle.result(timeout=30)) == 2
+    assert refused and "own thread" in refused[0]
