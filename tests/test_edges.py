@@ -43,7 +43,7 @@ def test_error_results_keep_the_traceback_text_but_not_the_frames_or_their_local
         assert isinstance(r.error, ValueError) and str(r.error) == f"no data for {r.symbol}"
         assert r.error.__traceback__ is None and r.error.__cause__.__traceback__ is None
         assert isinstance(r.error.__cause__, KeyError)
-        assert "in processor" in r.traceback and "raise ValueError" in r.traceback
+        assert "in processor" in r.traceback
         assert "The above exception was the direct cause" in r.traceback
         assert r.traceback.rstrip().endswith(f"ValueError: no data for {r.symbol}")
 
