@@ -179,6 +179,11 @@ class ThreadBackend(Backend):
 
     name = "threads"
     shares_memory = True
+    # Tasks shorter than this are grouped (each symbol still reported). 5 ms rather than the default
+    # 2 ms: with 1 ms tasks the batch thread then wakes once per 4-5 symbols instead of once per
+    # symbol (W1's CPU went from 1.35x to 0.72x the bare executor's; wall time and Stop unchanged,
+    # since a Stop never waits for a running chunk and a chunk stops between two symbols).
+    target_task_seconds = 0.005
 
     def __init__(self, max_workers: int | None = None) -> None:
         self._max_workers = max_workers if max_workers is not None else default_worker_count()
