@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from procengine_nb._safe import describe, safe_repr
+from procengine_nb._safe import describe, safe_repr, safe_str
 from procengine_nb._tracebacks import detach, format_text
 from procengine_nb._validation import MAX_SECONDS
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
@@ -265,8 +265,9 @@ class BatchRun:
                         else:
                             future = executor.submit(run_chunk, processor, chunk, worker_token, pass_token)
                     except Exception as exc:  # e.g. an executor that was shut down
-                        _log.error("job %s: the executor refused a task: %s", self.job.job_id, describe(exc))
-                        token.cancel(f"the executor refused new tasks: {describe(exc)}")
+                        _log.error("job %s: the executor refused a task: %s", safe_str(self.job.job_id, 80),
+                                   describe(exc, 500))
+                        token.cancel(f"the executor refused new tasks: {describe(exc, 500)}")
                         if last is not None:  # back to waiting: it ends as its last ERROR result
                             self._schedule(start, last, attempts, 0.0)
                         elif lazy:  # drawn, never run
@@ -543,7 +544,7 @@ class BatchRun:
         try:
             store.close()
         except Exception as exc:  # pragma: no cover - close() logs its own failures
-            _log.error("job %s: closing the store failed: %s", self.job.job_id, describe(exc))
+            _log.error("job %s: closing the store failed: %s", safe_str(self.job.job_id, 80), describe(exc))
 
     # -- lazy input -------------------------------------------------------------------------------
     def _draw(self, size: int) -> list[Any]:
@@ -571,9 +572,9 @@ class BatchRun:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # an interrupt: run() keeps the partial result
                 raise
             self._input_error = exc
-            _log.error("job %s: the input raised while symbol #%d was drawn: %s", self.job.job_id,
-                       self._drawn + 1, describe(exc))
-            self.token.cancel(f"the input raised {describe(exc)} after {self._drawn} symbol(s)")
+            _log.error("job %s: the input raised while symbol #%d was drawn: %s", safe_str(self.job.job_id, 80),
+                       self._drawn + 1, describe(exc, 500))
+            self.token.cancel(f"the input raised {describe(exc, 500)} after {self._drawn} symbol(s)")
             return []
         self._drawn += len(chunk)
         self._grow_total()

@@ -85,7 +85,8 @@ class JobHandle:
         except BaseException as exc:  # an interrupt (partial result attached) or an engine failure
             self._partial = getattr(exc, "partial_result", None)
             if self._partial is None:
-                _log.error("job %s failed\n%s", self._batch.job.job_id, format_text(exc).rstrip("\n"))
+                _log.error("job %s failed\n%s", safe_str(self._batch.job.job_id, 80),
+                           format_text(exc).rstrip("\n"))
                 self._batch.publisher.finish(None, exc)  # no-op when the batch already published it
             self._future.set_exception(exc)
         else:

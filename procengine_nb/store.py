@@ -150,6 +150,32 @@ class NotStored:
         return hash(self.reason)
 
 
+_ESCAPED = "\x00surrogates:"
+
+
+def storable(text: str) -> str:
+    """``text`` as SQLite can store it: unchanged, unless it holds a lone surrogate (which no UTF-8 text can
+    carry); then a one-to-one escaped form, so two such names or keys never collide.
+
+    >>> storable("AAPL")
+    'AAPL'
+    >>> storable("A" + chr(0xD800))
+    '\\x00surrogates:A\\\\ud800'
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ESCAPED + text.encode("unicode_escape").decode("ascii")
+    return text
+
+
+def _shown_name(stored: str) -> str:
+    """The batch name as the job had it (undoes :func:`storable`)."""
+    if stored.startswith(_ESCAPED):
+        return stored[len(_ESCAPED):].encode("ascii").decode("unicode_escape")
+    return stored
+
+
 def _str_key(symbol: Any) -> str:
     """The default key, ``str(symbol)``: a ``__str__`` that raises or returns a non-str is a ValueError naming
     the symbol (never the user's own exception escaping a store); a str subclass is made a plain str."""
@@ -158,7 +184,7 @@ def _str_key(symbol: Any) -> str:
     except Exception as exc:
         raise ValueError(f"a store keys each symbol by str(symbol), which raised {describe(exc, 200)} for the "
                          f"symbol {safe_repr(symbol, 80)}: pass key=") from exc
-    return value if type(value) is str else str.__str__(value)
+    return storable(value if type(value) is str else str.__str__(value))
 
 
 def make_key_function(key: Callable[[Any], Any] | None) -> KeyFunction:
@@ -191,7 +217,7 @@ def make_key_function(key: Callable[[Any], Any] | None) -> KeyFunction:
                     "wrap it, e.g. key=lambda s: str(...)"
                 )
             value = str.__str__(value)  # a str subclass's own __eq__/__hash__ stay out of the store
-        return value
+        return storable(value)
 
     checked.__wrapped__ = key  # type: ignore[attr-defined]
     return checked
@@ -252,7 +278,8 @@ class ResultStore:
             if name is None:
                 return int(conn.execute("SELECT count(*) FROM procengine_results").fetchone()[0])
             _check_name(name)
-            return int(conn.execute("SELECT count(*) FROM procengine_results WHERE batch = ?", (name,)).fetchone()[0])
+            return int(conn.execute("SELECT count(*) FROM procengine_results WHERE batch = ?",
+                                    (storable(name),)).fetchone()[0])
 
     def load(self, name: str | None = None) -> BatchResult:
         """The results of batch ``name`` as a :class:`~procengine_nb.BatchResult`, in the order they
@@ -270,13 +297,14 @@ class ResultStore:
                 name = names[0] if names else None
             else:
                 _check_name(name)
+                name = storable(name)
             rows = [] if name is None else conn.execute(
                 "SELECT key, status, symbol, value, value_note, error_type, error_message, error_traceback, "
                 "duration_ms, attempts FROM procengine_results WHERE batch = ? ORDER BY finished_at, rowid",
                 (name,),
             ).fetchall()
         results = [_loaded(row) for row in rows]
-        job = ProcessingJob(tuple(r.symbol for r in results), name=name) if name else None
+        job = ProcessingJob(tuple(r.symbol for r in results), name=_shown_name(name)) if name else None
         return BatchResult(results, job=job)
 
     # -- changing -----------------------------------------------------------------------------------
@@ -284,6 +312,7 @@ class ResultStore:
         """Delete the results of batch ``name`` (only those of ``keys`` when given), so a rerun computes
         them again. Returns how many results were deleted."""
         _check_name(name)
+        name = storable(name)
         with _closing(self._connect()) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -294,6 +323,7 @@ class ResultStore:
                     for k in key_list:
                         if not isinstance(k, str):
                             raise TypeError(f"keys must be str, not {type(k).__name__}")
+                    key_list = [storable(str.__str__(k)) for k in key_list]
                     deleted = 0
                     for part in _parts(key_list, 500):
                         deleted += conn.execute(
@@ -357,7 +387,7 @@ class StoreSession:
 
     def __init__(self, store: ResultStore, name: str, key: KeyFunction, clock: Callable[[], float]) -> None:
         self.store = store
-        self.name = name
+        self.name = storable(name)
         self.key = key
         self._clock = clock
         self._conn: sqlite3.Connection | None = None

@@ -497,3 +497,23 @@ def test_a_callback_waiting_for_its_own_job_is_refused_not_a_hang(wait, caplog, 
     gate.set()
     assert len(handle.result(timeout=30)) == 2
     assert refused and "own thread" in refused[0]
+
+
+def test_lone_surrogates_in_a_stored_batch_name_and_keys_are_kept_apart(tmp_path):
+    """SQLite cannot hold a lone surrogate: names and keys that carry one are stored escaped, one-to-one, so
+    two such symbols never share a result and a rerun finds every one of them."""
+    from procengine_nb import ProcessingJob, load_results
+
+    symbols = ["a", "b\udc80", "b\udc81"]
+    path = tmp_path / "results.db"
+
+    def job():
+        return ProcessingJob(symbols, name="prices \ud800")
+
+    first = ProcessingEngine(str.upper).process_batch(job(), store=path)
+    assert first.summary() == "3 of 3 processed: 3 ok, 0 failed"
+    again = ProcessingEngine(lambda s: "recomputed").process_batch(job(), store=path)
+    assert all(r.from_store for r in again)
+    assert sorted((r.symbol, r.value) for r in again) == [("a", "A"), ("b\udc80", "B\udc80"), ("b\udc81", "B\udc81")]
+    loaded = load_results(path, name="prices \ud800")
+    assert len(loaded) == 3 and loaded.job.name == "prices \ud800"
