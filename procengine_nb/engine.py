@@ -387,7 +387,7 @@ class ProcessingEngine:
             job = job_or_symbols
             if total is not None:
                 if job.total is not None and job.total != total:
-                    raise ValueError(f"total={total} differs from the job's own total ({job.total})")
+                    raise ValueError(f"total={safe_repr(total, 40)} differs from the job's own total ({job.total})")
                 job = dataclasses.replace(job, total=total)
         else:
             job = ProcessingJob(coerce_symbols(job_or_symbols, "job_or_symbols"), total=total)

@@ -147,6 +147,7 @@ class ProcessingJob:
         if self.total is not None:
             if isinstance(self.total, bool) or not isinstance(self.total, int):
                 raise TypeError(f"total must be an int or None, not {type_name(self.total)}")
+            object.__setattr__(self, "total", int.__int__(self.total))  # an int subclass's methods stay out
             if self.total < 0:
                 raise ValueError(f"total must be >= 0, got {self.total}")
             if not self.lazy and self.total != len(self.symbols):  # type: ignore[arg-type]
@@ -156,14 +157,14 @@ class ProcessingJob:
             raise TypeError(f"job_type must be a JobType, not {type_name(self.job_type)}")
         if not isinstance(self.job_id, str):
             raise TypeError(f"job_id must be a str, not {type_name(self.job_id)}")
-        if not self.job_id:
-            raise ValueError("job_id must not be empty")
         if self.name is not None and not isinstance(self.name, str):
             raise TypeError(f"name must be a str or None, not {type_name(self.name)}")
         for attribute in ("job_id", "name"):  # a str subclass's own methods stay out of every message
             value = getattr(self, attribute)
             if value is not None and type(value) is not str:
                 object.__setattr__(self, attribute, str.__str__(value))
+        if not self.job_id:
+            raise ValueError("job_id must not be empty")
 
     @property
     def display_name(self) -> str:

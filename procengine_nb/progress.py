@@ -72,9 +72,10 @@ class ProcessingProgress:
     """How many of the completed symbols came from a ``store=`` without running (a rerun)."""
 
     def __post_init__(self) -> None:
-        for name in ("total_symbols", "completed_symbols", "errors_count", "running_symbols", "retrying",
-                     "from_store"):
-            check_int(getattr(self, name), name, minimum=0)
+        for name in _COUNTS:
+            value = check_int(getattr(self, name), name, minimum=0)
+            if type(value) is not int:  # an int subclass's own methods stay out of every message
+                object.__setattr__(self, name, int.__int__(value))
         if self.completed_symbols > self.total_symbols:
             raise ValueError(
                 f"completed_symbols ({self.completed_symbols}) cannot exceed "
@@ -135,6 +136,7 @@ class ProcessingProgress:
 
 
 _FIELDS = tuple(f.name for f in fields(ProcessingProgress))
+_COUNTS = tuple(f.name for f in fields(ProcessingProgress) if f.type == "int")
 
 
 def _refuse_setattr(self: ProcessingProgress, name: str, value: Any) -> None:

@@ -517,3 +517,70 @@ def test_lone_surrogates_in_a_stored_batch_name_and_keys_are_kept_apart(tmp_path
     assert sorted((r.symbol, r.value) for r in again) == [("a", "A"), ("b\udc80", "B\udc80"), ("b\udc81", "B\udc81")]
     loaded = load_results(path, name="prices \ud800")
     assert len(loaded) == 3 and loaded.job.name == "prices \ud800"
+
+
+class _HostileInt(int):
+    def __repr__(self):
+        raise Boom("repr")
+
+    __str__ = __repr__
+
+    def __format__(self, spec):
+        raise Boom("format")
+
+
+class _HostileFloat(float):
+    def __repr__(self):
+        raise Boom("repr")
+
+    __str__ = __repr__
+
+    def __format__(self, spec):
+        raise Boom("format")
+
+
+def _validation_calls():
+    from procengine_nb import CancellationToken, ProcessingJob, ProcessingProgress
+
+    hostile_str = _HostileStr("x")
+    return {
+        "max_workers=0": lambda: ProcessingEngine(str, max_workers=_HostileInt(0)),
+        "max_errors=-1": lambda: ProcessingEngine(str, max_errors=_HostileInt(-1)),
+        "chunk_size=0": lambda: ProcessingEngine(str, chunk_size=_HostileInt(0)),
+        "timeout=-1": lambda: ProcessingEngine(str, timeout=_HostileFloat(-1.0)),
+        "timeout=1e10": lambda: ProcessingEngine(str, timeout=_HostileFloat(1e10)),
+        "cancel_after(-1)": lambda: CancellationToken().cancel_after(_HostileFloat(-1.0)),
+        "progress counts": lambda: ProcessingProgress(total_symbols=_HostileInt(3), completed_symbols=_HostileInt(5)),
+        "progress elapsed": lambda: ProcessingProgress(total_symbols=3, elapsed_time_ms=_HostileFloat(-2.0)),
+        "job total": lambda: ProcessingJob(["a"], total=_HostileInt(-1)),
+        "job id empty": lambda: ProcessingJob(["a"], job_id=_HostileStr("")),
+        "symbols a str": lambda: ProcessingEngine(str).process_batch(hostile_str),
+        "running_symbols(-1)": lambda: ProcessingEngine(str).start(["a"]).running_symbols(_HostileInt(-1)),
+    }
+
+
+VALIDATION_CALLS = _validation_calls()
+
+
+@pytest.mark.parametrize("call", list(VALIDATION_CALLS))
+def test_bad_input_given_as_hostile_subclasses_gets_a_clear_error(call):
+    """An int/float/str subclass whose repr, str and format raise: the refusal is still a TypeError or
+    ValueError with a readable message, never the subclass's own exception."""
+    with pytest.raises((TypeError, ValueError)) as info:
+        VALIDATION_CALLS[call]()
+    _text_ok(str(info.value), 500)
+
+
+def test_hostile_str_subclasses_as_names_ids_and_reasons_become_plain_str():
+    from procengine_nb import CancellationToken, ProcessingJob, run
+
+    job = ProcessingJob(["a"], name=_HostileStr("prices"), job_id=_HostileStr("id-1"))
+    assert (type(job.name), type(job.job_id)) == (str, str) and (job.name, job.job_id) == ("prices", "id-1")
+    _text_ok(repr(job), 500)
+    token = CancellationToken()
+    token.cancel(_HostileStr("stop"))
+    assert type(token.reason) is str and token.reason == "stop"
+    _text_ok(repr(token), 200)
+    handle = run(str, ["a"], name=_HostileStr("named"), display=False)
+    assert handle.result(timeout=30).job.name == "named"
+    _text_ok(repr(handle), 200)
