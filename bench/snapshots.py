@@ -17,28 +17,15 @@ import dataclasses
 import statistics
 import sys
 import time
-from typing import Any
 
 from procengine_nb.progress import ProcessingProgress, _snapshot
 
 N = 50_000
 
 
-@dataclasses.dataclass(frozen=True)
-class _DictSnapshot:
-    total_symbols: int
-    completed_symbols: int = 0
-    current_symbol: Any = None
-    errors_count: int = 0
-    elapsed_time_ms: float = 0.0
-    estimated_remaining_ms: float | None = None
-    running_symbols: int = 0
-    rate_per_second: float = 0.0
-    cancelled: bool = False
-    finished: bool = False
-    total_known: bool = True
-    retrying: int = 0
-    from_store: int = 0
+# the same fields, as the frozen dataclass with a __dict__ that snapshots were before
+_DictSnapshot = dataclasses.make_dataclass(
+    "_DictSnapshot", [(f.name, f.type) for f in dataclasses.fields(ProcessingProgress)], frozen=True)
 
 
 def _fast(n: int) -> None:

@@ -127,43 +127,24 @@ class Boom(Exception):
     """What a hostile dunder raises."""
 
 
-class _HostileStr(str):
-    """A str subclass (``isinstance(x, str)`` holds) whose own methods all raise."""
+def _raising(name, *methods, base=object):
+    """A class named ``name`` (deriving from ``base``) whose ``methods`` all raise :class:`Boom`."""
 
-    def __str__(self):
-        raise Boom("str")
+    def make(method):
+        def raising(self, *args):
+            raise Boom(method)
 
-    def __repr__(self):
-        raise Boom("repr")
+        return raising
 
-    def __format__(self, spec):
-        raise Boom("format")
+    return type(name, (base,), {method: make(method) for method in methods})
 
-    def __len__(self):
-        raise Boom("len")
 
-    def __hash__(self):
-        raise Boom("hash")
-
-    def __eq__(self, other):
-        raise Boom("eq")
+_HostileStr = _raising("_HostileStr", "__str__", "__repr__", "__format__", "__len__", "__hash__", "__eq__", base=str)
+"""A str subclass (``isinstance(x, str)`` holds) whose own methods all raise."""
 
 
 def _raising_object():
-    class Raising:
-        def __str__(self):
-            raise Boom("str")
-
-        def __repr__(self):
-            raise Boom("repr")
-
-        def __eq__(self, other):
-            raise Boom("eq")
-
-        def __hash__(self):
-            raise Boom("hash")
-
-    return Raising()
+    return _raising("Raising", "__str__", "__repr__", "__eq__", "__hash__")()
 
 
 def _returning(value):
@@ -519,24 +500,8 @@ def test_lone_surrogates_in_a_stored_batch_name_and_keys_are_kept_apart(tmp_path
     assert len(loaded) == 3 and loaded.job.name == "prices \ud800"
 
 
-class _HostileInt(int):
-    def __repr__(self):
-        raise Boom("repr")
-
-    __str__ = __repr__
-
-    def __format__(self, spec):
-        raise Boom("format")
-
-
-class _HostileFloat(float):
-    def __repr__(self):
-        raise Boom("repr")
-
-    __str__ = __repr__
-
-    def __format__(self, spec):
-        raise Boom("format")
+_HostileInt = _raising("_HostileInt", "__repr__", "__str__", "__format__", base=int)
+_HostileFloat = _raising("_HostileFloat", "__repr__", "__str__", "__format__", base=float)
 
 
 def _validation_calls():
