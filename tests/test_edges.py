@@ -549,3 +549,17 @@ def test_hostile_str_subclasses_as_names_ids_and_reasons_become_plain_str():
     handle = run(str, ["a"], name=_HostileStr("named"), display=False)
     assert handle.result(timeout=30).job.name == "named"
     _text_ok(repr(handle), 200)
+
+
+def test_process_pool_errors_carry_the_workers_traceback_text_and_no_frames():
+    with ProcessingEngine(_fail_in_a_worker, backend="processes", max_workers=1) as engine:
+        result = engine.process_batch(["a", "b"])
+    assert len(result.errors) == 2
+    for r in result.errors:
+        assert r.error.__traceback__ is None and f"ValueError: bad {r.symbol}" in r.traceback
+        assert "_fail_in_a_worker" in r.traceback
+
+
+def _fail_in_a_worker(symbol):
+    local = bytearray(10)  # noqa: F841 - a local the traceback would keep
+    raise ValueError(f"bad {symbol}")
