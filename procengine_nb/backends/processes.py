@@ -1,10 +1,10 @@
-"""The ``"processes"`` backend: loky's reusable process pool (``pip install procengine_nb[processes]``).
+"""The ``"processes"`` backend: a warm loky pool of its own (``pip install procengine_nb[processes]``).
 
 For CPU-bound processors that hold the GIL. Functions defined in a notebook cell work: the processor
 and the symbols travel with cloudpickle (see :mod:`procengine_nb.backends._remote`).
 
 >>> from procengine_nb import ProcessingEngine
->>> with ProcessingEngine(abs, backend="processes", max_workers=2) as engine:   # doctest: +SKIP
+>>> with ProcessingEngine(abs, backend="processes", max_workers=2) as engine:
 ...     sorted(r.value for r in engine.process_batch([-1, 2, -3]))
 [1, 2, 3]
 
@@ -182,8 +182,8 @@ def shutdown_pools() -> None:
     killed. The next batch starts a fresh pool. Otherwise the pool lives until its workers have been
     idle for ``idle_timeout`` seconds, or until the interpreter exits.
 
-    >>> from procengine_nb.backends.processes import shutdown_pools   # doctest: +SKIP
-    >>> shutdown_pools()                                               # doctest: +SKIP
+    >>> from procengine_nb.backends.processes import shutdown_pools
+    >>> shutdown_pools()  # idle workers exit; the next batch starts a fresh pool
     """
     with _lock:
         pools = list(_pools.values()) + _retired
