@@ -563,3 +563,17 @@ def test_process_pool_errors_carry_the_workers_traceback_text_and_no_frames():
 def _fail_in_a_worker(symbol):
     local = bytearray(10)  # noqa: F841 - a local the traceback would keep
     raise ValueError(f"bad {symbol}")
+
+
+@pytest.mark.parametrize("raised", [SystemExit, CustomBase, StrRaises], ids=["SystemExit", "custom", "str-raises"])
+def test_a_cancellation_callback_raising_anything_still_lets_cancel_reach_the_others(raised, caplog):
+    from procengine_nb import CancellationToken
+
+    token = CancellationToken()
+    ran = []
+    token.register(lambda: (_ for _ in ()).throw(raised()))
+    token.register(lambda: ran.append("second"))
+    with caplog.at_level("ERROR", logger="procengine_nb"):
+        assert token.cancel("stop") is True
+    assert ran == ["second"] and token.is_cancelled
+    assert any("cancellation callback" in r.getMessage() for r in caplog.records)
