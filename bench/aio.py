@@ -16,17 +16,14 @@ coroutines of 1 ms (``await asyncio.sleep(0.001)``) cancelled at their next ``aw
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import random
 import sys
-import threading
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from bench.cancel import wake_latency
-from bench.common import Table, median, percentile, symbols
+from bench.cancel import engine_latency, wake_latency
+from bench.common import Table, median, percentile, ratio_cell, ratios, rotating, symbols
 from procengine_nb import CancellationToken, ProcessingEngine, ProcessingProgress
 
 __all__ = ["RUNNERS", "aw0", "aw1", "run"]
@@ -99,48 +96,21 @@ RUNNERS: dict[str, Runner] = {BARE: bare_gather, TQDM: tqdm_gather, ENGINE: engi
 def measure(n: int, repeat: int, workers: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall and CPU seconds per run for each runner; round ``r`` runs them rotated by ``r`` places."""
     items = symbols(n)
-    names = list(RUNNERS)
-    wall: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeat):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            gc.collect()
-            cpu_start = time.process_time()
-            start = time.perf_counter()
-            count = RUNNERS[name](aw0, items, workers)
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - cpu_start)
-            if count != n:
-                raise RuntimeError(f"{name} returned {count} results, expected {n}")
-    return wall, cpu
+    runs = {name: (lambda runner=runner: runner(aw0, items, workers)) for name, runner in RUNNERS.items()}
+    return rotating(runs, repeat, n)
 
 
 def _ratios(times: dict[str, list[float]], name: str) -> list[float]:
-    return [t / b for t, b in zip(times[name], times[BARE], strict=True)]
+    return ratios(times, name, BARE)
 
 
 def _cell(times: dict[str, list[float]], name: str) -> str:
-    ratios = _ratios(times, name)
-    return f"{median(ratios):.3f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+    return ratio_cell(times, name, BARE)
 
 
 def cancel_latency(items: list[str], delay: float, workers: int) -> float:
     """Seconds from ``token.cancel()`` to ``process_batch`` returning, async 1 ms coroutines."""
-    token = CancellationToken()
-    cancelled_at: list[float] = []
-
-    def cancel() -> None:
-        cancelled_at.append(time.perf_counter())
-        token.cancel()
-
-    timer = threading.Timer(delay, cancel)
-    timer.start()
-    result = ProcessingEngine(aw1, max_workers=workers).process_batch(items, cancellation_token=token)
-    returned = time.perf_counter()
-    timer.join()
-    if not result.cancelled:
-        raise RuntimeError("the batch finished before the cancel: use more symbols or a shorter delay")
-    return returned - cancelled_at[0]
+    return engine_latency(items, delay, processor=aw1, workers=workers)
 
 
 def run(*, smoke: bool, repeat: int, workers: int = 32) -> str:

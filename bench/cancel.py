@@ -11,7 +11,9 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
 
 from bench.common import Table, median, percentile, symbols
 from bench.workloads import w1
@@ -20,7 +22,8 @@ from procengine_nb import CancellationToken, ProcessingEngine
 __all__ = ["bare_latency", "engine_latency", "run", "wake_latency"]
 
 
-def engine_latency(items: list[str], delay: float) -> float:
+def engine_latency(items: list[str], delay: float, *, processor: Callable[..., Any] = w1, workers: int = 4) -> float:
+    """Seconds from ``token.cancel()`` (a timer fires it after ``delay``) to ``process_batch`` returning."""
     token = CancellationToken()
     cancelled_at: list[float] = []
 
@@ -30,7 +33,7 @@ def engine_latency(items: list[str], delay: float) -> float:
 
     timer = threading.Timer(delay, cancel)
     timer.start()
-    result = ProcessingEngine(w1, max_workers=4).process_batch(items, cancellation_token=token)
+    result = ProcessingEngine(processor, max_workers=workers).process_batch(items, cancellation_token=token)
     returned = time.perf_counter()
     timer.join()
     if not result.cancelled:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 
-__all__ = ["Table", "machine_description", "median", "percentile", "symbols"]
+__all__ = ["Table", "machine_description", "median", "percentile", "ratio_cell", "ratios", "rotating",
+           "symbols"]
+
+Times = dict[str, list[float]]
+"""Seconds per round, by runner name."""
 
 
 def symbols(n: int) -> list[str]:
@@ -30,6 +36,37 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def rotating(runs: Mapping[str, Callable[[], int]], repeat: int, expected: int) -> tuple[Times, Times]:
+    """Run every runner ``repeat`` times, round ``r`` in the order rotated by ``r`` places (so no runner
+    always goes first), and return wall and CPU seconds per round (CPU: ``time.process_time``, all
+    threads). Each runner returns how many results it made, which must be ``expected``."""
+    names = list(runs)
+    wall: Times = {name: [] for name in names}
+    cpu: Times = {name: [] for name in names}
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            gc.collect()
+            cpu_start = time.process_time()
+            start = time.perf_counter()
+            count = runs[name]()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
+            if count != expected:
+                raise RuntimeError(f"{name} returned {count} results, expected {expected}")
+    return wall, cpu
+
+
+def ratios(times: Times, name: str, base: str) -> list[float]:
+    """Per-round ratios of ``name`` to ``base`` in the same round (paired: drift cancels out)."""
+    return [t / b for t, b in zip(times[name], times[base], strict=True)]
+
+
+def ratio_cell(times: Times, name: str, base: str) -> str:
+    """``median [min-max]`` of the per-round ratios, for a table cell."""
+    values = ratios(times, name, base)
+    return f"{median(values):.3f} [{min(values):.2f}-{max(values):.2f}]"
 
 
 def _version(name: str) -> str:

@@ -7,13 +7,11 @@ measures the scheduler; CPU time still resolves a few percent, so both are repor
 
 from __future__ import annotations
 
-import gc
 import sys
-import time
 from collections.abc import Sequence
 
 from bench.baselines import RUNNERS, Runner
-from bench.common import Table, median, symbols
+from bench.common import Table, median, ratio_cell, ratios, rotating, symbols
 from bench.workloads import WORKLOADS, Workload, calibrate_w2
 
 __all__ = ["measure", "run"]
@@ -26,31 +24,16 @@ def measure(workload: Workload, n: int, runners: dict[str, Runner], repeat: int,
             ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall and CPU seconds per run for each runner; round ``r`` runs the runners rotated by ``r`` places."""
     items = symbols(n)
-    names = list(runners)
-    wall: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeat):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            gc.collect()
-            cpu_start = time.process_time()
-            start = time.perf_counter()
-            count = runners[name](workload.fn, items, workers)
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - cpu_start)
-            if count != n:
-                raise RuntimeError(f"{name} on {workload.name} returned {count} results, expected {n}")
-    return wall, cpu
+    runs = {name: (lambda runner=runner: runner(workload.fn, items, workers)) for name, runner in runners.items()}
+    return rotating(runs, repeat, n)
 
 
 def _ratios(times: dict[str, list[float]], name: str) -> list[float]:
-    """Per-round ratios to the bare executor of the same round (paired: drift cancels out)."""
-    return [t / b for t, b in zip(times[name], times[BARE], strict=True)]
+    return ratios(times, name, BARE)
 
 
 def _cell(times: dict[str, list[float]], name: str) -> str:
-    ratios = _ratios(times, name)
-    return f"{median(ratios):.3f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+    return ratio_cell(times, name, BARE)
 
 
 def run(*, smoke: bool, repeat: int, workers: int = 4, only: Sequence[str] = ()) -> str:

@@ -14,14 +14,13 @@ symbol, where the store is most visible).
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 
-from bench.common import Table, median, symbols
+from bench.common import Table, median, ratio_cell, ratios, rotating, symbols
 from bench.workloads import w0, w1
 from procengine_nb import ProcessingEngine, ProcessingJob, ResultStatus, ResultStore, SymbolResult
 
@@ -58,21 +57,7 @@ def _measure(fn: Callable[[object], object], n: int, repeat: int, workers: int, 
             raise RuntimeError("the rerun ran symbols again")
         return len(result)
 
-    variants = {NONE: no_store, NAMED: named, FILE: new_file, RERUN: rerun}
-    names = list(variants)
-    wall: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeat):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            gc.collect()
-            cpu_start = time.process_time()
-            start = time.perf_counter()
-            count = variants[name]()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - cpu_start)
-            if count != n:
-                raise RuntimeError(f"{name} returned {count} results, expected {n}")
-    return wall, cpu
+    return rotating({NONE: no_store, NAMED: named, FILE: new_file, RERUN: rerun}, repeat, n)
 
 
 def _driver_cost(folder: str, n: int, rounds: int) -> tuple[float, float]:
@@ -98,12 +83,11 @@ def _driver_cost(folder: str, n: int, rounds: int) -> tuple[float, float]:
 
 
 def _cell(times: dict[str, list[float]], name: str) -> str:
-    ratios = [t / b for t, b in zip(times[name], times[NONE], strict=True)]
-    return f"{median(ratios):.3f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+    return ratio_cell(times, name, NONE)
 
 
 def _ratio(times: dict[str, list[float]], name: str) -> float:
-    return median([t / b for t, b in zip(times[name], times[NONE], strict=True)])
+    return median(ratios(times, name, NONE))
 
 
 def run(*, smoke: bool, repeat: int, workers: int = 4) -> str:

@@ -41,7 +41,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from procengine_nb._tracebacks import detach, format_text, release
-from procengine_nb._validation import check_seconds
+from procengine_nb._validation import check_int, check_seconds
 from procengine_nb.backends._loop import LoopThread, is_awaitable
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
@@ -261,11 +261,7 @@ class AsyncBackend(Backend):
     times_symbols = True
 
     def __init__(self, max_workers: int | None = None, *, timeout: float | None = None) -> None:
-        for value, label in ((max_workers, "max_workers"), (timeout, "timeout")):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise TypeError(f"{label} must be a number or None, not {type(value).__name__}")
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
-            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        check_int(max_workers, "max_workers", minimum=1, allow_none=True)
         check_seconds(timeout, "timeout", strict=True, allow_none=True)
         self._max_workers = max_workers if max_workers is not None else DEFAULT_ASYNC_WORKERS
         self.timeout = timeout
