@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from procengine_nb._validation import check_callable, check_type
 from procengine_nb.backends.asyncio import is_async_callable
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.engine import ProcessingEngine
@@ -137,12 +138,9 @@ def run(
     Wait with ``await handle`` (Stop stays clickable on ipykernel >= 7.4) or ``handle.result()``
     (blocks the kernel: Stop clicks wait until the cell ends; interrupt the kernel to cancel).
     """
-    if not callable(processor):
-        raise TypeError(f"processor must be callable, not {type(processor).__name__}")
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"name must be a str or None, not {type(name).__name__}")
-    if display is not None and not isinstance(display, bool):
-        raise TypeError(f"display must be True, False or None, not {type(display).__name__}")
+    check_callable(processor, "processor")
+    check_type(name, str, "name", allow_none=True)
+    check_type(display, bool, "display", what="True, False", allow_none=True)
     make_key_function(key)  # bad store= or key=: an error before an engine (or a cluster) is built
     store = resolve_store(store)
     if isinstance(symbols, ProcessingJob):

@@ -21,7 +21,7 @@ from dataclasses import FrozenInstanceError, dataclass, fields
 from typing import Any
 
 from procengine_nb._safe import safe_repr, type_name
-from procengine_nb._validation import check_int, check_type
+from procengine_nb._validation import check_callable, check_int, check_type
 
 __all__ = ["ProcessingProgress", "ProgressCallback", "ProgressTracker"]
 
@@ -220,17 +220,13 @@ class ProgressTracker:
         smoothing: float | None = None,
         total_known: bool = True,
     ) -> None:
-        if isinstance(total, bool) or not isinstance(total, int):
-            raise TypeError(f"total must be an int, not {type(total).__name__}")
-        if total < 0:
-            raise ValueError(f"total must be >= 0, got {total}")
+        check_int(total, "total", minimum=0)
         if smoothing is not None:
             if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)):
                 raise TypeError(f"eta_smoothing must be a float or None, not {type(smoothing).__name__}")
             if not 0.0 < smoothing <= 1.0:
                 raise ValueError(f"eta_smoothing must be in (0, 1], got {smoothing!r}")
-        if not callable(clock):
-            raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+        check_callable(clock, "clock")
         self.total = total
         """The batch's size; while ``total_known`` is False, the symbols drawn so far (the batch run raises
         it as it draws)."""

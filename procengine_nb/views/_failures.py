@@ -24,6 +24,7 @@ import threading
 from collections import deque
 from typing import Any, NamedTuple
 
+from procengine_nb._validation import check_int
 from procengine_nb.views._format import describe_error, safe_str, truncate
 
 __all__ = ["Failure", "FailureGroup", "FailureLog"]
@@ -51,11 +52,8 @@ class FailureLog:
     """The latest ``latest`` failures and up to ``max_groups`` counted groups; thread-safe, O(1) a record."""
 
     def __init__(self, *, latest: int = 5, max_groups: int = 50) -> None:
-        for label, value in (("latest", latest), ("max_groups", max_groups)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{label} must be an int, not {type(value).__name__}")
-            if value < 0:
-                raise ValueError(f"{label} must be >= 0, got {value}")
+        check_int(latest, "latest", minimum=0)
+        check_int(max_groups, "max_groups", minimum=0)
         self._lock = threading.Lock()
         self._latest: deque[Failure] = deque(maxlen=latest)
         self._groups: dict[tuple[str, str | None], int] = {}

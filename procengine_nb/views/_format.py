@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from procengine_nb._safe import safe_str, type_name
+from procengine_nb._validation import check_int
 from procengine_nb.progress import ProcessingProgress
 
 __all__ = [
@@ -124,12 +125,10 @@ def format_counts(progress: ProcessingProgress) -> str:
         text = f"{progress.completed_symbols} / {progress.total_symbols} ({math.floor(progress.percentage)}%)"
     else:
         text = f"{progress.completed_symbols} done (total unknown)"
-    retrying = getattr(progress, "retrying", 0)
-    if retrying:
-        text += f", {retrying} waiting to retry"
-    from_store = getattr(progress, "from_store", 0)
-    if from_store:
-        text += f", {from_store} from the store"
+    if progress.retrying:
+        text += f", {progress.retrying} waiting to retry"
+    if progress.from_store:
+        text += f", {progress.from_store} from the store"
     return text
 
 
@@ -139,10 +138,7 @@ def truncate(text: str, limit: int = 200) -> str:
     >>> truncate("abcdef", 4)
     'abc…'
     """
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+    check_int(limit, "limit", minimum=1)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -40,6 +40,7 @@ import ipywidgets as widgets
 from ipywidgets.widgets.widget_int import ProgressStyle
 from ipywidgets.widgets.widget_string import HTMLStyle
 
+from procengine_nb._validation import check_callable, check_int, check_type
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult
 from procengine_nb.progress import ProcessingProgress
@@ -204,19 +205,13 @@ class ProgressPanel(widgets.Box):
         clock: Callable[[], float] = time.monotonic,
         ticker: bool = True,
     ) -> None:
-        if not isinstance(token, CancellationToken):
-            raise TypeError(f"token must be a procengine_nb.CancellationToken, not {type(token).__name__}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
-        for label, count in (("max_error_rows", max_error_rows), ("latest_errors", latest_errors)):
-            if isinstance(count, bool) or not isinstance(count, int):
-                raise TypeError(f"{label} must be an int, not {type(count).__name__}")
-            if count < 0:
-                raise ValueError(f"{label} must be >= 0, got {count}")
+        check_type(token, CancellationToken, "token", what="a procengine_nb.CancellationToken")
+        check_type(name, str, "name", allow_none=True)
+        check_int(max_error_rows, "max_error_rows", minimum=0)
+        check_int(latest_errors, "latest_errors", minimum=0)
         min_interval = check_interval(min_interval, "min_interval")
         refresh_interval = check_interval(refresh_interval, "refresh_interval")
-        if not callable(clock):
-            raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+        check_callable(clock, "clock")
         if name is None and handle is not None:
             name = handle.job.display_name
         self._may_open = False  # Widget.__init__ calls open(): the comm waits for the first display
