@@ -34,6 +34,7 @@ _WAKE = object()  # put in the completion queue by a cancel
 _MAX_WAIT = 0.1  # longest real wait on a deadline computed from the (injectable) clock: a fake clock works
 _START_POLL = 0.02  # how often a backend that cannot tell the start of a task is asked (timeout= only)
 _STORE_SLICE = 256  # rows a store= commit writes per turn of the loop (a commit of 1,000 could starve workers)
+_MAX_CHUNK = 4096  # symbols per task at most (the processor's own time says nothing of per-symbol costs)
 _UNKNOWN_REMAINING = 1 << 20  # what a lazy input without total= counts as left, for the chunk size
 
 
@@ -606,11 +607,11 @@ class BatchRun:
             return min(settings.chunk_size, remaining)
         if mean_seconds <= 0.0 or mean_seconds >= settings.target_chunk_seconds:
             return 1
-        size = int(settings.target_chunk_seconds / mean_seconds)
+        size = min(int(settings.target_chunk_seconds / mean_seconds), _MAX_CHUNK)
         # balance the end across workers, but never below a quarter of the target: smaller chunks
         # only add hand-offs (each costs more than the imbalance it saves)
         balance = max(1, remaining // (workers * 4), size // 4)
-        return max(1, min(size, balance, remaining, 4096))
+        return max(1, min(size, balance, remaining))
 
     @staticmethod
     def _outcome(future: Future[Any], symbols: Any) -> list[SymbolResult]:

@@ -78,7 +78,7 @@ class RemoteTraceback(Exception):
 
 # -- the cancel marker ----------------------------------------------------------------------------
 def _remove_directory(directory: str) -> None:
-    for _attempt in range(3):  # a worker may create a running file while it is being removed
+    for _attempt in range(3):  # a worker may create a started file while it is being removed
         shutil.rmtree(directory, ignore_errors=True)
         if not os.path.isdir(directory):
             return
@@ -88,7 +88,7 @@ class BatchMarker:
     """One batch's temporary directory on this machine (parent side).
 
     ``marker`` = ``(host name, path of the "stopped" file)`` goes to the workers; ``cancel()`` creates
-    that file; ``running_file()`` names a chunk's running file. ``close()`` at the end of the batch
+    that file; ``started_file()`` names a chunk's started file. ``close()`` at the end of the batch
     removes the directory (also when this object is garbage-collected or the interpreter exits), and
     workers of this machine then treat the batch as over: a chunk that starts late runs no symbol.
     """
@@ -106,9 +106,9 @@ class BatchMarker:
         except OSError:  # already there, or the batch is closed (the directory is gone)
             pass
 
-    def running_file(self) -> str:
+    def started_file(self) -> str:
         # unique within the batch's own directory: a counter (uuid4 read os.urandom for every chunk)
-        return os.path.join(self.directory, f"{next(self._chunks)}.running")
+        return os.path.join(self.directory, f"{next(self._chunks)}.started")
 
     def close(self) -> None:
         self._finalizer()
@@ -351,35 +351,38 @@ def run_encoded(
     symbols_blob: bytes,
     pass_token: bool,
     marker: tuple[str, str] | None,
-    running_file: str | None = None,
+    started_file: str | None = None,
+    claimed_by_parent: bool = False,
 ) -> tuple[bytes, list[int]]:
     """The task a worker process runs: unpickle, :func:`run_chunk`, pickle each result on its own.
 
-    With ``running_file`` (a path next to the marker, on the engine's machine), the file exists while
-    the chunk runs, so the engine can tell a chunk that started from one still queued in the pool.
+    With ``started_file`` (a path next to the marker, on the engine's machine), the chunk creates that
+    file as it starts and leaves it there (the parent removes it once it has the result, or with the
+    batch's directory), so the engine can tell a chunk that started from one still queued in the pool
+    — also after a pool broke and lost both. With ``claimed_by_parent`` (processes), whoever creates
+    it first owns the chunk: when the parent did (it sent the chunk again elsewhere), this runs no
+    symbol. Without it (Dask, which reruns a task whose worker died), a file already there is an
+    earlier attempt's.
     """
-    if running_file is not None and (marker is None or marker[0] != _HOSTNAME):
-        running_file = None
-    if running_file is not None:
+    if started_file is not None and (marker is None or marker[0] != _HOSTNAME):
+        started_file = None
+    if started_file is not None:
         try:
-            with open(running_file, "x"):
+            with open(started_file, "x"):
                 pass
+        except FileExistsError:
+            if claimed_by_parent:  # the parent claimed it (its pool broke, it was sent again): not ours
+                return encode_results([])
+            # else an earlier attempt of this task created it (Dask reruns a task whose worker died)
         except OSError:  # the batch is over (no directory): the token stops the chunk anyway
-            running_file = None
+            pass
     try:
-        try:
-            processor = _load_processor(processor_blob)
-            symbols = cloudpickle.loads(symbols_blob)
-        except Exception as exc:
-            raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
-        results = run_chunk(processor, symbols, MarkerToken(marker), pass_token)
-        return encode_results(results)
-    finally:
-        if running_file is not None:
-            try:
-                os.unlink(running_file)
-            except OSError:
-                pass
+        processor = _load_processor(processor_blob)
+        symbols = cloudpickle.loads(symbols_blob)
+    except Exception as exc:
+        raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
+    results = run_chunk(processor, symbols, MarkerToken(marker), pass_token)
+    return encode_results(results)
 
 
 # -- parent side: the engine's future -------------------------------------------------------------
@@ -397,8 +400,10 @@ class RemoteTask(Future):  # type: ignore[type-arg]
         self.symbols = symbols
         self.local: dict[int, SymbolResult] = {}  # results made here (symbols that could not be sent)
         self.inner: Any = None  # the backend's future
-        self.key: Any = None  # Dask: the task's key; processes: the chunk's running-file path
-        self.running_file: str | None = None  # Dask on a LocalCluster: the chunk's running-file path
+        self.key: Any = None  # Dask: the task's key; processes: the chunk's started-file path
+        self.started_file: str | None = None  # Dask on a LocalCluster: the chunk's started-file path
+        self.payload: tuple[Any, ...] = ()  # processes: what the worker is sent (kept to send it again)
+        self.resends = 0  # processes: times it was sent again after a broken pool lost it unstarted
 
     def _finish(self, results: list[SymbolResult]) -> None:
         try:

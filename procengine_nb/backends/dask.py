@@ -109,7 +109,7 @@ class _DaskBatch(BatchExecutor):
         self._blob = _ProcessorBlob()
         self._registration = token.register(self._marker.cancel)
         self.worker_token = None  # the engine's token cannot be pickled; workers get a MarkerToken
-        # On a LocalCluster (workers on this machine) a chunk marks its start with a running file, so
+        # On a LocalCluster (workers on this machine) a chunk marks its start with a started file, so
         # timeout= counts from there; elsewhere the start cannot be seen and counts from submission.
         self._local = isinstance(getattr(self._client, "cluster", None), distributed.LocalCluster)
         self._outstanding: set[RemoteTask] = set()
@@ -133,8 +133,8 @@ class _DaskBatch(BatchExecutor):
             task.complete_with_error(error)
 
     def started(self, future: Future[Any]) -> bool:
-        running_file = getattr(future, "running_file", None)
-        return future.done() or running_file is None or os.path.exists(running_file)
+        started_file = getattr(future, "started_file", None)
+        return future.done() or started_file is None or os.path.exists(started_file)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         client = self._client
@@ -145,9 +145,9 @@ class _DaskBatch(BatchExecutor):
         if payload is None:
             return task
         key = f"procengine-chunk-{uuid.uuid4().hex}"
-        running_file = self._marker.running_file() if self._local else None
-        task.running_file = running_file
-        inner = client.submit(run_encoded, *payload, running_file, key=key, pure=False)
+        started_file = self._marker.started_file() if self._local else None
+        task.started_file = started_file
+        inner = client.submit(run_encoded, *payload, started_file, key=key, pure=False)
         task.inner, task.key = inner, key
         self._outstanding.add(task)
         task.add_done_callback(self._outstanding.discard)

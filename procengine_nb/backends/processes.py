@@ -16,11 +16,15 @@ What it can and cannot do (honest limits):
   chunk stops between two symbols and a processor that checks its token stops mid-symbol. A processor
   that ignores its token keeps running in its worker process until it returns (loky cannot stop a
   running task without killing the pool); the final snapshot counts exactly the chunks that had
-  started (each writes a small "running" file next to the marker while it runs).
+  started (each creates a small "started" file next to the marker as it starts).
 - A worker process that dies (``os._exit``, a segfault, the OOM killer) breaks loky's pool: every chunk
-  in flight at that moment becomes ERROR results carrying loky's ``TerminatedWorkerError`` (with the
-  exit code), the next chunks go to a fresh pool, and the batch goes on. ``engine.retry(result)`` reruns
-  the failed symbols.
+  in flight that had started by then (at most the window of two per worker, about
+  ``target_task_seconds`` of work each: loky takes up to 0.25 s to notice, while the other workers go
+  on) becomes ERROR results carrying loky's ``TerminatedWorkerError`` (with the exit code), because
+  its results died with the pool. The chunks that had not started ran no symbol: the engine claims
+  them (so no worker of the broken pool starts them late) and sends them to a fresh pool with the
+  rest of the batch (at most ``_MAX_RESENDS`` times each, so a pool that keeps breaking before it
+  runs anything cannot loop forever). ``engine.retry(result)`` reruns the failed symbols.
 - The pool is procengine_nb's own loky ``ProcessPoolExecutor`` (never loky's process-wide reusable
   executor, which other libraries share): one warm pool per process, reused by every engine, thread,
   ``start()`` and ``run()`` call with the same ``max_workers`` and ``idle_timeout`` (no start-up cost
@@ -59,6 +63,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = ["ProcessBackend", "shutdown_pools"]
 
 _ABANDONED_GRACE = 0.1  # seconds the next batch gives abandoned tasks to finish before replacing the pool
+_MAX_RESENDS = 3  # times a chunk that never started is sent again after its pool broke
+_LOST_WITH_THE_POOL = (BrokenProcessPool, ShutdownExecutorError)
 
 
 class _Pool:
@@ -219,6 +225,8 @@ class _ProcessBatch(BatchExecutor):
     def __init__(self, backend: ProcessBackend, token: CancellationToken) -> None:
         self._backend = backend
         self._pool = backend._acquire()
+        self._pool_lock = threading.Lock()  # the batch thread and loky's callbacks may both replace it
+        self._closing = False
         self._released = False
         self._marker = BatchMarker()
         self._blob = _ProcessorBlob()
@@ -251,31 +259,72 @@ class _ProcessBatch(BatchExecutor):
         payload, task = encode_chunk(self._blob, processor, symbols, pass_token, self._marker.marker)
         if payload is None:
             return task
-        task.key = self._marker.running_file()
-        inner = self._submit(run_encoded, *payload, task.key)
-        task.inner = inner
-        inner.add_done_callback(lambda f, task=task: _complete(task, f))
+        task.key = self._marker.started_file()
+        task.payload = (*payload, task.key, True)  # the parent may claim it: see _complete
+        self._send(task)
         return task
 
+    def _send(self, task: RemoteTask) -> None:
+        inner = self._submit(run_encoded, *task.payload)
+        task.inner = inner
+        inner.add_done_callback(lambda f, task=task: self._complete(task, f))
+
     def _submit(self, fn: Callable[..., Any], /, *args: Any) -> Any:
+        pool = self._pool
         try:
-            return self._pool.submit(fn, *args)
+            return pool.submit(fn, *args)
         except (BrokenProcessPool, ShutdownExecutorError, RuntimeError):
-            # A worker died earlier in this batch (the chunks in flight then already carry the
+            # A worker died earlier in this batch (the chunks that had started then already carry the
             # error) or the pool was shut down: the rest go to a fresh pool.
-            self._pool = self._backend._acquire(replacing=self._pool)
-            future = self._pool.submit(fn, *args)
+            future = self._replace(pool).submit(fn, *args)
             _register_exit_hook()
             return future
 
+    def _replace(self, broken: _Pool) -> _Pool:
+        """The pool that replaces ``broken`` for this batch (once, whichever thread asks first)."""
+        with self._pool_lock:
+            if self._closing:
+                raise RuntimeError("the batch is over")
+            if self._pool is broken:
+                self._pool = self._backend._acquire(replacing=broken)
+            return self._pool
+
+    def _complete(self, task: RemoteTask, future: Any) -> None:
+        """Complete the engine's future from loky's (on loky's thread); send again a chunk that its
+        broken pool lost before it started."""
+        if future.cancelled():
+            task.complete_cancelled()
+            return
+        error = future.exception()
+        if error is None:
+            _forget(task.key)  # the result is here: the chunk's started file has done its job
+            task.complete_with_blobs(future.result())
+            return
+        if isinstance(error, _LOST_WITH_THE_POOL) and task.resends < _MAX_RESENDS and _claim(task.key):
+            # It never started: its started file did not exist, and now it is ours, so a worker of the
+            # broken pool that still picks the chunk up runs nothing (see run_encoded). It ran no
+            # symbol: a fresh pool runs it under a new started file, unless the batch stops.
+            if self._token.is_cancelled:
+                task.complete_cancelled()
+                return
+            task.resends += 1
+            task.key = self._marker.started_file()
+            task.payload = (*task.payload[:-2], task.key, True)
+            try:
+                self._send(task)
+                return
+            except Exception:  # the batch is over, or the fresh pool refused it too: the error stands
+                pass
+        task.complete_with_error(error)
+
     def started(self, future: Future[Any]) -> bool:
-        """A chunk started once its running file exists (``timeout=`` counts from then)."""
+        """A chunk started once its started file exists (``timeout=`` counts from then)."""
         key = getattr(future, "key", None)
         return future.done() or key is None or os.path.exists(key)
 
     def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
         stopping = self._token.is_cancelled
-        if stopping:  # before looking at the running files (the token's own callback may lag)
+        if stopping:  # before looking at the started files (the token's own callback may lag)
             self._marker.cancel()
         for future in futures:
             inner = getattr(future, "inner", None)
@@ -298,20 +347,29 @@ class _ProcessBatch(BatchExecutor):
         # The batch is over: its directory goes, and any chunk of it still queued or running on a
         # worker of this machine sees its token cancelled (a late chunk runs no symbol).
         self._marker.close()
-        if not self._released:
+        with self._pool_lock:  # no late callback may take a pool for this batch any more
+            self._closing = True
+            release = not self._released
             self._released = True
+        if release:
             _release(self._pool)
 
 
-def _complete(task: RemoteTask, future: Any) -> None:
-    if future.cancelled():
-        task.complete_cancelled()
-        return
-    error = future.exception()
-    if error is not None:
-        task.complete_with_error(error)
-    else:
-        task.complete_with_blobs(future.result())
+def _claim(path: str) -> bool:
+    """Create a chunk's started file for the parent: True when no worker had started the chunk (and
+    now none will), False when one had (or the batch's directory is gone)."""
+    try:
+        with open(path, "x"):
+            return True
+    except OSError:
+        return False
+
+
+def _forget(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:  # the batch's directory is gone already
+        pass
 
 
 class ProcessBackend(Backend):
@@ -325,7 +383,11 @@ class ProcessBackend(Backend):
 
     name = "processes"
     shares_memory = False
-    target_task_seconds = 0.01  # a hand-off to a process costs ~0.1-0.5 ms; Stop stays prompt (marker token)
+    # Seconds of work per chunk. A hand-off costs the parent ~0.35 ms of CPU (loky's threads wake for it),
+    # taken from the workers on a machine with as many cores as workers: 400 tasks of 5 ms took 1.09x
+    # joblib's time with 10 ms chunks, 1.05x with 50 ms (bench/RESULTS.md). Stop stays prompt (a chunk
+    # stops between two symbols: marker token); a dead worker fails only chunks that had started.
+    target_task_seconds = 0.05
 
     def __init__(self, max_workers: int | None = None, *, idle_timeout: float = 300.0) -> None:
         if max_workers is None:

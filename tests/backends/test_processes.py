@@ -5,6 +5,7 @@ These use a real loky pool of two worker processes (spawned once, reused by the 
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import socket
@@ -176,29 +177,119 @@ def test_results_that_cannot_cross_back_are_only_their_symbols_errors():
 
 
 # -- a worker process that dies ---------------------------------------------------------------------
-def die_on_seven(symbol):
+def die_on_seven(symbol, ran_dir=None):
+    if ran_dir is not None:
+        Path(ran_dir, str(symbol)).touch()
     if symbol == 7:
         os._exit(3)
     time.sleep(0.01)
     return symbol
 
 
-def test_a_worker_that_dies_mid_batch_loses_no_symbol_and_the_batch_goes_on():
-    symbols = list(range(30))
-    with ProcessingEngine(die_on_seven, backend="processes", max_workers=2) as engine:
+def _runs(numbers) -> list[list[int]]:
+    """Sorted integers as runs of consecutive ones: [1, 2, 3, 7, 8] -> [[1, 2, 3], [7, 8]]."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return runs
+
+
+def test_a_worker_that_dies_mid_batch_loses_no_symbol_and_the_batch_goes_on(tmp_path):
+    symbols = list(range(60))
+    processor = functools.partial(die_on_seven, ran_dir=str(tmp_path))
+    with ProcessingEngine(processor, backend="processes", max_workers=2) as engine:
         result = engine.process_batch(symbols)
         assert not result.cancelled and list(result.unprocessed) == []
         _accounted(result, symbols)
         errors = {r.symbol: r.error for r in result.errors}
         assert 7 in errors
         assert type(errors[7]).__name__ == "TerminatedWorkerError" and "EXIT(3)" in str(errors[7])
-        # only what was in flight when the pool broke failed; the rest ran on a fresh pool
-        assert len(errors) <= 2 * engine.max_workers
+        # Only chunks in flight that had started when the pool broke failed (their results died with
+        # it): at most the window (2 per worker) of chunks of about 50 ms (at most 5 symbols of 10 ms
+        # here), each holding a symbol that ran. Chunks that had not started went to the fresh pool.
+        ran = {int(p.name) for p in tmp_path.iterdir()}
+        runs = _runs(errors)
+        assert all(ran.intersection(run) for run in runs), (runs, sorted(ran))
+        assert len(errors) <= 2 * engine.max_workers * 5, runs
         assert all(r.value == r.symbol for r in result if r.ok)
-        assert max(r.symbol for r in result if r.ok) == 29
+        assert max(r.symbol for r in result if r.ok) == 59
         # and the engine keeps working afterwards
         again = engine.process_batch([1, 2, 3])
         assert sorted(r.value for r in again) == [1, 2, 3]
+
+
+def waits_for_release(symbol, started_dir, release_file):
+    Path(started_dir, str(symbol)).touch()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release_file) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return symbol
+
+
+def test_chunks_queued_behind_a_killed_worker_are_sent_to_a_fresh_pool_not_failed(tmp_path):
+    started, release = tmp_path / "started", tmp_path / "release"
+    started.mkdir()
+    symbols = list(range(40))
+    processor = functools.partial(waits_for_release, started_dir=str(started), release_file=str(release))
+    with ProcessingEngine(processor, backend="processes", max_workers=2, chunk_size=4) as engine:
+        handle = engine.start(symbols)
+        _wait_for_files(started, 2)  # one chunk runs on each worker, two more wait in the pool
+        time.sleep(0.05)
+        victim = next(iter(child_processes()))  # the pool's workers are the only children here
+        os.kill(victim.pid, 9)
+        deadline = time.monotonic() + 60
+        while not handle.done():  # the fresh pool's workers wait for the release like the others did
+            if len(list(started.iterdir())) > 2:
+                break
+            assert time.monotonic() < deadline, "nothing ran after the worker was killed"
+            time.sleep(0.01)
+        release.touch()
+        result = handle.result(timeout=60)
+    _accounted(result, symbols)
+    errors = sorted(r.symbol for r in result.errors)
+    # the two chunks that had started (first symbols 0 and 4) failed; the 8 others all ran
+    assert errors == list(range(8)), errors
+    assert all(type(r.error).__name__ == "TerminatedWorkerError" for r in result.errors)
+    assert sorted(r.symbol for r in result if r.ok) == list(range(8, 40))
+
+
+def test_a_chunk_lost_unstarted_is_sent_again_at_most_a_few_times_and_never_after_a_stop(monkeypatch):
+    from procengine_nb.backends import processes
+    from procengine_nb.backends.base import run_chunk
+
+    token = CancellationToken()
+    backend = processes.ProcessBackend(max_workers=1)
+    batch = backend.open(token)
+    sends = []
+
+    class Broken:
+        def __init__(self):
+            self.error = loky.process_executor.TerminatedWorkerError("the pool broke")
+
+        def cancelled(self):
+            return False
+
+        def exception(self):
+            return self.error
+
+        def add_done_callback(self, callback):
+            callback(self)  # it broke at once, before the chunk could start
+
+    monkeypatch.setattr(batch, "_submit", lambda fn, *args: sends.append(args) or Broken())
+    try:
+        task = batch.submit(run_chunk, abs, (1, 2), None, False)
+        assert task.done() and len(sends) == 1 + processes._MAX_RESENDS  # never an endless loop
+        assert type(task.exception()).__name__ == "TerminatedWorkerError"
+        token.cancel()
+        sends.clear()
+        stopped = batch.submit(run_chunk, abs, (3,), None, False)
+        assert stopped.cancelled() and len(sends) == 1  # a Stop: not sent again, it ran nothing
+    finally:
+        batch.close(cancelled=True)
+        backend.close()
 
 
 # -- Stop ---------------------------------------------------------------------------------------------

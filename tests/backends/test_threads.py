@@ -82,7 +82,9 @@ def test_a_kernel_shutdown_is_not_held_by_an_endless_task(stop_first):
             code += "handle.cancel(); handle.result(timeout=30)\n"
         code += textwrap.dedent("""
             ours = [t for t in threading.enumerate() if t not in before and t.name.startswith("procengine")]
-            assert ours and all(t.is_alive() for t in ours if t.name.startswith("procengine-worker"))
+            # the endless task's worker still runs (an idle worker may be exiting meanwhile: the pool
+            # lets idle workers go once a Stop left nothing to do)
+            assert any(t.is_alive() for t in ours if t.name.startswith("procengine-worker")), ours
             assert all(t.daemon for t in ours), [t.name for t in ours if not t.daemon]
             assert not set(ours) & set(cft._threads_queues), "a worker would be joined at exit"
             held = {t._tstate_lock for t in ours} & set(getattr(threading, "_shutdown_locks", ()))
