@@ -19,7 +19,7 @@ from procengine_nb.backends._loop import _NOT_AWAITABLE, awaiter_for, cannot_awa
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
 from procengine_nb.models import ResultStatus, SymbolResult
 
-__all__ = ["Backend", "BatchExecutor", "run_chunk"]
+__all__ = ["Backend", "BatchExecutor", "failed_result", "returned_result", "run_chunk"]
 
 
 def run_chunk(
@@ -55,15 +55,35 @@ def run_chunk(
                 if awaiter is None:
                     raise cannot_await(value)
                 value = awaiter.wait(value)
-        except ProcessingCancelledException as exc:
-            release(exc)  # no frames (and their locals) kept alive by a result
-            append(SymbolResult(symbol, ResultStatus.CANCELLED, None, exc, (clock() - start) * 1000.0))
         except BaseException as exc:
-            duration = (clock() - start) * 1000.0
-            append(SymbolResult(symbol, ResultStatus.ERROR, None, exc, duration, traceback=detach(exc)))
+            append(failed_result(symbol, exc, (clock() - start) * 1000.0))
         else:
             append(SymbolResult(symbol, ResultStatus.SUCCESS, value, None, (clock() - start) * 1000.0))
     return results
+
+
+def failed_result(symbol: Any, exc: BaseException, duration_ms: float) -> SymbolResult:
+    """The result of a call that raised ``exc``: CANCELLED for :class:`ProcessingCancelledException`,
+    else ERROR with the formatted traceback; the exception keeps no frames (nor their locals)."""
+    if isinstance(exc, ProcessingCancelledException):
+        release(exc)
+        return SymbolResult(symbol, ResultStatus.CANCELLED, None, exc, duration_ms)
+    return SymbolResult(symbol, ResultStatus.ERROR, None, exc, duration_ms, traceback=detach(exc))
+
+
+def returned_result(symbol: Any, value: Any, token: CancellationToken | None, start: float) -> SymbolResult:
+    """The result of a call that returned ``value`` at ``start`` (``time.perf_counter()``): an awaitable
+    is awaited as :func:`run_chunk` does (or is an ERROR where nothing can await it)."""
+    clock = time.perf_counter
+    try:
+        while type(value) not in _NOT_AWAITABLE and is_awaitable(value):
+            awaiter = awaiter_for(token)
+            if awaiter is None:
+                raise cannot_await(value)
+            value = awaiter.wait(value)
+    except BaseException as exc:
+        return failed_result(symbol, exc, (clock() - start) * 1000.0)
+    return SymbolResult(symbol, ResultStatus.SUCCESS, value, None, (clock() - start) * 1000.0)
 
 
 class BatchExecutor(abc.ABC):
