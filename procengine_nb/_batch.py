@@ -15,6 +15,8 @@ import queue
 import random
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
+from itertools import repeat
+from operator import attrgetter, is_
 from typing import Any
 
 from procengine_nb._safe import describe, safe_repr, safe_str
@@ -34,6 +36,10 @@ _WAKE = object()  # put in the completion queue by a cancel
 _MAX_WAIT = 0.1  # longest real wait on a deadline computed from the (injectable) clock: a fake clock works
 _START_POLL = 0.02  # how often a backend that cannot tell the start of a task is asked (timeout= only)
 _STORE_SLICE = 256  # rows a store= commit writes per turn of the loop (a commit of 1,000 could starve workers)
+_DURATION_SAMPLE = 64  # results of a chunk whose durations update the mean (a strided sample)
+_duration_of = attrgetter("duration_ms")
+_status_of = attrgetter("status")
+_symbol_of = attrgetter("symbol")
 _MAX_CHUNK = 4096  # symbols per task at most (the processor's own time says nothing of per-symbol costs)
 _UNKNOWN_REMAINING = 1 << 20  # what a lazy input without total= counts as left, for the chunk size
 
@@ -407,7 +413,8 @@ class BatchRun:
             chunk = self._sift(ran, start, attempts) if self.settings.retries else ran
             if chunk:
                 self._record(chunk)
-            per_symbol = sum(r.duration_ms for r in ran) / 1000.0 / len(ran)
+            sample = ran if len(ran) <= _DURATION_SAMPLE else ran[::len(ran) // _DURATION_SAMPLE]
+            per_symbol = sum(map(_duration_of, sample)) / 1000.0 / len(sample)
             mean = self._mean_seconds
             self._mean_seconds = per_symbol if mean == 0.0 else 0.5 * (mean + per_symbol)
         if len(ran) < stop - start:  # the chunk stopped early on a cancel: the rest never ran
@@ -424,11 +431,11 @@ class BatchRun:
         if self._store is not None:
             self._store.add(chunk)
         error_status = ResultStatus.ERROR
-        failed = [r.status is error_status for r in chunk]
+        failed = list(map(is_, map(_status_of, chunk), repeat(error_status)))
         token = self.token
         # one clock reading for the chunk, one snapshot per symbol (the callback sees each)
         publisher = self.publisher
-        publisher.updates(self.tracker.record_group([r.symbol for r in chunk], failed, each=publisher.wants_each),
+        publisher.updates(self.tracker.record_group(list(map(_symbol_of, chunk)), failed, each=publisher.wants_each),
                           cancelled=token.cancelled_now)
         if True in failed:
             for r in chunk:
