@@ -614,10 +614,11 @@ class BatchRun:
             return min(settings.chunk_size, remaining)
         if mean_seconds <= 0.0 or mean_seconds >= settings.target_chunk_seconds:
             return 1
-        size = min(int(settings.target_chunk_seconds / mean_seconds), _MAX_CHUNK)
+        fill = int(settings.target_chunk_seconds / mean_seconds)  # symbols that take the target time
+        size = min(fill, _MAX_CHUNK)
         # balance the end across workers, but never below a quarter of the target: smaller chunks
         # only add hand-offs (each costs more than the imbalance it saves)
-        balance = max(1, remaining // (workers * 4), size // 4)
+        balance = max(1, remaining // (workers * 4), min(fill // 4, _MAX_CHUNK))
         return max(1, min(size, balance, remaining))
 
     @staticmethod
