@@ -112,6 +112,7 @@ class Publisher:
         self._callback: _Listener | None = None
         self._views: tuple[_Listener, ...] = ()
         self._outcome: tuple[BatchResult | None, BaseException | None] | None = None
+        self._failures: list[SymbolResult] = []  # every failed result so far, for views attached late
         if callback is not None:
             self._callback = _Listener(callback, callback=True)
             self._listeners = (self._callback,)
@@ -131,7 +132,9 @@ class Publisher:
 
     def add(self, view: Any, *, latest: ProcessingProgress | None = None) -> None:
         """Add a view (``update``/``finish``, optionally ``failed``/``waited``). Before the end it gets
-        ``latest`` at once (when given); after the end it gets the outcome at once."""
+        every failure published so far (``failed``, once each: a view attached a moment after the start
+        still lists the symbols that failed at once), then ``latest`` (when given); after the end it
+        gets the outcome at once."""
         check_view(view)
         listener = _Listener(view)
         with self._lock:
@@ -140,9 +143,14 @@ class Publisher:
             self._views = (*self._views, listener)
             if outcome is None:
                 self._listeners = (*self._listeners, listener)
+            # the failures before this moment; failed() hands the later ones to this view itself
+            missed = list(self._failures) if outcome is None and listener.failed is not None else []
         if outcome is not None:
             self._call(listener, listener.finish, *outcome)
-        elif latest is not None:
+            return
+        for result in missed:
+            self._call(listener, listener.failed, result)
+        if latest is not None:
             self._call(listener, listener.update, latest)
 
     # -- what the batch publishes -----------------------------------------------------------------
@@ -184,8 +192,11 @@ class Publisher:
             self._call(view, view.update, snapshot)
 
     def failed(self, result: SymbolResult) -> None:
-        """A failed result, as it happens, to the listeners that want it."""
-        for listener in self._views:
+        """A failed result, as it happens, to the listeners that want it (and to views added later)."""
+        with self._lock:
+            self._failures.append(result)
+            views = self._views
+        for listener in views:
             if listener.failed is not None:
                 self._call(listener, listener.failed, result)
 

@@ -196,3 +196,57 @@ def test_failed_results_are_published_for_timeouts_too():
     release.set()
     assert [r.symbol for r, _ in view.failures] == ["slow"]
     assert [r.status for r in result if r.symbol == "slow"] == [ResultStatus.ERROR]
+
+
+def test_a_view_attached_after_the_start_still_gets_every_failure_once():
+    """run() attaches its panel just after start(): symbols that failed at once must still be listed, once
+    each, and the later ones once too (no failure lost or doubled at the moment of attaching)."""
+    release = threading.Event()
+
+    def processor(symbol):
+        if symbol == "gate":
+            assert release.wait(WAIT)
+            return symbol
+        if symbol.startswith("bad"):
+            raise ValueError(symbol)
+        return symbol
+
+    symbols = [f"bad-early-{i}" for i in range(5)] + ["gate"] + [f"bad-late-{i}" for i in range(3)]
+    five_failed = threading.Event()
+    engine = ProcessingEngine(processor, max_workers=1, chunk_size=1)
+    handle = engine.start(symbols, progress_callback=lambda p: p.errors_count >= 5 and five_failed.set())
+    try:
+        assert five_failed.wait(WAIT)
+        view = Recording()
+        handle.attach(view)  # (at least) four of the five early failures were published before this
+        release.set()
+        result = handle.result(timeout=WAIT)
+    finally:
+        release.set()
+        engine.close()
+    assert sorted(r.symbol for r, _ in view.failures) == sorted(r.symbol for r in result.errors)
+    assert len(view.failures) == 8
+
+
+def test_attaching_while_failures_are_published_loses_and_doubles_none():
+    publisher = Publisher()
+    from procengine_nb.models import SymbolResult
+
+    failures = [SymbolResult(i, ResultStatus.ERROR, error=ValueError(i)) for i in range(3000)]
+    views = [Recording() for _ in range(20)]
+    reached = [threading.Event() for _ in views]
+
+    def publish():
+        for i, result in enumerate(failures):
+            if i % 150 == 0:
+                reached[i // 150].set()  # and go on publishing: the view is added while this runs
+            publisher.failed(result)
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    for view, event in zip(views, reached, strict=True):  # each attached mid-stream, later and later
+        assert event.wait(WAIT)
+        publisher.add(view)
+    thread.join(WAIT)
+    for view in views:
+        assert sorted(r.symbol for r, _ in view.failures) == list(range(3000))
