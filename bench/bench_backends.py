@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.common import Table, median, percentile
-from procengine_nb import CancellationToken, ProcessingEngine
+from procengine_nb import BatchResult, CancellationToken, ProcessingEngine, ResultStatus, SymbolResult
 
 __all__ = ["burn", "main", "square"]
 
@@ -145,6 +145,18 @@ def loky_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
     return sum(1 for _ in executor.map(fn, items, chunksize=chunksize))
 
 
+def results_floor(fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
+    """Not a peer: the least any design that returns one result object per symbol pays in the parent
+    (here, with no process at all): call ``fn`` and build a :class:`BatchResult` of
+    :class:`SymbolResult` objects the way the engine's decoder does (its garbage-collector work
+    included)."""
+    from itertools import repeat
+
+    result = BatchResult()
+    result.extend(map(SymbolResult, items, repeat(ResultStatus.SUCCESS), map(fn, items), repeat(None), repeat(0.0)))
+    return len(result)
+
+
 def _dask_map(client: Any) -> Runner:
     def run(fn: Callable[[Any], Any], items: Sequence[Any]) -> int:
         return len(client.gather(client.map(fn, items, pure=False)))
@@ -162,12 +174,13 @@ def _dask_bag(client: Any) -> Runner:
 
 # -- measurement -----------------------------------------------------------------------------------------
 def _rounds(contenders: dict[str, Runner], fn: Callable[[Any], Any], items: Sequence[Any], rounds: int,
-            engines: Sequence[str]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+            engines: Sequence[str], references: Sequence[str] = (),
+            ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Run every contender once a round in rotating order; return times and per-round ratios to the
-    best peer of the round (for the engine rows)."""
+    best peer of the round (for the engine rows and the ``references``, which are not peers)."""
     names = list(contenders)
     times: dict[str, list[float]] = {name: [] for name in names}
-    ratios: dict[str, list[float]] = {name: [] for name in engines}
+    ratios: dict[str, list[float]] = {name: [] for name in (*engines, *references)}
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         this_round: dict[str, float] = {}
@@ -177,8 +190,8 @@ def _rounds(contenders: dict[str, Runner], fn: Callable[[Any], Any], items: Sequ
             this_round[name] = time.perf_counter() - started
             assert count == len(items), f"{name}: {count} results for {len(items)} items"
             times[name].append(this_round[name])
-        best_peer = min(t for name, t in this_round.items() if name not in engines)
-        for name in engines:
+        best_peer = min(t for name, t in this_round.items() if name not in ratios)
+        for name in ratios:
             ratios[name].append(this_round[name] / best_peer)
     return times, ratios
 
@@ -241,6 +254,7 @@ def main(smoke: bool = False) -> str:
     load = os.getloadavg()
     sections = [
         f"{WORKERS} workers everywhere; {rounds} round(s) ({3 * rounds} for tiny tasks on processes, "
+        f"{2 * rounds - 1} for 5 ms tasks on processes, "
         f"{1 if smoke else 3} on Dask), contenders in rotating order; 5 ms task measured "
         f"at {one * 1000:.2f} ms here (ideal for {slow_n}: {slow_n * one / WORKERS:.2f} s). "
         f"Load average at the start of this part: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}."
@@ -266,11 +280,14 @@ def main(smoke: bool = False) -> str:
         for fn, items in ((square, tiny_items[:50]), (slow, slow_items[:4])):  # start every pool once
             for runner in processes.values():
                 runner(fn, items)
+        floor = "reference, not a peer: the result objects alone, in the parent, no process"
         for title, fn, items, target, repeat in (
             (f"processes, {tiny_n:,} tiny tasks (x*x)", square, tiny_items, 1.5, 3 * rounds),
-            (f"processes, {slow_n} tasks of 5 ms CPU", slow, slow_items, 1.05, rounds),
+            (f"processes, {slow_n} tasks of 5 ms CPU", slow, slow_items, 1.05, 2 * rounds - 1),
         ):
-            times, ratios = _rounds(processes, fn, items, repeat, engines)
+            tiny = fn is square
+            contenders = {**processes, floor: results_floor} if tiny else processes
+            times, ratios = _rounds(contenders, fn, items, repeat, engines, (floor,) if tiny else ())
             sections.append(_table(title, times, ratios, len(items)))
             for name in engines:
                 ratio = median(ratios[name])
