@@ -25,10 +25,12 @@ on other hosts (told apart by host name) cannot see the file, so there the token
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import pickle
 import shutil
 import socket
+import struct
 import tempfile
 import time
 import weakref
@@ -42,7 +44,7 @@ import cloudpickle
 from procengine_nb._safe import describe as _describe
 from procengine_nb._safe import safe_repr
 from procengine_nb._validation import check_seconds
-from procengine_nb.backends.base import failed_result, returned_result, run_chunk
+from procengine_nb.backends.base import failed_result, returned_result
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import ResultStatus, SymbolResult
 
@@ -55,6 +57,7 @@ __all__ = [
     "decode_results",
     "encode_chunk",
     "encode_results",
+    "read_progress",
     "run_columns",
     "run_encoded",
 ]
@@ -326,21 +329,25 @@ def encode_results(results: Sequence[SymbolResult], head: Columns = ((), ())) ->
 
 
 def run_columns(processor: Callable[..., Any], symbols: Sequence[Any], token: MarkerToken,
-                pass_token: bool) -> tuple[Columns, list[SymbolResult]]:
+                pass_token: bool, progress: Any = None) -> tuple[Columns, list[SymbolResult]]:
     """:func:`~procengine_nb.backends.base.run_chunk` for a worker process, same outcomes and rules,
     cheaper: while the values are plain, keep only ``(values, durations_ms)``; from the first symbol
-    that raises or returns anything else on, :class:`SymbolResult` objects (``run_chunk`` runs the rest).
+    that raises or returns anything else on, :class:`SymbolResult` objects.
 
     The token is checked before each symbol as ``run_chunk`` does: its own flag every time, the cancel
-    marker file at most every 5 ms.
+    marker file at most every 5 ms. ``progress`` (a writable sequence, e.g. a memory-mapped file) gets
+    the index of each symbol just before it runs, so the parent can tell, if this process dies, which
+    symbol was running, which had run and which never started.
     """
     values: list[Any] = []
     durations: list[float] = []
-    add_value, add_duration = values.append, durations.append
+    rest: list[SymbolResult] = []
+    add_value, add_duration, add_result = values.append, durations.append, rest.append
     clock = time.perf_counter
     plain = _PLAIN
     is_set = token._event.is_set
     next_check = 0.0
+    columns = True
     for index, symbol in enumerate(symbols):
         start = clock()
         if start >= next_check:
@@ -349,19 +356,22 @@ def run_columns(processor: Callable[..., Any], symbols: Sequence[Any], token: Ma
             next_check = start + _CHECK_EVERY
         elif is_set():
             break
+        if progress is not None:
+            progress[0] = index
         try:
             value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
         except BaseException as exc:
-            first = failed_result(symbol, exc, (clock() - start) * 1000.0)
-            return (values, durations), [first, *run_chunk(processor, symbols[index + 1:], token, pass_token)]
+            columns = False
+            add_result(failed_result(symbol, exc, (clock() - start) * 1000.0))
+            continue
         end = clock()
-        if type(value) in plain or _plain(value):
+        if columns and (type(value) in plain or _plain(value)):
             add_value(value)
             add_duration((end - start) * 1000.0)
             continue
-        first = returned_result(symbol, value, token, start)
-        return (values, durations), [first, *run_chunk(processor, symbols[index + 1:], token, pass_token)]
-    return (values, durations), []
+        columns = False
+        add_result(returned_result(symbol, value, token, start))
+    return (values, durations), rest
 
 
 _PROTOCOL = 5
@@ -398,10 +408,10 @@ def run_encoded(
     """
     if started_file is not None and (marker is None or marker[0] != _HOSTNAME):
         started_file = None
+    progress = None
     if started_file is not None:
         try:
-            with open(started_file, "x"):
-                pass
+            progress = _Progress(started_file) if claimed_by_parent else _touch(started_file)
         except FileExistsError:
             if claimed_by_parent:  # the parent claimed it (its pool broke, it was sent again): not ours
                 return encode_results([])
@@ -409,12 +419,61 @@ def run_encoded(
         except OSError:  # the batch is over (no directory): the token stops the chunk anyway
             pass
     try:
-        processor = _load_processor(processor_blob)
-        symbols = cloudpickle.loads(symbols_blob)
-    except Exception as exc:
-        raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
-    head, rest = run_columns(processor, symbols, MarkerToken(marker), pass_token)
-    return encode_results(rest, head)
+        try:
+            processor = _load_processor(processor_blob)
+            symbols = cloudpickle.loads(symbols_blob)
+        except Exception as exc:
+            raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
+        slots = None if progress is None else progress.view
+        head, rest = run_columns(processor, symbols, MarkerToken(marker), pass_token, slots)
+        return encode_results(rest, head)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _touch(path: str) -> None:
+    with open(path, "x"):
+        return None
+
+
+class _Progress:
+    """A chunk's started file, memory-mapped: ``[0]`` is the index of the symbol running (-1: none yet),
+    ``[1]`` this worker's pid. Plain memory writes (~40 ns), read by the parent after a pool broke."""
+
+    __slots__ = ("_map", "view")
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, PROGRESS_BYTES)
+            self._map = mmap.mmap(fd, PROGRESS_BYTES)
+        finally:
+            os.close(fd)
+        self.view = memoryview(self._map).cast("q")
+        self.view[0] = -1
+        self.view[1] = os.getpid()
+
+    def close(self) -> None:
+        self.view.release()
+        self._map.close()
+
+
+PROGRESS_BYTES = 16
+
+
+def read_progress(path: str) -> tuple[int, int] | None:
+    """``(index of the symbol that was running, pid)`` from a chunk's started file; None when it holds
+    no progress (the parent claimed it, or it is gone)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(PROGRESS_BYTES)
+    except OSError:
+        return None
+    if len(data) != PROGRESS_BYTES:
+        return None
+    index, pid = struct.unpack("qq", data)
+    return index, pid
 
 
 # -- parent side: the engine's future -------------------------------------------------------------
@@ -436,6 +495,8 @@ class RemoteTask(Future):  # type: ignore[type-arg]
         self.started_file: str | None = None  # Dask on a LocalCluster: the chunk's started-file path
         self.payload: tuple[Any, ...] = ()  # processes: what the worker is sent (kept to send it again)
         self.resends = 0  # processes: times it was sent again after a broken pool lost it unstarted
+        self.deaths: dict[int, int] = {}  # processes: index -> breaks of a pool while it was running
+        self.pool: Any = None  # processes: the pool it was last sent to
 
     def _finish(self, results: list[SymbolResult]) -> None:
         try:
@@ -451,6 +512,16 @@ class RemoteTask(Future):  # type: ignore[type-arg]
 
     def complete_cancelled(self) -> None:
         self.cancel()  # a RemoteTask is never 'running', so this always succeeds unless already done
+
+    def complete_with_results(self, results: Mapping[int, SymbolResult]) -> None:
+        """Complete with the results at their index, up to the first index without one (a prefix)."""
+        ordered: list[SymbolResult] = []
+        for index in range(len(self.symbols)):
+            found = results.get(index)
+            if found is None:
+                break
+            ordered.append(found)
+        self._finish(ordered)
 
     def complete_with_blobs(self, payload: Payload) -> None:
         """Decode what ``run_encoded`` returned and complete with the chunk's results."""

@@ -17,14 +17,17 @@ What it can and cannot do (honest limits):
   that ignores its token keeps running in its worker process until it returns (loky cannot stop a
   running task without killing the pool); the final snapshot counts exactly the chunks that had
   started (each creates a small "started" file next to the marker as it starts).
-- A worker process that dies (``os._exit``, a segfault, the OOM killer) breaks loky's pool: every chunk
-  in flight that had started by then (at most the window of two per worker, about
-  ``target_task_seconds`` of work each: loky takes up to 0.25 s to notice, while the other workers go
-  on) becomes ERROR results carrying loky's ``TerminatedWorkerError`` (with the exit code), because
-  its results died with the pool. The chunks that had not started ran no symbol: the engine claims
-  them (so no worker of the broken pool starts them late) and sends them to a fresh pool with the
-  rest of the batch (at most ``_MAX_RESENDS`` times each, so a pool that keeps breaking before it
-  runs anything cannot loop forever). ``engine.retry(result)`` reruns the failed symbols.
+- A worker process that dies (``os._exit``, a segfault, the OOM killer, ``kill -9``) breaks loky's
+  pool, which fails every chunk in flight. Only the symbol the dead worker was running becomes an
+  ERROR (loky's ``TerminatedWorkerError``, with the exit code); every other symbol runs on a fresh
+  pool. Each chunk's started file says which symbol it was running and in which worker process, and
+  the dead process is the one that broke the pool (loky kills the others only afterwards). Symbols
+  that had run, or were cut short, in a chunk that was lost run again (at least once, at most twice
+  in practice); chunks that had not started are claimed by the engine, so no worker of the broken pool
+  starts them late. Bounded: a chunk lost unstarted by pools that broke before getting anything done
+  is sent again at most ``_MAX_RESENDS`` times, and a symbol running at ``_MAX_DEATHS`` breaks is an
+  ERROR even where the dead process cannot be told (no ``/proc``). ``engine.retry(result)`` reruns
+  the failed symbols.
 - The pool is procengine_nb's own loky ``ProcessPoolExecutor`` (never loky's process-wide reusable
   executor, which other libraries share): one warm pool per process, reused by every engine, thread,
   ``start()`` and ``run()`` call with the same ``max_workers`` and ``idle_timeout`` (no start-up cost
@@ -46,10 +49,19 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
+from procengine_nb._tracebacks import format_text
 from procengine_nb._validation import check_seconds
-from procengine_nb.backends._remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
+from procengine_nb.backends._remote import (
+    BatchMarker,
+    RemoteTask,
+    _ProcessorBlob,
+    encode_chunk,
+    read_progress,
+    run_encoded,
+)
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
 from procengine_nb.cancellation import CancellationToken
+from procengine_nb.models import ResultStatus, SymbolResult
 
 try:
     import cloudpickle  # noqa: F401  (used by remote; checked here for the error message)
@@ -64,6 +76,7 @@ __all__ = ["ProcessBackend", "shutdown_pools"]
 
 _ABANDONED_GRACE = 0.1  # seconds the next batch gives abandoned tasks to finish before replacing the pool
 _MAX_RESENDS = 3  # times a chunk that never started is sent again after its pool broke
+_MAX_DEATHS = 3  # breaks a symbol may be running at before it is an ERROR, when no dead worker is found
 _LOST_WITH_THE_POOL = (BrokenProcessPool, ShutdownExecutorError)
 
 
@@ -86,6 +99,9 @@ class _Pool:
         self.retired = False
         self.closed = False
         self.warm_until = 0.0  # monotonic time until which the workers are known to be started
+        # a task completed here, or a worker died running a symbol: a break of this pool was not
+        # for nothing (chunks it lost unstarted are sent again without counting against them)
+        self.productive = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Any:
         future = self.executor.submit(fn, *args)
@@ -94,9 +110,11 @@ class _Pool:
         future.add_done_callback(self._done)
         return future
 
-    def _done(self, _future: Any) -> None:
+    def _done(self, future: Any) -> None:
         with self.lock:
             self.busy -= 1
+        if not future.cancelled() and future.exception() is None:
+            self.productive = True
 
     def stuck(self) -> bool:
         return any(not f.done() for f in list(self.abandoned))
@@ -256,7 +274,12 @@ class _ProcessBatch(BatchExecutor):
         if fn is not run_chunk:
             return self._submit(fn, *args)
         processor, symbols, _token, pass_token = args
-        payload, task = encode_chunk(self._blob, processor, symbols, pass_token, self._marker.marker)
+        self._processor, self._pass_token = processor, pass_token
+        return self._chunk(symbols)
+
+    def _chunk(self, symbols: Any) -> RemoteTask:
+        """Encode and send one chunk (an ERROR result for each symbol that cannot be sent)."""
+        payload, task = encode_chunk(self._blob, self._processor, symbols, self._pass_token, self._marker.marker)
         if payload is None:
             return task
         task.key = self._marker.started_file()
@@ -265,8 +288,14 @@ class _ProcessBatch(BatchExecutor):
         return task
 
     def _send(self, task: RemoteTask) -> None:
-        inner = self._submit(run_encoded, *task.payload)
-        task.inner = inner
+        pool = self._pool
+        try:
+            inner = pool.submit(run_encoded, *task.payload)
+        except (BrokenProcessPool, ShutdownExecutorError, RuntimeError):  # see _submit
+            pool = self._replace(pool)
+            inner = pool.submit(run_encoded, *task.payload)
+            _register_exit_hook()
+        task.inner, task.pool = inner, pool
         inner.add_done_callback(lambda f, task=task: self._complete(task, f))
 
     def _submit(self, fn: Callable[..., Any], /, *args: Any) -> Any:
@@ -300,22 +329,69 @@ class _ProcessBatch(BatchExecutor):
             _forget(task.key)  # the result is here: the chunk's started file has done its job
             task.complete_with_blobs(future.result())
             return
-        if isinstance(error, _LOST_WITH_THE_POOL) and task.resends < _MAX_RESENDS and _claim(task.key):
-            # It never started: its started file did not exist, and now it is ours, so a worker of the
-            # broken pool that still picks the chunk up runs nothing (see run_encoded). It ran no
-            # symbol: a fresh pool runs it under a new started file, unless the batch stops.
-            if self._token.is_cancelled:
-                task.complete_cancelled()
+        if isinstance(error, _LOST_WITH_THE_POOL) and not self._token.is_cancelled:
+            if _claim(task.key):
+                # It never started: its started file did not exist, and now it is ours, so a worker of
+                # the broken pool that still picks the chunk up runs nothing (see run_encoded). It ran
+                # no symbol: a fresh pool runs it under a new started file. Only pools that broke
+                # before getting anything done count against it (a pool that cannot start at all).
+                if not getattr(task.pool, "productive", False):
+                    task.resends += 1
+                if task.resends <= _MAX_RESENDS and self._resend(task):
+                    return
+            elif self._recover(task, error):
                 return
-            task.resends += 1
-            task.key = self._marker.started_file()
-            task.payload = (*task.payload[:-2], task.key, True)
-            try:
-                self._send(task)
-                return
-            except Exception:  # the batch is over, or the fresh pool refused it too: the error stands
-                pass
+        elif isinstance(error, _LOST_WITH_THE_POOL) and _claim(task.key):
+            task.complete_cancelled()  # a Stop: it never started, and never will
+            return
         task.complete_with_error(error)
+
+    def _resend(self, task: RemoteTask) -> bool:
+        task.key = self._marker.started_file()
+        task.payload = (*task.payload[:-2], task.key, True)
+        try:
+            self._send(task)
+        except Exception:  # the batch is over, or the fresh pool refused it too: the error stands
+            return False
+        return True
+
+    def _recover(self, task: RemoteTask, error: BaseException) -> bool:
+        """A chunk that had started when its pool broke: its started file says which symbol was
+        running, and the worker's pid whether that worker is the one that died. The symbol a dead
+        worker was running is an ERROR (``error``); every other symbol of the chunk runs again on the
+        fresh pool (those that had run lost their results with the pool: they may run twice). Returns
+        False when the chunk cannot be told apart (the error then stands for all of it)."""
+        progress = read_progress(task.key)
+        if progress is None:
+            return False
+        running, pid = progress
+        sent = [i for i in range(len(task.symbols)) if i not in task.local]
+        if running < 0 or running >= len(sent):  # it started, but no symbol had begun: nothing ran
+            if not getattr(task.pool, "productive", False):
+                task.resends += 1
+            return task.resends <= _MAX_RESENDS and self._resend(task)
+        interrupted = sent[running]
+        deaths = dict(task.deaths)
+        deaths[interrupted] = deaths.get(interrupted, 0) + 1
+        # its worker died (not killed by loky afterwards), or it was running at every break so far
+        culprit = interrupted if _process_gone(pid) or deaths[interrupted] >= _MAX_DEATHS else None
+        if culprit is not None and task.pool is not None:
+            task.pool.productive = True
+        again = [i for i in sent if i != culprit]
+        done = dict(task.local)
+        if culprit is not None:
+            done[culprit] = SymbolResult(task.symbols[culprit], ResultStatus.ERROR, None, error, 0.0,
+                                         traceback=format_text(error))
+        if not again:
+            task.complete_with_results(done)
+            return True
+        try:
+            rerun = self._chunk([task.symbols[i] for i in again])
+        except Exception:  # the batch is over, or no fresh pool: the error stands
+            return False
+        rerun.deaths = {position: deaths[i] for position, i in enumerate(again) if i in deaths}
+        rerun.add_done_callback(lambda f, task=task, again=again, done=done: _assemble(task, f, again, done))
+        return True
 
     def started(self, future: Future[Any]) -> bool:
         """A chunk started once its started file exists (``timeout=`` counts from then)."""
@@ -355,6 +431,38 @@ class _ProcessBatch(BatchExecutor):
             _release(self._pool)
 
 
+def _assemble(task: RemoteTask, rerun: Future[Any], indices: list[int], done: dict[int, SymbolResult]) -> None:
+    """Complete ``task`` from the results it kept (``done``) and those of the chunk that ran the rest
+    again (``indices`` of ``task.symbols``, in order)."""
+    if rerun.cancelled():
+        ran: list[SymbolResult] = []
+    elif rerun.exception() is not None:
+        error = rerun.exception()
+        text = format_text(error)
+        ran = [SymbolResult(task.symbols[i], ResultStatus.ERROR, None, error, 0.0, traceback=text) for i in indices]
+    else:
+        ran = rerun.result()
+    results = dict(done)
+    for index, result in zip(indices, ran, strict=False):
+        results[index] = result
+    task.complete_with_results(results)
+
+
+def _process_gone(pid: int) -> bool:
+    """True when process ``pid`` has exited (gone, or a zombie not reaped yet). Asked while loky fails
+    the futures of a broken pool, before it kills the workers that are still alive: the dead one is
+    the one that broke it. False when it cannot be told (no ``/proc``): a symbol then counts as guilty
+    after ``_MAX_DEATHS`` breaks."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rpartition(b")")[2].split()
+    except FileNotFoundError:
+        return os.path.isdir("/proc/self")  # Linux: no /proc/<pid> means it is gone
+    except OSError:
+        return False
+    return bool(fields) and fields[0] in (b"Z", b"X")
+
+
 def _claim(path: str) -> bool:
     """Create a chunk's started file for the parent: True when no worker had started the chunk (and
     now none will), False when one had (or the batch's directory is gone)."""
@@ -386,7 +494,7 @@ class ProcessBackend(Backend):
     # Seconds of work per chunk. A hand-off costs the parent ~0.35 ms of CPU (loky's threads wake for it),
     # taken from the workers on a machine with as many cores as workers: 400 tasks of 5 ms took 1.09x
     # joblib's time with 10 ms chunks, 1.05x with 50 ms (bench/RESULTS.md). Stop stays prompt (a chunk
-    # stops between two symbols: marker token); a dead worker fails only chunks that had started.
+    # stops between two symbols: marker token); a dead worker fails only the symbol it was running.
     target_task_seconds = 0.05
 
     def __init__(self, max_workers: int | None = None, *, idle_timeout: float = 300.0) -> None:
