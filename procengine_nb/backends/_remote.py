@@ -336,8 +336,9 @@ def run_columns(processor: Callable[..., Any], symbols: Sequence[Any], token: Ma
 
     The token is checked before each symbol as ``run_chunk`` does: its own flag every time, the cancel
     marker file at most every 5 ms. ``progress`` (a writable sequence, e.g. a memory-mapped file) gets
-    the index of each symbol just before it runs, so the parent can tell, if this process dies, which
-    symbol was running, which had run and which never started.
+    the index of each symbol just before it runs, and ``len(symbols)`` once none runs any more, so the
+    parent can tell, if this process dies, which symbol was running, which had run and which never
+    started — or that the chunk had ended and only its result was lost.
     """
     values: list[Any] = []
     durations: list[float] = []
@@ -371,6 +372,8 @@ def run_columns(processor: Callable[..., Any], symbols: Sequence[Any], token: Ma
             continue
         columns = False
         add_result(returned_result(symbol, value, token, start))
+    if progress is not None:
+        progress[0] = len(symbols)  # no symbol of this chunk runs any more (its result is on its way)
     return (values, durations), rest
 
 
@@ -438,8 +441,9 @@ def _touch(path: str) -> None:
 
 
 class _Progress:
-    """A chunk's started file, memory-mapped: ``[0]`` is the index of the symbol running (-1: none yet),
-    ``[1]`` this worker's pid. Plain memory writes (~40 ns), read by the parent after a pool broke."""
+    """A chunk's started file, memory-mapped: ``[0]`` is the index of the symbol running (-1: none yet;
+    the chunk's length: it ended), ``[1]`` this worker's pid. Plain memory writes (~40 ns), read by the
+    parent after a pool broke."""
 
     __slots__ = ("_map", "view")
 

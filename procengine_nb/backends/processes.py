@@ -366,9 +366,12 @@ class _ProcessBatch(BatchExecutor):
             return False
         running, pid = progress
         sent = [i for i in range(len(task.symbols)) if i not in task.local]
-        if running < 0 or running >= len(sent):  # it started, but no symbol had begun: nothing ran
+        if running < 0 or pid <= 0:  # it started, but no symbol had begun: nothing ran
             if not getattr(task.pool, "productive", False):
                 task.resends += 1
+            return task.resends <= _MAX_RESENDS and self._resend(task)
+        if running >= len(sent):  # it had run to its end (its worker went on): only the result was lost
+            task.resends += 1
             return task.resends <= _MAX_RESENDS and self._resend(task)
         interrupted = sent[running]
         deaths = dict(task.deaths)

@@ -664,3 +664,47 @@ def test_values_only_cloudpickle_can_send_travel_with_their_neighbours():
     assert outcome["fn"].value() == "called"
     assert (outcome["a"].value, outcome["b"].value) == ("aa", "bb")
     assert not outcome["lock"].ok and "cannot be sent back" in str(outcome["lock"].error)
+
+
+def test_a_dead_worker_is_told_from_a_live_one_by_its_pid():
+    """How the culprit is found: the dead process (a zombie not reaped yet, or gone) broke the pool;
+    a live one is only about to be killed by loky."""
+    import subprocess
+
+    from procengine_nb.backends.processes import _process_gone
+
+    assert not _process_gone(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while not _process_gone(child.pid):  # exited, not reaped yet: a zombie
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.01)
+    child.wait()
+    assert _process_gone(child.pid)  # reaped: gone
+
+
+def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
+    from procengine_nb.backends._remote import PROGRESS_BYTES, _Progress, read_progress
+
+    path = str(tmp_path / "0.started")
+    progress = _Progress(path)
+    try:
+        assert read_progress(path) == (-1, os.getpid())  # started, no symbol yet
+        progress.view[0] = 7
+        assert read_progress(path) == (7, os.getpid())
+    finally:
+        progress.close()
+    # the worker's loop marks the end of its chunk: a later death of that worker is not this chunk's
+    from procengine_nb.backends._remote import MarkerToken, run_columns
+
+    path = str(tmp_path / "1.started")
+    progress = _Progress(path)
+    try:
+        run_columns(abs, (1, -2, 3), MarkerToken(None), False, progress.view)
+        assert read_progress(path) == (3, os.getpid())
+    finally:
+        progress.close()
+    Path(tmp_path / "claimed").touch()  # what the parent's claim leaves: no progress
+    assert read_progress(str(tmp_path / "claimed")) is None
+    assert read_progress(str(tmp_path / "missing")) is None
+    assert PROGRESS_BYTES == 16
