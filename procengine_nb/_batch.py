@@ -19,6 +19,7 @@ from itertools import repeat
 from operator import attrgetter, is_
 from typing import Any
 
+from procengine_nb._chunking import ChunkSizer
 from procengine_nb._safe import describe, safe_repr, safe_str
 from procengine_nb._tracebacks import detach, format_text
 from procengine_nb._validation import MAX_SECONDS
@@ -36,11 +37,8 @@ _WAKE = object()  # put in the completion queue by a cancel
 _MAX_WAIT = 0.1  # longest real wait on a deadline computed from the (injectable) clock: a fake clock works
 _START_POLL = 0.02  # how often a backend that cannot tell the start of a task is asked (timeout= only)
 _STORE_SLICE = 256  # rows a store= commit writes per turn of the loop (a commit of 1,000 could starve workers)
-_DURATION_SAMPLE = 64  # results of a chunk whose durations update the mean (a strided sample)
-_duration_of = attrgetter("duration_ms")
 _status_of = attrgetter("status")
 _symbol_of = attrgetter("symbol")
-_MAX_CHUNK = 4096  # symbols per task at most (the processor's own time says nothing of per-symbol costs)
 _UNKNOWN_REMAINING = 1 << 20  # what a lazy input without total= counts as left, for the chunk size
 
 
@@ -142,7 +140,8 @@ class BatchRun:
         self._drawn = 0  # lazy input: symbols drawn so far
         self._exhausted = not self._lazy
         self._input_error: BaseException | None = None
-        self._mean_seconds = 0.0  # smoothed processor time per symbol; drives the chunk size
+        self._sizer = ChunkSizer(settings.target_chunk_seconds, settings.backend.max_workers,
+                                 fixed=settings.chunk_size, timed=settings.timeout is not None)
         self._results = BatchResult(job=job)
         self._interrupted_result: BatchResult | None = None
         self._store = store
@@ -226,6 +225,7 @@ class BatchRun:
         next_index = 0
         workers = backend.max_workers
         window = workers if timeout is not None else max(1, workers * settings.window_per_worker)
+        sizer = self._sizer
         executor: BatchExecutor | None = None
         try:
             executor = backend.open(token)
@@ -247,7 +247,7 @@ class BatchRun:
                         if lazy:
                             if self._exhausted:
                                 break
-                            chunk = self._draw(self._chunk_size(self._lazy_remaining(), workers))
+                            chunk = self._draw(sizer.size(self._lazy_remaining()))
                             if self._stored:
                                 self._count_stored()
                             if not chunk:
@@ -258,7 +258,7 @@ class BatchRun:
                             if next_index >= total:
                                 break
                             start = next_index
-                            stop = start + self._chunk_size(total - start, workers)
+                            stop = start + sizer.size(total - start)
                             chunk = symbols[start:stop]
                     cell = None
                     try:
@@ -413,10 +413,7 @@ class BatchRun:
             chunk = self._sift(ran, start, attempts) if self.settings.retries else ran
             if chunk:
                 self._record(chunk)
-            sample = ran if len(ran) <= _DURATION_SAMPLE else ran[::len(ran) // _DURATION_SAMPLE]
-            per_symbol = sum(map(_duration_of, sample)) / 1000.0 / len(sample)
-            mean = self._mean_seconds
-            self._mean_seconds = per_symbol if mean == 0.0 else 0.5 * (mean + per_symbol)
+            self._sizer.measured(ran)
         if len(ran) < stop - start:  # the chunk stopped early on a cancel: the rest never ran
             self._dropped.extend(zip(range(start + len(ran), stop), symbols[len(ran):], strict=True))
             if not token.is_cancelled:  # no cancel asked: the executor dropped a task it had accepted
@@ -603,24 +600,6 @@ class BatchRun:
         return hint - drawn
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _chunk_size(self, remaining: int, workers: int) -> int:
-        """Symbols per task: fixed when configured; else 1 until tasks are measured, then enough tiny
-        tasks to fill ``target_chunk_seconds`` — while leaving every worker a few tasks at the end."""
-        settings = self.settings
-        mean_seconds = self._mean_seconds
-        if settings.timeout is not None:
-            return 1
-        if settings.chunk_size is not None:
-            return min(settings.chunk_size, remaining)
-        if mean_seconds <= 0.0 or mean_seconds >= settings.target_chunk_seconds:
-            return 1
-        fill = int(settings.target_chunk_seconds / mean_seconds)  # symbols that take the target time
-        size = min(fill, _MAX_CHUNK)
-        # balance the end across workers, but never below a quarter of the target: smaller chunks
-        # only add hand-offs (each costs more than the imbalance it saves)
-        balance = max(1, remaining // (workers * 4), min(fill // 4, _MAX_CHUNK))
-        return max(1, min(size, balance, remaining))
-
     @staticmethod
     def _outcome(future: Future[Any], symbols: Any) -> list[SymbolResult]:
         try:
