@@ -277,9 +277,12 @@ class _ProcessBatch(BatchExecutor):
         self._processor, self._pass_token = processor, pass_token
         return self._chunk(symbols)
 
-    def _chunk(self, symbols: Any) -> RemoteTask:
-        """Encode and send one chunk (an ERROR result for each symbol that cannot be sent)."""
+    def _chunk(self, symbols: Any, deaths: dict[int, int] | None = None) -> RemoteTask:
+        """Encode and send one chunk (an ERROR result for each symbol that cannot be sent); ``deaths``:
+        breaks its symbols (by position) were running at already."""
         payload, task = encode_chunk(self._blob, self._processor, symbols, self._pass_token, self._marker.marker)
+        if deaths:
+            task.deaths = deaths
         if payload is None:
             return task
         task.key = self._marker.started_file()
@@ -389,10 +392,10 @@ class _ProcessBatch(BatchExecutor):
             task.complete_with_results(done)
             return True
         try:
-            rerun = self._chunk([task.symbols[i] for i in again])
+            rerun = self._chunk([task.symbols[i] for i in again],
+                                {position: deaths[i] for position, i in enumerate(again) if i in deaths})
         except Exception:  # the batch is over, or no fresh pool: the error stands
             return False
-        rerun.deaths = {position: deaths[i] for position, i in enumerate(again) if i in deaths}
         rerun.add_done_callback(lambda f, task=task, again=again, done=done: _assemble(task, f, again, done))
         return True
 
