@@ -49,7 +49,6 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from procengine_nb._tracebacks import format_text
 from procengine_nb._validation import check_seconds
 from procengine_nb.backends._remote import (
     BatchMarker,
@@ -59,9 +58,9 @@ from procengine_nb.backends._remote import (
     read_progress,
     run_encoded,
 )
-from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
+from procengine_nb.backends.base import Backend, BatchExecutor, failed_result, run_chunk
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.models import ResultStatus, SymbolResult
+from procengine_nb.models import SymbolResult
 
 try:
     import cloudpickle  # noqa: F401  (used by remote; checked here for the error message)
@@ -291,26 +290,24 @@ class _ProcessBatch(BatchExecutor):
         return task
 
     def _send(self, task: RemoteTask) -> None:
-        pool = self._pool
-        try:
-            inner = pool.submit(run_encoded, *task.payload)
-        except (BrokenProcessPool, ShutdownExecutorError, RuntimeError):  # see _submit
-            pool = self._replace(pool)
-            inner = pool.submit(run_encoded, *task.payload)
-            _register_exit_hook()
-        task.inner, task.pool = inner, pool
-        inner.add_done_callback(lambda f, task=task: self._complete(task, f))
+        task.pool, task.inner = self._submit_on(run_encoded, *task.payload)
+        task.inner.add_done_callback(lambda f, task=task: self._complete(task, f))
 
     def _submit(self, fn: Callable[..., Any], /, *args: Any) -> Any:
+        return self._submit_on(fn, *args)[1]
+
+    def _submit_on(self, fn: Callable[..., Any], /, *args: Any) -> tuple[_Pool, Any]:
+        """Submit to this batch's pool: ``(the pool that took it, loky's future)``."""
         pool = self._pool
         try:
-            return pool.submit(fn, *args)
+            return pool, pool.submit(fn, *args)
         except (BrokenProcessPool, ShutdownExecutorError, RuntimeError):
-            # A worker died earlier in this batch (the chunks that had started then already carry the
-            # error) or the pool was shut down: the rest go to a fresh pool.
-            future = self._replace(pool).submit(fn, *args)
+            # A worker died earlier in this batch (its chunks were already failed or sent again) or
+            # the pool was shut down: the rest go to a fresh pool.
+            pool = self._replace(pool)
+            future = pool.submit(fn, *args)
             _register_exit_hook()
-            return future
+            return pool, future
 
     def _replace(self, broken: _Pool) -> _Pool:
         """The pool that replaces ``broken`` for this batch (once, whichever thread asks first)."""
@@ -338,9 +335,7 @@ class _ProcessBatch(BatchExecutor):
                 # the broken pool that still picks the chunk up runs nothing (see run_encoded). It ran
                 # no symbol: a fresh pool runs it under a new started file. Only pools that broke
                 # before getting anything done count against it (a pool that cannot start at all).
-                if not getattr(task.pool, "productive", False):
-                    task.resends += 1
-                if task.resends <= _MAX_RESENDS and self._resend(task):
+                if self._resend(task, counted=not getattr(task.pool, "productive", False)):
                     return
             elif self._recover(task, error):
                 return
@@ -349,7 +344,13 @@ class _ProcessBatch(BatchExecutor):
             return
         task.complete_with_error(error)
 
-    def _resend(self, task: RemoteTask) -> bool:
+    def _resend(self, task: RemoteTask, *, counted: bool) -> bool:
+        """Send ``task`` again under a new started file; False (nothing sent) once ``counted`` resends
+        would pass ``_MAX_RESENDS``, or when no pool takes it."""
+        if counted:
+            task.resends += 1
+        if task.resends > _MAX_RESENDS:
+            return False
         task.key = self._marker.started_file()
         task.payload = (*task.payload[:-2], task.key, True)
         try:
@@ -370,12 +371,9 @@ class _ProcessBatch(BatchExecutor):
         running, pid = progress
         sent = [i for i in range(len(task.symbols)) if i not in task.local]
         if running < 0 or pid <= 0:  # it started, but no symbol had begun: nothing ran
-            if not getattr(task.pool, "productive", False):
-                task.resends += 1
-            return task.resends <= _MAX_RESENDS and self._resend(task)
+            return self._resend(task, counted=not getattr(task.pool, "productive", False))
         if running >= len(sent):  # it had run to its end (its worker went on): only the result was lost
-            task.resends += 1
-            return task.resends <= _MAX_RESENDS and self._resend(task)
+            return self._resend(task, counted=True)
         interrupted = sent[running]
         deaths = dict(task.deaths)
         deaths[interrupted] = deaths.get(interrupted, 0) + 1
@@ -386,8 +384,7 @@ class _ProcessBatch(BatchExecutor):
         again = [i for i in sent if i != culprit]
         done = dict(task.local)
         if culprit is not None:
-            done[culprit] = SymbolResult(task.symbols[culprit], ResultStatus.ERROR, None, error, 0.0,
-                                         traceback=format_text(error))
+            done[culprit] = failed_result(task.symbols[culprit], error, 0.0)
         if not again:
             task.complete_with_results(done)
             return True
@@ -444,8 +441,7 @@ def _assemble(task: RemoteTask, rerun: Future[Any], indices: list[int], done: di
         ran: list[SymbolResult] = []
     elif rerun.exception() is not None:
         error = rerun.exception()
-        text = format_text(error)
-        ran = [SymbolResult(task.symbols[i], ResultStatus.ERROR, None, error, 0.0, traceback=text) for i in indices]
+        ran = [failed_result(task.symbols[i], error, 0.0) for i in indices]
     else:
         ran = rerun.result()
     results = dict(done)
