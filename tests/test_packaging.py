@@ -104,3 +104,19 @@ def test_the_engine_side_imports_nothing_from_the_views():
 
 def test_package_is_typed():
     assert (ROOT / "procengine_nb" / "py.typed").exists()
+
+
+def test_the_pythons_claimed_are_the_pythons_ci_runs():
+    """requires-python, the classifiers, ruff's target and the versions CI insists on say the same thing."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    claimed = sorted(
+        c.rsplit(" :: ", 1)[1] for c in data["project"]["classifiers"]
+        if c.startswith("Programming Language :: Python :: 3.")
+    )
+    script = (ROOT / "scripts" / "test.sh").read_text()
+    required = script.split('REQUIRED_IN_CI="', 1)[1].split('"', 1)[0].split()
+    assert claimed == required == ["3.11", "3.12", "3.13"]
+    assert data["project"]["requires-python"] == ">=3.11"
+    assert data["tool"]["ruff"]["target-version"] == "py311"
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "python>=3.11" in env["dependencies"]

@@ -59,8 +59,10 @@ jupyter_client = pytest.importorskip("jupyter_client")
 def test_a_kernel_shutdown_is_not_held_by_an_endless_task(stop_first):
     """In a real kernel, with an endless token-ignoring task running (after a Stop, or with the job still
     running), nothing the job started can hold the interpreter's exit: every thread it started is a daemon
-    thread, none is in ``concurrent.futures``' exit registry (what used to join the workers at exit, forever
-    for an endless task), and none holds a shutdown lock ``threading._shutdown`` would wait on.
+    thread (the public rule: the interpreter never joins daemon threads at exit) and none is in
+    ``concurrent.futures``' exit registry (what used to join the workers at exit, forever for an endless
+    task; an internal, read where present since no public API lists it). It no longer reads
+    ``Thread._tstate_lock``/``threading._shutdown_locks``: CPython 3.13 replaced both.
 
     The kernel's own shutdown time is not asserted: ipykernel's shutdown takes 0.15 s, 10 s or more than
     40 s on this machine with no job at all (its control thread can wait on a stopped IOPub thread), so a
@@ -86,9 +88,12 @@ def test_a_kernel_shutdown_is_not_held_by_an_endless_task(stop_first):
             # lets idle workers go once a Stop left nothing to do)
             assert any(t.is_alive() for t in ours if t.name.startswith("procengine-worker")), ours
             assert all(t.daemon for t in ours), [t.name for t in ours if not t.daemon]
-            assert not set(ours) & set(cft._threads_queues), "a worker would be joined at exit"
-            held = {t._tstate_lock for t in ours} & set(getattr(threading, "_shutdown_locks", ()))
-            assert not held, "threading._shutdown would wait for a job thread"
+            # No public API lists the threads concurrent.futures joins at exit: its registry
+            # (_threads_queues, present in 3.11-3.13) is read where it exists; the daemon check above is
+            # the public rule (the interpreter never waits for daemon threads), and the interpreter-exit
+            # test above checks the behaviour itself.
+            registry = getattr(cft, "_threads_queues", {})
+            assert not set(ours) & set(registry), "a worker would be joined at exit"
             print("checked", len(ours), "threads")
         """)
         reply = kc.execute_interactive(code, timeout=60, output_hook=lambda msg: None)
