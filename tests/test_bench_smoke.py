@@ -65,3 +65,33 @@ def test_smoke_run_of_the_store_part_prints_figures_and_no_verdicts(tmp_path):
     text = out.read_text()
     assert "## store" in text and "no store" in text and "rerun: all from the store" in text
     assert "MISSED" not in text and "Targets:" not in text and "→ met" not in text
+
+
+def test_the_results_page_gets_each_parts_tables_between_its_markers_and_keeps_its_prose():
+    from bench.__main__ import replace_tables
+
+    page = "# Results\nprose\n<!-- bench:cancel -->\nold cancel\n<!-- /bench:cancel -->\nmore prose\n" \
+           "<!-- bench:store -->\nold store\n<!-- /bench:store -->\n"
+    new = replace_tables(page, {"cancel": "new cancel\n| a |"})
+    assert new == page.replace("old cancel", "new cancel\n| a |")
+    with pytest.raises(ValueError, match="bench:memory"):
+        replace_tables(page, {"memory": "x"})
+
+
+def test_the_results_page_is_never_written_by_a_smoke_run_and_must_have_the_parts_markers(tmp_path):
+    page = tmp_path / "RESULTS.md"
+    page.write_text("no markers here\n")
+    with pytest.raises(SystemExit):
+        main(["--smoke", "cancel", "--results", str(page)])
+    with pytest.raises(SystemExit):
+        main(["cancel", "--results", str(page)])  # refused before measuring anything
+    assert page.read_text() == "no markers here\n"
+
+
+def test_the_committed_results_page_has_markers_for_every_part():
+    from pathlib import Path
+
+    from bench.__main__ import PARTS, replace_tables
+
+    page = (Path(__file__).resolve().parents[1] / "bench" / "RESULTS.md").read_text()
+    replace_tables(page, dict.fromkeys(PARTS, ""))
