@@ -36,7 +36,6 @@ _log = logging.getLogger("procengine_nb.engine")
 _WAKE = object()  # put in the completion queue by a cancel
 _MAX_WAIT = 0.1  # longest real wait on a deadline computed from the (injectable) clock: a fake clock works
 _START_POLL = 0.02  # how often a backend that cannot tell the start of a task is asked (timeout= only)
-_STORE_SLICE = 256  # rows a store= commit writes per turn of the loop (a commit of 1,000 could starve workers)
 _status_of = attrgetter("status")
 _symbol_of = attrgetter("symbol")
 _UNKNOWN_REMAINING = 1 << 20  # what a lazy input without total= counts as left, for the chunk size
@@ -145,11 +144,11 @@ class BatchRun:
         self._results = BatchResult(job=job)
         self._interrupted_result: BatchResult | None = None
         self._store = store
-        """The batch's link to its ``store=`` (opened, used and closed on the batch's thread), or None."""
+        """The batch's link to its ``store=`` (read on the batch's thread, written by its writer thread), or None."""
         self._symbols: Any = job.symbols  # what is handed out: on a rerun, without what the store holds
         self._stored: list[SymbolResult] = []  # lazy input: results from the store, drawn, not yet counted
-        self._stored_drawn = 0  # lazy input: symbols drawn that came from the store (never handed out)
-        self._held: list[Any] = []  # lazy input: the symbol whose key= raised (unprocessed)
+        self._unkeyed: list[SymbolResult] = []  # ERROR results of symbols whose key raised, not yet counted
+        self._stored_drawn = 0  # lazy input: symbols drawn never handed out (from the store, or unkeyed)
 
     # -- read from other threads ----------------------------------------------------------------
     @property
@@ -248,7 +247,7 @@ class BatchRun:
                             if self._exhausted:
                                 break
                             chunk = self._draw(sizer.size(self._lazy_remaining()))
-                            if self._stored:
+                            if self._stored or self._unkeyed:
                                 self._count_stored()
                             if not chunk:
                                 break
@@ -313,20 +312,11 @@ class BatchRun:
                         wait = due if wait is None else min(wait, due)
                     if wait is not None:
                         wait = min(wait, _MAX_WAIT)
-                if store is not None:  # results reach the store at most commit_seconds after they complete
-                    due = store.due()
-                    if due == 0.0:  # here, the window just refilled, in slices short enough that workers
-                        store.commit(_STORE_SLICE)  # keep busy meanwhile (the rest at the next turns)
-                        due = store.due()
-                    if due is not None:
-                        wait = due if wait is None else min(wait, due)
                 try:
                     item = completions.get(timeout=wait)
                 except queue.Empty:
                     if timed:
                         self._expire(clock(), executor)
-                    if store is not None:
-                        store.tick()
                     continue
                 if item is not _WAKE and item.__class__ is not _Started:
                     self._take(item)
@@ -345,7 +335,7 @@ class BatchRun:
             try:
                 self._settle(next_index, cancelled)
             finally:
-                if store is not None:  # however the batch ended: commit what the store buffered
+                if store is not None:  # however the batch ended: the writer writes the rest (never waited for)
                     self._close_store(store)
         return results
 
@@ -356,7 +346,7 @@ class BatchRun:
         A symbol that failed and was waiting for (or running) its next attempt when the batch stopped
         ran and failed: it ends as its last ERROR result, never as unprocessed."""
         tracker, inflight, results, token = self.tracker, self._inflight, self._results, self.token
-        if self._stored:  # drawn from the store while the batch was being stopped
+        if self._stored or self._unkeyed:  # drawn while the batch was being stopped
             self._count_stored()
         # What a cancel left running on workers (tasks that ignore the token): reported, not awaited.
         tracker.running = sum(span[1] - span[0] for f, span in inflight.items() if not f.done())
@@ -482,40 +472,49 @@ class BatchRun:
 
     # -- the store --------------------------------------------------------------------------------------
     def _open_store(self, store: StoreSession) -> None:
-        """Before any symbol runs. A sized input: check every key (a ``key=`` that raises is the batch's
-        error, naming the symbol), count what the store holds as completed (``from_store``) and hand out
-        only the rest, in input order. A lazy input: the same, symbol by symbol as it is drawn (a key that
-        raises then ends the batch like an input that raises: cancelled, ``input_error`` set)."""
+        """Before any symbol runs: read what the store holds for this batch (never waiting on a lock: a
+        store that cannot be read runs without reuse, logged). A sized input: key every symbol (a key that
+        raises is that symbol's ERROR, never run), count what the store holds as completed (``from_store``)
+        and hand out only the rest, in input order. A lazy input: the same, symbol by symbol as it is drawn."""
         symbols = self.job.symbols
         try:
+            store.open(cancelled=lambda: self.token.is_cancelled)
             if self._lazy:
-                store.open()
                 self._symbols = self._without_stored(symbols, store)  # type: ignore[arg-type]
                 return
-            keys = [store.key(symbol) for symbol in symbols]  # type: ignore[union-attr]
-            store.open()
+            keys: list[str | None] = []
+            unkeyed: set[int] = set()
+            for position, symbol in enumerate(symbols):  # type: ignore[arg-type]
+                try:
+                    keys.append(store.key(symbol))
+                except Exception as exc:  # key= and str() raise nothing else (they wrap it)
+                    keys.append(None)
+                    unkeyed.add(position)
+                    self._unkeyed.append(_unkeyed_result(symbol, exc))
             found = store.done(symbols, keys) if store.has_known else {}  # type: ignore[arg-type]
         except BaseException:
-            store.close()
+            self._close_store(store)
             raise
-        if found:
+        if found or unkeyed:
             self._results.extend(found[i] for i in sorted(found))
-            self._symbols = tuple(symbol for i, symbol in enumerate(symbols) if i not in found)  # type: ignore[arg-type]
+            self._symbols = tuple(symbol for i, symbol in enumerate(symbols)  # type: ignore[arg-type]
+                                  if i not in found and i not in unkeyed)
             self._stored = self._results[:]
             self._count_stored()
 
     def _without_stored(self, iterator: Iterator[Any], store: StoreSession) -> Iterator[Any]:
         """A lazy input without the symbols the store holds: their results are kept for
         :meth:`_count_stored` (looked up a few hundred at a time); a stored value that no longer loads
-        is yielded to run again."""
+        is yielded to run again; a symbol whose key raises is kept as its ERROR result, never run."""
         held_symbols: list[Any] = []
         held_keys: list[str] = []
         for symbol in iterator:
             try:
                 key = store.key(symbol)
-            except BaseException:
-                self._held.append(symbol)
-                raise
+            except Exception as exc:  # key= and str() raise nothing else (they wrap it)
+                self._unkeyed.append(_unkeyed_result(symbol, exc))
+                self._stored_drawn += 1
+                continue
             known = store.is_known(key)
             if known:
                 held_symbols.append(symbol)
@@ -537,18 +536,28 @@ class BatchRun:
             yield from (s for i, s in enumerate(held_symbols) if i not in found)
 
     def _count_stored(self) -> None:
-        """Count results taken from the store as completed at once (``from_store``), one snapshot each."""
+        """Count results taken from the store as completed at once (``from_store``), one snapshot each,
+        and the ERROR results of symbols whose key raised."""
         stored, self._stored = self._stored, []
-        if self._lazy:
-            self._results.extend(stored)
-        self.publisher.updates(self.tracker.record_stored([r.symbol for r in stored]),
-                               cancelled=self.token.cancelled_now)
+        unkeyed, self._unkeyed = self._unkeyed, []
+        if stored:
+            if self._lazy:
+                self._results.extend(stored)
+            self.publisher.updates(self.tracker.record_stored([r.symbol for r in stored]),
+                                   cancelled=self.token.cancelled_now)
+        for result in unkeyed:
+            self._results.append(result)
+            self.publisher.update(self.tracker.record(result.symbol, error=True))
+            self.publisher.failed(result)
+        if unkeyed:
+            self._check_budget()
 
     def _close_store(self, store: StoreSession) -> None:
-        """Commit what the store buffered and close it; never raises (``close`` logs its failures)."""
+        """Hand the store's writer the end of the batch (it writes what is left on its own thread, never
+        waited for here); never raises."""
         try:
             store.close()
-        except Exception as exc:  # pragma: no cover - close() logs its own failures
+        except Exception as exc:  # pragma: no cover - close() only closes a connection and sets a flag
             _log.error("job %s: closing the store failed: %s", safe_str(self.job.job_id, 80), describe(exc))
 
     # -- lazy input -------------------------------------------------------------------------------
@@ -569,10 +578,6 @@ class BatchRun:
             self._exhausted = True
             self._drawn += len(chunk)
             self._dropped.extend(zip(range(self._drawn - len(chunk), self._drawn), chunk, strict=True))
-            for symbol in self._held:  # drawn, refused before it ran (its key= raised): unprocessed
-                self._dropped.append((self._drawn, symbol))
-                self._drawn += 1
-            self._held.clear()
             self._grow_total()
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # an interrupt: run() keeps the partial result
                 raise
@@ -662,6 +667,12 @@ class BatchRun:
             self.publisher.update(self.tracker.record(result.symbol, error=True))
             self.publisher.failed(result)
         self._check_budget()
+
+
+def _unkeyed_result(symbol: Any, error: BaseException) -> SymbolResult:
+    """The ERROR result of a symbol the store could not key (never run)."""
+    text = detach(error)
+    return SymbolResult(symbol, ResultStatus.ERROR, None, error, 0.0, traceback=text)
 
 
 def _attach_partial(exc: BaseException, partial: BatchResult) -> None:

@@ -27,7 +27,14 @@ from procengine_nb.handle import JobHandle
 from procengine_nb.models import BatchResult, JobType, ProcessingJob, ResultStatus, coerce_symbols
 from procengine_nb.observe import JobView, Publisher
 from procengine_nb.progress import ProgressCallback
-from procengine_nb.store import ResultStore, StoreSession, default_batch_name, make_key_function, resolve_store
+from procengine_nb.store import (
+    ResultStore,
+    StoreSession,
+    code_fingerprint,
+    default_batch_name,
+    make_key_function,
+    resolve_store,
+)
 
 __all__ = ["IProcessingEngine", "ProcessingEngine"]
 
@@ -418,7 +425,7 @@ class ProcessingEngine:
                 "none that tells two calls apart (a lambda, a functools.partial, a callable object): "
                 "name the job, e.g. ProcessingJob(symbols, name='prices') or run(..., name='prices')"
             )
-        return resolved._session(name, key_function)
+        return resolved._session(name, key_function, code_fingerprint(self.processor))
 
     @staticmethod
     def _check_previous(previous: object) -> None:

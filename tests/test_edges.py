@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import gc
+import re
 import threading
 import tracemalloc
 import weakref
@@ -422,12 +423,14 @@ def test_the_longest_accepted_timeout_works():
 
 @pytest.mark.parametrize("payload", [HOSTILE["str/repr/eq/hash raise"], HOSTILE["str/repr return non-str"]],
                          ids=["str raises", "str returns non-str"])
-def test_a_store_refuses_a_symbol_it_cannot_key_by_name_before_running_anything(payload, tmp_path):
+def test_a_store_turns_a_symbol_it_cannot_key_into_its_error_naming_it(payload, tmp_path):
     ran = []
-    with pytest.raises(ValueError, match=r"str\(symbol\).*<unprintable \w+>: pass key=") as info:
-        ProcessingEngine(ran.append).process_batch(["a", payload], store=tmp_path / "results.db")
-    assert not ran
-    _text_ok(str(info.value), 500)
+    result = ProcessingEngine(ran.append).process_batch(["a", payload], store=tmp_path / "results.db")
+    assert ran == ["a"] and len(result) == 2 and not result.cancelled  # the others run; it costs its symbol
+    [error] = result.errors
+    assert error.symbol is payload and isinstance(error.error, ValueError)
+    assert re.search(r"str\(symbol\).*<unprintable \w+>: pass key=", str(error.error))
+    _text_ok(str(error.error), 500)
 
 
 def test_a_store_keys_a_hostile_str_subclass_as_a_plain_str(tmp_path):
@@ -437,8 +440,9 @@ def test_a_store_keys_a_hostile_str_subclass_as_a_plain_str(tmp_path):
     path = tmp_path / "results.db"
     from procengine_nb import ProcessingJob
 
-    first = ProcessingEngine(lambda s: 1).process_batch(ProcessingJob([symbol, "ok"], name="b"), store=path)
-    again = ProcessingEngine(lambda s: 2).process_batch(ProcessingJob([symbol, "ok"], name="b"), store=path)
+    engine = ProcessingEngine(lambda s: 1)
+    first = engine.process_batch(ProcessingJob([symbol, "ok"], name="b"), store=path)
+    again = engine.process_batch(ProcessingJob([symbol, "ok"], name="b"), store=path)
     assert len(first) == len(again) == 2 and all(r.from_store for r in again)
     assert len(load_results(path)) == 2
 
@@ -493,7 +497,10 @@ def test_lone_surrogates_in_a_stored_batch_name_and_keys_are_kept_apart(tmp_path
 
     first = ProcessingEngine(str.upper).process_batch(job(), store=path)
     assert first.summary() == "3 of 3 processed: 3 ok, 0 failed"
-    again = ProcessingEngine(lambda s: "recomputed").process_batch(job(), store=path)
+    from procengine_nb import ResultStore
+
+    # another processor: reuse="any" takes what the first one stored (by default it would compute again)
+    again = ProcessingEngine(lambda s: "recomputed").process_batch(job(), store=ResultStore(path, reuse="any"))
     assert all(r.from_store for r in again)
     assert sorted((r.symbol, r.value) for r in again) == [("a", "A"), ("b\udc80", "B\udc80"), ("b\udc81", "B\udc81")]
     loaded = load_results(path, name="prices \ud800")

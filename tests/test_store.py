@@ -7,6 +7,7 @@ import hashlib
 import pickle
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from procengine_nb.store import (
     NotStored,
     ResultStore,
     StoredError,
+    StoreLoadError,
     StoreVersionError,
     default_batch_name,
     load_results,
@@ -36,6 +38,13 @@ def failed(symbol, exc):
         return SymbolResult(symbol, ResultStatus.ERROR, None, caught, 2.0)
 
 
+def wait_until(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
 def rows_in(path, batch=None):
     with sqlite3.connect(path) as conn:
         if batch is None:
@@ -45,6 +54,12 @@ def rows_in(path, batch=None):
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def finish(session):
+    """End a session as a batch does, then wait for its writer (the batch itself never waits)."""
+    session.close()
+    assert session.flush(30), "the writer did not finish in time"
 
 
 @pytest.fixture
@@ -122,7 +137,7 @@ def test_a_store_of_another_version_is_refused_and_nothing_is_lost(path):
     store = ResultStore(path)
     session = store._session("b", str).open()
     session.add([ok("A", 1)])
-    session.close()
+    finish(session)
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 99")
     before = digest(path)
@@ -167,7 +182,7 @@ def test_round_trip_of_every_status(path):
     session = store._session("prices", str).open()
     cancelled = SymbolResult("C", ResultStatus.CANCELLED, None, RuntimeError("stop"), 0.5)
     session.add([ok("A", {"px": 1.5}), failed("B", KeyError("no data")), cancelled, ok(("t", 1), [1, 2])])
-    session.close()
+    finish(session)
     loaded = load_results(path, "prices")
     assert [r.symbol for r in loaded] == ["A", "B", "C", ("t", 1)]
     assert all(r.from_store for r in loaded)
@@ -188,7 +203,7 @@ def test_a_custom_exception_type_keeps_its_qualified_name(path):
 
     session = ResultStore(path)._session("b", str).open()
     session.add([failed("A", Throttled("429"))])
-    session.close()
+    finish(session)
     error = load_results(path).errors[0].error
     assert error.type_name.endswith("test_a_custom_exception_type_keeps_its_qualified_name.<locals>.Throttled")
     assert str(error).endswith("Throttled: 429")
@@ -201,7 +216,7 @@ def test_an_exception_whose_str_raises_is_still_stored(path):
 
     session = ResultStore(path)._session("b", str).open()
     session.add([failed("A", Nasty())])
-    session.close()
+    finish(session)
     assert "whose str() failed" in load_results(path).errors[0].error.message
 
 
@@ -211,7 +226,7 @@ def test_an_unpicklable_value_stays_in_memory_and_the_store_says_why(path):
     result = ok("A", lock)
     session = store._session("b", str).open()
     session.add([result, ok("B", 2)])
-    session.close()
+    finish(session)
     assert result.value is lock and session.unkept == 1
     loaded = {r.symbol: r for r in load_results(path)}
     assert isinstance(loaded["A"].value, NotStored)
@@ -221,14 +236,14 @@ def test_an_unpicklable_value_stays_in_memory_and_the_store_says_why(path):
     rerun = store._session("b", str).open()
     assert not rerun.is_known("A") and rerun.is_known("B")
     assert list(rerun.done(["A", "B"], ["A", "B"])) == [1]
-    rerun.close()
+    finish(rerun)
 
 
 def test_an_unpicklable_symbol_reads_back_as_its_key(path):
     lock = threading.Lock()
     session = ResultStore(path)._session("b", lambda s: "the-lock").open()
     session.add([ok(lock, 1)])
-    session.close()
+    finish(session)
     assert [r.symbol for r in load_results(path)] == ["the-lock"]
 
 
@@ -236,7 +251,7 @@ def test_done_gives_stored_successes_for_the_current_symbols(path):
     store = ResultStore(path)
     session = store._session("b", str).open()
     session.add([ok(1, "one"), failed(2, ValueError("x")), ok(3, "three")])
-    session.close()
+    finish(session)
     rerun = store._session("b", str).open()
     assert rerun.has_known
     symbols = [1, 2, 3, 1]  # a duplicate symbol gets the stored result too
@@ -244,41 +259,44 @@ def test_done_gives_stored_successes_for_the_current_symbols(path):
     assert sorted(found) == [0, 2, 3]
     assert found[0].symbol == 1 and found[0].value == "one" and found[0].from_store
     assert found[0].status is ResultStatus.SUCCESS and found[3].value == "one"
-    rerun.close()
+    finish(rerun)
     other = store._session("another batch", str).open()
     assert not other.has_known and other.done([1], ["1"]) == {}
-    other.close()
+    finish(other)
 
 
 def test_a_stored_value_that_no_longer_unpickles_is_computed_again(path, caplog):
     store = ResultStore(path)
     session = store._session("b", str).open()
     session.add([ok("A", 1), ok("B", 2)])
-    session.close()
+    finish(session)
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE procengine_results SET value = ? WHERE key = 'A'",
                      (b"\x80\x05cno_such_module\nThing\n.",))
     rerun = store._session("b", str).open()
     found = rerun.done(["A", "B"], ["A", "B"])
     assert list(found) == [1] and not rerun.is_known("A")
-    assert "does not unpickle" in caplog.text
-    rerun.close()
-    assert isinstance({r.symbol: r for r in load_results(path)}["A"].value, NotStored)
+    assert "could not be loaded" in caplog.text and "running it again" in caplog.text
+    finish(rerun)
+    loaded = {r.symbol: r for r in load_results(path)}  # that symbol alone is an ERROR; the load holds
+    assert loaded["A"].status is ResultStatus.ERROR and isinstance(loaded["A"].error, StoreLoadError)
+    assert "could not be loaded" in str(loaded["A"].error) and "no_such_module" in str(loaded["A"].error)
+    assert loaded["B"].value == 2 and loaded["B"].ok
 
 
 def test_a_kept_success_is_never_replaced_by_a_failure(path):
     store = ResultStore(path)
     first = store._session("b", str).open()
     first.add([ok("A", 1), failed("B", ValueError("x"))])
-    first.close()
+    finish(first)
     second = store._session("b", str).open()
     second.add([failed("A", ValueError("late")), ok("B", 2), ok("C", threading.Lock())])
-    second.close()
+    finish(second)
     loaded = {r.symbol: r for r in load_results(path)}
     assert loaded["A"].value == 1 and loaded["B"].value == 2
     third = store._session("b", str).open()
     third.add([ok("C", 3)])  # a kept value replaces one that could not be kept
-    third.close()
+    finish(third)
     assert {r.symbol: r for r in load_results(path)}["C"].value == 3
 
 
@@ -286,70 +304,113 @@ def test_results_from_the_store_are_not_written_again(path):
     store = ResultStore(path)
     session = store._session("b", str).open()
     session.add([ok("A", 1)])
-    session.close()
+    finish(session)
     rerun = store._session("b", str).open()
     [again] = rerun.done(["A"], ["A"]).values()
     rerun.add([again])
-    assert rerun.due() is None  # nothing buffered
-    rerun.close()
+    assert rerun.writer.waiting == 0 and not rerun.writer.running  # nothing handed over
+    finish(rerun)
     assert rows_in(path) == 1
 
 
-# -- batching -------------------------------------------------------------------------------------------
-def test_commits_are_batched_by_time(path, fake_clock):
-    store = ResultStore(path, commit_seconds=0.5, commit_results=1000)
-    session = store._session("b", str, fake_clock).open()
-    assert session.due() is None
-    fake_clock.advance(0.1)
+# -- the background writer -------------------------------------------------------------------------------
+def test_commits_are_batched_by_time(path):
+    store = ResultStore(path, commit_seconds=0.3, commit_results=1000)
+    session = store._session("b", str).open()
     session.add([ok(i, i) for i in range(10)])
-    assert rows_in(path) == 0  # buffered
-    assert session.due() == pytest.approx(0.4)
-    fake_clock.advance(0.3)
-    session.tick()
-    assert rows_in(path) == 0
-    fake_clock.advance(0.1)
-    session.tick()
-    assert rows_in(path) == 10 and session.due() is None
-    fake_clock.advance(0.6)  # after a quiet spell, the next result is due at once
+    assert session.writer.waiting == 10  # handed over, the batch did not wait
+    wait_until(lambda: rows_in(path) == 10)  # written within commit_seconds, with no flush asked
+    assert session.writer.written == 10 and session.writer.waiting == 0
     session.add([ok("late", 1)])
-    assert rows_in(path) == 10 and session.due() == 0.0  # add() only buffers: the batch commits next
-    session.tick()
-    assert rows_in(path) == 11
-    session.close()
+    wait_until(lambda: rows_in(path) == 11)
+    finish(session)
+    wait_until(lambda: not session.writer.running)  # the thread ends once the batch ended and all is written
 
 
-def test_commits_are_batched_by_count(path, fake_clock):
-    store = ResultStore(path, commit_seconds=60, commit_results=100)
-    session = store._session("b", str, fake_clock).open()
+def test_commits_are_batched_by_count(path):
+    store = ResultStore(path, commit_seconds=3600, commit_results=100)
+    session = store._session("b", str).open()
     session.add([ok(i, i) for i in range(99)])
-    session.tick()
-    assert rows_in(path) == 0 and session.due() > 0
+    assert rows_in(path) == 0 and session.writer.waiting == 99  # below commit_results: an hour to wait
     session.add([ok(99, 99)])
-    assert session.due() == 0.0
-    session.tick()
-    assert rows_in(path) == 100
+    wait_until(lambda: rows_in(path) == 100)  # commit_results reached: written at once
     session.add([ok(100, 100)])
-    session.close()  # close commits the rest
-    session.close()  # idempotent
+    assert session.flush(30) and rows_in(path) == 101  # flush writes now
+    finish(session)
+    finish(session)  # idempotent
     assert rows_in(path) == 101
 
 
-def test_a_locked_store_keeps_the_rows_and_retries(path, fake_clock, caplog):
-    store = ResultStore(path, busy_timeout=0.05)
-    session = store._session("b", str, fake_clock).open()
+def test_a_locked_store_keeps_the_rows_and_retries_in_the_background(path, caplog):
+    store = ResultStore(path, commit_seconds=0.05)
+    session = store._session("b", str).open()
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
-    fake_clock.advance(1.0)
-    session.add([ok("A", 1)])
-    session.tick()
-    assert "could not commit" in caplog.text
-    assert session.due() == pytest.approx(0.5)  # still buffered; the next try waits commit_seconds
-    blocker.execute("COMMIT")
-    blocker.close()
-    fake_clock.advance(1.0)
-    session.tick()
-    assert rows_in(path) == 1
-    session.close()
+    try:
+        started = time.monotonic()
+        session.add([ok("A", 1)])
+        session.close()  # the batch ends: close() returns at once, however locked the file
+        assert time.monotonic() - started < 1.0
+        wait_until(lambda: session.writer.failing is not None)
+        assert "database is locked" in session.writer.failing and "cannot write 1 result(s)" in caplog.text
+        assert not session.flush(0.2)  # still waiting, kept for the next try
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    assert session.flush(30) and rows_in(path) == 1  # once the lock is gone, the rows arrive
+    assert session.writer.failing is None and not session.writer.lost
+
+
+def test_a_store_locked_past_busy_timeout_after_the_batch_gives_up_and_says_so(path, caplog):
+    store = ResultStore(path, busy_timeout=0.3)
+    session = store._session("the batch", str).open()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        session.add([ok(i, i) for i in range(3)])
+        session.close()
+        assert session.flush(30)  # settled: given up on
+        wait_until(lambda: not session.writer.running)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert session.writer.lost == 3 and rows_in(path) == 0
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert str(path) in line and "3 result(s) of batch 'the batch' could not be written" in line
+
+
+def test_a_value_whose_pickling_raises_a_base_exception_costs_that_value_only(path):
+    class Exit(BaseException):
+        pass
+
+    class Hostile:
+        def __reduce__(self):
+            raise Exit("no pickle for you")
+
+    class Interrupting:
+        def __reduce__(self):
+            raise KeyboardInterrupt
+
+    session = ResultStore(path)._session("b", str).open()
+    session.add([ok("A", Hostile()), ok("B", Interrupting()), ok("C", SystemExit), ok("D", 4)])
+    finish(session)
+    assert session.unkept == 2 and session.writer.written == 4
+    loaded = {r.symbol: r.value for r in load_results(path)}
+    assert "could not pickle the value" in loaded["A"].reason and "no pickle for you" in loaded["A"].reason
+    assert "KeyboardInterrupt" in loaded["B"].reason
+    assert loaded["C"] is SystemExit and loaded["D"] == 4
+
+
+def test_every_writer_thread_ends(path, no_thread_leak):
+    store = ResultStore(path)
+    sessions = [store._session(f"b{n}", str).open() for n in range(5)]
+    for n, session in enumerate(sessions):
+        session.add([ok(n, n)])
+        session.close()
+    assert store.flush(30) and store.count() == 5
+    never_used = store._session("nothing", str).open()
+    never_used.close()
+    assert not never_used.writer.running  # no result, no thread
 
 
 def test_concurrent_batches_on_one_file(path):
@@ -363,8 +424,7 @@ def test_concurrent_batches_on_one_file(path):
             barrier.wait()
             for i in range(300):
                 session.add([ok(f"{n}-{i}", i)])
-                session.tick()
-            session.close()
+            finish(session)
         except Exception as exc:  # pragma: no cover - the failure we look for
             errors.append(exc)
 
@@ -386,11 +446,13 @@ def test_load_results_needs_a_name_when_the_store_holds_several_batches(path):
     for name in ("a", "b"):
         session = store._session(name, str).open()
         session.add([ok(name, 1)])
-        session.close()
+        finish(session)
     with pytest.raises(ValueError, match=r"several batches .*'a', 'b'.*pass name="):
         load_results(path)
     assert [r.symbol for r in load_results(store, "b")] == ["b"]
-    assert len(load_results(path, "no such batch")) == 0
+    with pytest.raises(ValueError, match=r"holds no batch named 'no such batch'; it holds 'a', 'b'") as info:
+        load_results(path, "no such batch")
+    assert str(path) in str(info.value)
     with pytest.raises(TypeError):
         load_results(path, 3)
 
@@ -405,7 +467,7 @@ def test_forget(path):
     store = ResultStore(path)
     session = store._session("b", str).open()
     session.add([ok(s, 1) for s in "ABCD"])
-    session.close()
+    finish(session)
     assert store.forget("b", ["A", "B", "Z"]) == 2
     assert sorted(r.symbol for r in store.load("b")) == ["C", "D"]
     assert store.forget("b") == 2 and store.count() == 0
@@ -415,7 +477,7 @@ def test_forget(path):
 
 # -- keys and names ---------------------------------------------------------------------------------------
 def test_key_functions():
-    assert make_key_function(None)(42) == "42"
+    assert make_key_function(None)("42") == "42"
     key = make_key_function(lambda s: s["id"])
     assert key({"id": "x1"}) == "x1"
     with pytest.raises(ValueError, match=r"key= raised KeyError\('id'\) for the symbol \{'n': 1\}"):
@@ -450,20 +512,3 @@ def test_symbol_result_keeps_its_field_order():
     result = SymbolResult("A", ResultStatus.SUCCESS, 1, None, 2.0)
     assert (result.symbol, result.value, result.duration_ms, result.from_store) == ("A", 1, 2.0, False)
     assert pickle.loads(pickle.dumps(result)).from_store is False
-
-
-def test_a_due_commit_is_written_in_slices_and_stays_due_until_drained(path, fake_clock):
-    store = ResultStore(path, commit_seconds=60, commit_results=100)
-    session = store._session("b", str, fake_clock).open()
-    session.add([ok(i, i) for i in range(250)])
-    assert session.due() == 0.0
-    assert session.commit(limit=100) and rows_in(path) == 100
-    assert session.due() == 0.0  # the rest is still due, below commit_results or not
-    session.add([ok("new", 1)])
-    assert session.commit(limit=100) and rows_in(path) == 200
-    assert session.commit(limit=100) and rows_in(path) == 251
-    assert session.due() is None
-    session.add([ok("later", 1)])
-    assert session.due() == pytest.approx(60)  # drained: the clock starts again
-    session.close()
-    assert rows_in(path) == 252

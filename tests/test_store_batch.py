@@ -51,6 +51,11 @@ def stored_count(path, batch=None):
         return conn.execute("SELECT count(*) FROM procengine_results WHERE batch = ?", (batch,)).fetchone()[0]
 
 
+def written(path):
+    """Wait for this process's writers of ``path`` (a batch returns without waiting for its writes)."""
+    assert ResultStore(path).flush(30), "the writers did not finish in time"
+
+
 def wait_until(condition, timeout=20.0):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -75,6 +80,7 @@ def test_a_rerun_skips_stored_successes_and_runs_failures_again(path, no_thread_
     engine = ProcessingEngine(processor, max_workers=3)
     first = engine.process_batch(ProcessingJob(symbols, name="nums"), store=path)
     assert not any(r.from_store for r in first) and first.progress.from_store == 0
+    written(path)
     assert stored_count(path, "nums") == 20
     processor.calls.clear()
     snapshots = []
@@ -135,22 +141,37 @@ def test_key_decides_what_counts_as_the_same_symbol(path):
 
 
 # -- errors before any symbol runs ----------------------------------------------------------------------
-def test_a_key_that_raises_is_an_error_before_any_symbol_runs(path, no_thread_leak):
-    processor = Counting()
+def test_a_key_that_raises_costs_its_symbol_alone(path, no_thread_leak):
+    processor = Counting(lambda s: s["id"])
     engine = ProcessingEngine(processor, max_workers=2)
-    engine.process_batch(ProcessingJob([1, 2], name="k"), store=path)
-    before = load_results(path, "k")
-    processor.calls.clear()
-    symbols = [{"id": "a"}, {"name": "no id"}, {"id": "c"}]
-    with pytest.raises(ValueError, match=r"key= raised KeyError\('id'\) for the symbol \{'name': 'no id'\}"):
-        engine.process_batch(ProcessingJob(symbols, name="k"), store=path, key=lambda s: s["id"])
-    handle = engine.start(ProcessingJob(symbols, name="k"), store=path, key=lambda s: s["id"])
-    with pytest.raises(ValueError, match="key= raised"):
-        handle.result(timeout=10)
-    with pytest.raises(TypeError, match="key= must return a str"):
-        engine.process_batch(ProcessingJob([1], name="k"), store=path, key=lambda s: s)
-    assert processor.calls == []
-    assert [(r.symbol, r.value) for r in load_results(path, "k")] == [(r.symbol, r.value) for r in before]
+
+    class Exit(BaseException):
+        pass
+
+    def key(s):
+        if "exit" in s:
+            raise Exit("no key for you")
+        return s["id"]
+
+    symbols = [{"id": "a"}, {"name": "no id"}, {"id": "c"}, {"exit": 1}]
+    result = engine.process_batch(ProcessingJob(symbols, name="k"), store=path, key=key)
+    assert len(result) == 4 and not result.cancelled and list(result.unprocessed) == []
+    by_status = {repr(r.symbol): r for r in result}
+    assert sorted(processor.calls, key=repr) == [{"id": "a"}, {"id": "c"}]  # the unkeyed ones never ran
+    bad = by_status[repr({"name": "no id"})]
+    assert bad.status is ResultStatus.ERROR and isinstance(bad.error, ValueError)
+    assert "key= raised KeyError('id') for the symbol {'name': 'no id'}" in str(bad.error)
+    assert "Exit('no key for you')" in str(by_status[repr({"exit": 1})].error)
+    assert result.progress.errors_count == 2 and result.progress.completed_symbols == 4
+    handle = engine.start(ProcessingJob(symbols, name="k"), store=path, key=key)
+    again = handle.result(timeout=10)
+    assert sum(r.from_store for r in again) == 2 and again.counts()["error"] == 2
+    with pytest.raises(TypeError, match="key must be callable"):
+        engine.process_batch(ProcessingJob([1], name="k"), store=path, key="id")
+    returns_int = engine.process_batch(ProcessingJob([{"id": 1}], name="k2"), store=path, key=lambda s: s["id"])
+    assert "key= must return a str, not int" in str(returns_int[0].error)
+    written(path)
+    assert sorted(r.symbol["id"] for r in load_results(path, "k")) == ["a", "c"]
 
 
 def test_bad_store_and_key_arguments(path, tmp_path, no_thread_leak):
@@ -178,7 +199,7 @@ def test_a_store_of_another_version_is_refused_before_anything_runs(path, no_thr
     engine = ProcessingEngine(processor)
     engine.process_batch(ProcessingJob([1, 2], name="v"), store=path)
     with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute("PRAGMA user_version = 99")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     processor.calls.clear()
     with pytest.raises(StoreVersionError, match="another version"):
@@ -230,7 +251,8 @@ def test_a_cancelled_batch_stores_what_completed_and_a_rerun_finishes_it(path, n
     first = engine.process_batch(ProcessingJob(list(range(30)), name="c"), callback, token, store=store)
     release.set()
     assert first.cancelled and len(first) >= 10
-    assert stored_count(path, "c") == len(first)  # written when the batch ended, before it returned
+    written(path)  # by the writer, right after the batch ended (the batch does not wait for it)
+    assert stored_count(path, "c") == len(first)
     again = engine.process_batch(ProcessingJob(list(range(30)), name="c"), store=store)
     exactly_once(again, range(30))
     assert len(again) == 30 and sum(r.from_store for r in again) == len(first)
@@ -247,6 +269,7 @@ def test_an_interrupt_still_writes_what_completed(path, no_thread_leak):
     with pytest.raises(KeyboardInterrupt) as caught:
         engine.process_batch(ProcessingJob(list(range(200)), name="i"), callback, store=store)
     partial = caught.value.partial_result
+    written(path)
     assert stored_count(path, "i") == len(partial) >= 25
 
 
@@ -268,6 +291,7 @@ def test_results_are_committed_while_a_slow_symbol_runs(path, no_thread_leak):
     finally:
         release.set()
     assert len(handle.result(timeout=10)) == 21
+    written(path)
     assert stored_count(path, "t") == 21
 
 
@@ -307,6 +331,7 @@ def test_two_batches_at_once_on_one_file(path, no_thread_leak):
     handles = [engine.start(ProcessingJob(list(range(500)), name=name), store=path) for name in ("a", "b", "a")]
     results = [h.result(timeout=60) for h in handles]
     assert all(len(r) == 500 for r in results)
+    written(path)
     assert stored_count(path, "a") == stored_count(path, "b") == 500
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -339,6 +364,7 @@ def test_the_processes_backend_with_a_store(path):
     with ProcessingEngine(double, backend="processes", max_workers=2) as engine:
         first = engine.process_batch(ProcessingJob(range(30), name="p"), store=path)
         again = engine.process_batch(ProcessingJob(range(30), name="p"), store=path)
+    written(path)
     assert len(first) == 30 and stored_count(path, "p") == 30
     assert sum(r.from_store for r in again) == 29
     assert load_results(path, "p").errors[0].error.message == "unlucky 13"
@@ -353,6 +379,7 @@ def test_the_dask_backend_with_a_store(path):
         first = engine.process_batch(ProcessingJob(range(30), name="d"), store=path)
         again = engine.process_batch(ProcessingJob(range(30), name="d"), store=path)
         engine.close()
+    written(path)
     assert len(first) == 30 and stored_count(path, "d") == 30
     assert sum(r.from_store for r in again) == 29 and sorted(r.symbol for r in again) == list(range(30))
 
@@ -398,16 +425,19 @@ def test_a_stopped_generator_rerun_keeps_every_symbol_once(path):
     assert sum(r.from_store for r in again) == len(first)
 
 
-def test_a_key_that_raises_on_a_lazy_input_ends_the_batch_like_an_input_that_raises(path, no_thread_leak):
+def test_a_key_that_raises_on_a_lazy_input_costs_its_symbol_alone(path, no_thread_leak):
     processor = Counting(lambda s: s["id"])
     symbols = [{"id": "a"}, {"id": "b"}, {"nope": 1}, {"id": "d"}]
     result = ProcessingEngine(processor, max_workers=1, chunk_size=1).process_batch(
         ProcessingJob(iter(symbols), name="lk"), store=path, key=lambda s: s["id"])
-    assert result.cancelled and isinstance(result.input_error, ValueError)
-    assert "key= raised KeyError('id') for the symbol {'nope': 1}" in result.cancel_reason
-    assert {"nope": 1} not in processor.calls and {"nope": 1} in list(result.unprocessed)
-    exactly_once(result, symbols[:3])  # the fourth stays in the iterator
-    assert sorted(r.value for r in load_results(path, "lk")) == sorted(r.value for r in result)
+    assert not result.cancelled and result.input_error is None and result.input_exhausted
+    [error] = result.errors
+    assert error.symbol == {"nope": 1} and "key= raised KeyError('id') for the symbol {'nope': 1}" in str(error.error)
+    assert {"nope": 1} not in processor.calls and list(result.unprocessed) == []
+    exactly_once(result, symbols)
+    assert result.progress.total_symbols == 4 and result.progress.completed_symbols == 4
+    written(path)
+    assert sorted(r.value for r in load_results(path, "lk")) == ["a", "b", "d"]
 
 
 def test_retried_symbols_are_stored_once_with_their_attempts(path):
