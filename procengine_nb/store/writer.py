@@ -42,6 +42,7 @@ _log = logging.getLogger("procengine_nb.store")
 _ATTEMPT_TIMEOUT = 0.2  # SQLite's busy timeout for one write attempt (seconds): then back off and retry
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 2.0
+_YIELD_BYTES = 256 * 1024  # pickled bytes after which the writer lets other threads run (sleep(0))
 
 _live_lock = threading.Lock()
 _live: set[Writer] = set()  # writers whose thread runs (for flushes by path, and the exit)
@@ -221,7 +222,7 @@ class Writer:
     def _encode(self, taken: list[tuple[float, float, list[SymbolResult]]]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = []
         batch, key, code = self.batch, self._key, self._code
-        skipped = unkept = 0
+        skipped = unkept = size = 0
         for _, wall, results in taken:
             for result in results:
                 try:
@@ -235,6 +236,10 @@ class Writer:
                 rows.append(row)
                 if note is not None:
                     unkept += 1
+                size += len(row[4] or b"") + 200
+                if size >= _YIELD_BYTES:  # let the batch thread have the GIL between big values
+                    size = 0
+                    time.sleep(0)
         if skipped or unkept:
             with self._cond:
                 self.unkept += unkept
