@@ -263,17 +263,19 @@ class ProcessingEngine:
         saying what to pass.
 
         ``store=`` (a path to an SQLite file, or a :class:`~procengine_nb.ResultStore`) makes the
-        results durable: each completed result is written by the batch's own thread, at most ~0.5 s
-        or ~1,000 results behind, and a symbol whose key (``str(symbol)``, or ``key(symbol)`` when
-        ``key=`` is given) already has a SUCCESS in the store under this batch's name is not run
-        again: it comes back at once with ``from_store=True`` (counted in ``progress.from_store``).
-        Rerunning the same call after a crash (even a kill -9 of the kernel) therefore computes only
-        what was in flight or not yet committed. The batch's name is the job's ``name``; a job without
-        one uses the processor's ``module.qualname`` (a lambda or a ``functools.partial`` has no name
-        that tells two calls apart: name the job). A bad store (a missing folder, another version's
-        file) is an error here, before any symbol runs; so is a ``key=`` that raises on a sized input
-        (on a lazy input, where keys are computed as symbols are drawn, it ends the batch like an
-        input that raises). See ``procengine_nb.store``.
+        results durable: each completed result is written by the batch's writer thread, at most ~0.5 s
+        or ~1,000 results behind (a locked file delays only the writer: never the batch, a callback,
+        the Stop or the return), and a symbol whose key (its type and ``str(symbol)``, a ``str`` symbol
+        itself, or ``key(symbol)`` when ``key=`` is given) already has a SUCCESS in the store under this
+        batch's name, made by the same processor code (``ResultStore(..., reuse="any")``: by any code),
+        is not run again: it comes back at once with ``from_store=True`` (counted in
+        ``progress.from_store``). Rerunning the same call after a crash (even a kill -9 of the kernel)
+        therefore computes only what was in flight or not yet committed. The batch's name is the job's
+        ``name``; a job without one uses the processor's ``module.qualname`` (a lambda or a
+        ``functools.partial`` has no name that tells two calls apart: name the job). A bad store (a
+        missing folder, another version's file) is an error here, before any symbol runs; a ``key=``
+        (or a ``str()``) that raises is that symbol's ERROR, never run. ``ResultStore.flush()`` waits
+        for the writes. See ``procengine_nb.store``.
 
         >>> token = CancellationToken()
         >>> token.cancel()

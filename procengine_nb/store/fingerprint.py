@@ -104,8 +104,11 @@ def _value(digest: Any, value: Any, depth: int, seen: set[int]) -> None:
         _add(digest, "class", str(getattr(value, "__module__", "")), str(getattr(value, "__qualname__", "")))
     elif callable(value):
         _feed(digest, value, depth, seen)
+    elif isinstance(value, (str, bytes)):  # hashed as it is: a long text costs no repr
+        _add(digest, type(value).__name__)
+        digest.update(value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass"))
     elif isinstance(value, _PLAIN):
-        _add(digest, "value", _ADDRESS.sub("", repr(value)[:_MAX_REPR]))
+        _add(digest, "value", repr(value))
     elif isinstance(value, (tuple, list, frozenset, set)) and len(value) <= 64:
         _add(digest, type(value).__name__)
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -314,6 +315,17 @@ def wait_for_writers(path: Path, timeout: float | None, *, skip_failing: bool = 
                 step = remaining if step is None else min(step, remaining)
             writer.flush(step)
     return done
+
+
+def _forget_after_fork() -> None:
+    """A forked child has none of its parent's writer threads (and the lock may have been held)."""
+    global _live_lock, _live
+    _live_lock = threading.Lock()
+    _live = set()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @atexit.register
