@@ -426,3 +426,27 @@ def test_a_writer_that_gives_up_logs_the_file_and_the_count_once(path, caplog):
         blocker.close()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and str(path) in errors[0] and "7 result(s) of batch 'gone'" in errors[0]
+
+
+def test_a_batch_starting_beside_a_running_one_on_the_same_file_does_not_wait_for_it(path, no_thread_leak):
+    token = CancellationToken()
+    running = threading.Event()
+
+    def steady(symbol):
+        running.set()
+        time.sleep(0.001)
+        return symbol
+
+    engine = ProcessingEngine(steady, max_workers=2)
+    handle = engine.start(ProcessingJob(range(10**6), name="long"), cancellation_token=token, store=path)
+    try:
+        assert running.wait(30)
+        for name in ("other", "long"):  # another batch, and the same batch name: neither waits for it
+            started = time.monotonic()
+            result = ProcessingEngine(str).process_batch(ProcessingJob(["a", "b"], name=name), store=path)
+            assert len(result) == 2 and time.monotonic() - started < 4.0  # (the open waits at most 5 s)
+    finally:
+        token.cancel("the test ended")
+        handle.result(timeout=30)
+        engine.close()
+    written(path)

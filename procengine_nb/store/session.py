@@ -72,11 +72,11 @@ class StoreSession:
 
     def open(self, cancelled: Callable[[], bool] | None = None) -> StoreSession:
         """Read which keys the store holds a reusable SUCCESS for. First waits (at most ``_OPEN_WAIT``
-        seconds, and only while they make progress) for this process's earlier writes to the file, so a
-        rerun right after a batch sees all of it; ``cancelled`` ends that wait early. Never raises for a
+        seconds, and only while they make progress) for this process's earlier writes of this batch to the
+        file, so a rerun right after a batch sees all of it; ``cancelled`` ends that wait early. Never raises for a
         locked or unreadable file: the batch then runs without reuse (logged)."""
         path = self.store.path
-        if not wait_for_writers(path, _OPEN_WAIT, skip_failing=True, cancelled=cancelled):
+        if not wait_for_writers(path, _OPEN_WAIT, batch=self.name, skip_failing=True, cancelled=cancelled):
             _log.warning("store %s: results of an earlier batch are still waiting to be written; batch %r may "
                          "run them again", path, shown_name(self.name))
         try:

@@ -115,9 +115,13 @@ class Writer:
     def flush(self, timeout: float | None = None) -> bool:
         """Write what was handed over until now at once and wait for it: True when none of it still waits
         (written, or given up on and logged), False when ``timeout`` seconds passed first."""
+        return self.wait_for(self.handed, timeout)
+
+    def wait_for(self, target: int, timeout: float | None = None) -> bool:
+        """Write at once and wait until the first ``target`` results handed over are settled (written, or
+        given up on): True, or False when ``timeout`` seconds passed first."""
         deadline = None if timeout is None else self._clock() + timeout
         with self._cond:
-            target = self._handed
             if self._settled < target:
                 self._urgent = True
                 self._cond.notify_all()
@@ -130,6 +134,18 @@ class Writer:
                         return False
                     self._cond.wait(remaining)
             return self._settled >= target
+
+    @property
+    def handed(self) -> int:
+        """Results handed over in all."""
+        with self._cond:
+            return self._handed
+
+    @property
+    def settled(self) -> int:
+        """Results handed over and settled (written, skipped or given up on)."""
+        with self._cond:
+            return self._settled
 
     @property
     def waiting(self) -> int:
@@ -288,20 +304,23 @@ def _is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
-def writers_of(path: Path) -> list[Writer]:
+def writers_of(path: Path, batch: str | None = None) -> list[Writer]:
+    """This process's running writers of ``path`` (of batch ``batch`` only, when given)."""
     with _live_lock:
-        return [w for w in _live if w.path == path]
+        return [w for w in _live if w.path == path and (batch is None or w.batch == batch)]
 
 
-def wait_for_writers(path: Path, timeout: float | None, *, skip_failing: bool = False,
+def wait_for_writers(path: Path, timeout: float | None, *, batch: str | None = None, skip_failing: bool = False,
                      cancelled: Callable[[], bool] | None = None) -> bool:
-    """Wait until this process's writers of ``path`` wrote what was handed to them: True when none still
-    waits. ``skip_failing``: do not wait for a writer whose last write failed (a locked file); ``cancelled``:
-    stop waiting (within ~10 ms) once it returns True."""
+    """Wait until this process's writers of ``path`` (of ``batch`` only, when given) wrote what was handed
+    to them before the call (what batches still running hand over meanwhile is not waited for): True when
+    none of it still waits. ``skip_failing``: do not wait for a writer whose last write failed (a locked
+    file); ``cancelled``: stop waiting (within ~10 ms) once it returns True."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    targets = [(writer, writer.handed) for writer in writers_of(path, batch)]
     done = True
-    for writer in writers_of(path):
-        while writer.waiting:
+    for writer, target in targets:
+        while writer.settled < target and writer.running:
             if skip_failing and writer.failing is not None:
                 done = False
                 break
@@ -313,7 +332,7 @@ def wait_for_writers(path: Path, timeout: float | None, *, skip_failing: bool = 
                 if remaining <= 0:
                     return False
                 step = remaining if step is None else min(step, remaining)
-            writer.flush(step)
+            writer.wait_for(target, step)
     return done
 
 
@@ -338,4 +357,4 @@ def _finish_at_exit() -> None:
     for writer in writers:
         thread = writer._thread
         if thread is not None:
-            thread.join(writer._give_up + 2 * _MAX_BACKOFF)
+            thread.join(writer._give_up + 2 * _MAX_BACKOFF + 1.0)
