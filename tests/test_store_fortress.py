@@ -450,3 +450,25 @@ def test_a_batch_starting_beside_a_running_one_on_the_same_file_does_not_wait_fo
         handle.result(timeout=30)
         engine.close()
     written(path)
+
+
+def test_results_completed_before_a_stop_reach_the_store_with_nobody_waiting(path, no_thread_leak):
+    store = ResultStore(path, commit_seconds=0.2, commit_results=10**6)
+    token = CancellationToken()
+
+    def callback(progress):
+        if progress.completed_symbols >= 50:
+            token.cancel("enough")
+
+    def work(symbol):
+        time.sleep(0.001)
+        return symbol
+
+    result = ProcessingEngine(work, max_workers=2, chunk_size=1).process_batch(
+        ProcessingJob(range(10_000), name="stopped"), callback, token, store=store)
+    assert result.cancelled and len(result) >= 50
+    deadline = time.monotonic() + 20  # no flush asked: the writer writes them right after the batch ended
+    while rows_in(path) < len(result):
+        assert time.monotonic() < deadline, f"{rows_in(path)} of {len(result)} written"
+        time.sleep(0.01)
+    assert rows_in(path) == len(result)
