@@ -472,3 +472,29 @@ def test_results_completed_before_a_stop_reach_the_store_with_nobody_waiting(pat
         assert time.monotonic() < deadline, f"{rows_in(path)} of {len(result)} written"
         time.sleep(0.01)
     assert rows_in(path) == len(result)
+
+
+class _RaisingHandler(logging.Handler):
+    def emit(self, record):
+        raise _Exit("a logging handler that raises")
+
+
+def test_a_logging_handler_that_raises_costs_the_store_a_line_never_its_results(path, no_thread_leak):
+    store_log = logging.getLogger("procengine_nb.store")
+    handler = _RaisingHandler()
+    store_log.addHandler(handler)
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        store = ResultStore(path, commit_seconds=0.05)
+        ProcessingEngine(_cell("def f(s): return s + 1")).process_batch(ProcessingJob(range(5), name="l"), store=store)
+        written(path)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer will log that it cannot write yet
+        edited = ProcessingEngine(_cell("def f(s): return s + 2"))  # the session logs that the code changed
+        result = edited.process_batch(ProcessingJob(range(5), name="l"), store=store)
+        assert sorted(r.value for r in result) == [2, 3, 4, 5, 6] and not any(r.from_store for r in result)
+        blocker.execute("COMMIT")
+        written(path)
+    finally:
+        store_log.removeHandler(handler)
+        blocker.close()
+    assert sorted(r.value for r in load_results(path, "l")) == [2, 3, 4, 5, 6]

@@ -18,14 +18,12 @@ from procengine_nb.models import ResultStatus, SymbolResult
 from procengine_nb.store.codec import StoreLoadError, load_value, make_result
 from procengine_nb.store.keys import KeyFunction, shown_key, shown_name, storable
 from procengine_nb.store.schema import connect
-from procengine_nb.store.writer import Writer, wait_for_writers
+from procengine_nb.store.writer import Writer, log_line, wait_for_writers
 
 if TYPE_CHECKING:
     from procengine_nb.store.resultstore import ResultStore
 
 __all__ = ["StoreSession"]
-
-_log = logging.getLogger("procengine_nb.store")
 
 _READ_TIMEOUT = 0.2  # SQLite's busy timeout for the batch thread's reads (seconds)
 _OPEN_WAIT = 5.0  # at most this long, a batch waits for this process's earlier writes to its file (while
@@ -77,8 +75,8 @@ class StoreSession:
         locked or unreadable file: the batch then runs without reuse (logged)."""
         path = self.store.path
         if not wait_for_writers(path, _OPEN_WAIT, batch=self.name, skip_failing=True, cancelled=cancelled):
-            _log.warning("store %s: results of an earlier batch are still waiting to be written; batch %r may "
-                         "run them again", path, shown_name(self.name))
+            log_line(logging.WARNING, "store %s: results of an earlier batch are still waiting to be written; "
+                     "batch %r may run them again", path, shown_name(self.name))
         try:
             self._conn = connect(path, _READ_TIMEOUT)
             same_code = self.store.reuse == "same_code"
@@ -91,9 +89,9 @@ class StoreSession:
         self._known = {k for k, same in rows if same or not same_code}
         stale = len(rows) - len(self._known)
         if stale:
-            _log.warning("store %s: %d stored result(s) of batch %r were made by other code of the processor (it "
-                         "changed since): they are computed again (ResultStore(..., reuse='any') reuses them)",
-                         path, stale, shown_name(self.name))
+            log_line(logging.WARNING, "store %s: %d stored result(s) of batch %r were made by other code of the "
+                     "processor (it changed since): they are computed again (ResultStore(..., reuse='any') "
+                     "reuses them)", path, stale, shown_name(self.name))
         return self
 
     def is_known(self, key: str) -> bool:
@@ -129,8 +127,8 @@ class StoreSession:
                 try:
                     value = load_value(blob)
                 except StoreLoadError as exc:  # e.g. its class is gone: compute it again
-                    _log.warning("store %s: %s (key %r, batch %r); running it again", self.store.path, exc,
-                                 shown_key(k), shown_name(self.name))
+                    log_line(logging.WARNING, "store %s: %s (key %r, batch %r); running it again",
+                             self.store.path, exc, shown_key(k), shown_name(self.name))
                     self._known.discard(k)
                     continue
                 for position in wanted[k]:
@@ -159,6 +157,6 @@ class StoreSession:
     def _read_error(self, what: str, exc: BaseException) -> None:
         if not self._read_failed:
             self._read_failed = True
-            _log.warning("store %s: %s for batch %r (%s); running without reusing them", self.store.path, what,
-                         shown_name(self.name), describe(exc, 300))
+            log_line(logging.WARNING, "store %s: %s for batch %r (%s); running without reusing them",
+                     self.store.path, what, shown_name(self.name), describe(exc, 300))
         self._known = set()

@@ -36,7 +36,7 @@ from procengine_nb.store.codec import encode, write
 from procengine_nb.store.keys import KeyFunction, shown_name
 from procengine_nb.store.schema import connect, transaction
 
-__all__ = ["Writer", "wait_for_writers"]
+__all__ = ["Writer", "log_line", "wait_for_writers", "writers_of"]
 
 _log = logging.getLogger("procengine_nb.store")
 
@@ -222,8 +222,8 @@ class Writer:
                     continue
                 self._written(len(rows))
         except BaseException as exc:  # pragma: no cover - a bug here must not pass in silence
-            _log.error("store %s: the writer of batch %r stopped: %s", self.path, shown_name(self.batch),
-                       describe(exc, 500))
+            log_line(logging.ERROR, "store %s: the writer of batch %r stopped: %s", self.path,
+                     shown_name(self.batch), describe(exc, 500))
         finally:
             if conn is not None:
                 conn.close()
@@ -246,8 +246,8 @@ class Writer:
                     k = key(result.symbol)
                 except BaseException as exc:  # it passed when handed out; a worker's copy may not
                     skipped += 1
-                    _log.error("store %s: the result of %s was not stored: %s", self.path,
-                               safe_repr(result.symbol, 80), safe_str(exc, 500))
+                    log_line(logging.ERROR, "store %s: the result of %s was not stored: %s", self.path,
+                             safe_repr(result.symbol, 80), safe_str(exc, 500))
                     continue
                 row, note = encode(result, batch, k, code, wall)
                 rows.append(row)
@@ -267,15 +267,16 @@ class Writer:
 
     def _written(self, count: int) -> None:
         with self._cond:
-            if self.failing is not None:
-                _log.info("store %s: writing again (%d result(s) of batch %r written)", self.path, count,
-                          shown_name(self.batch))
+            recovered = self.failing is not None
             self.failing = None
             self._backoff = _FIRST_BACKOFF
             self._retry_at = 0.0
             self.written += count
             self._settled += count
             self._cond.notify_all()
+        if recovered:
+            log_line(logging.INFO, "store %s: writing again (%d result(s) of batch %r written)", self.path, count,
+                     shown_name(self.batch))
 
     def _failed(self, rows: list[tuple[Any, ...]], exc: Exception) -> bool:
         """Keep ``rows`` for the next attempt; True when it is time to give up (then it logged)."""
@@ -290,14 +291,23 @@ class Writer:
             closed_at = self._closed_at
             self._cond.notify_all()  # a flush waiting with skip_failing looks again
         if closed_at is not None and now - closed_at >= self._give_up:
-            _log.error("store %s: %d result(s) of batch %r could not be written (%s; tried for %.0f s after the "
-                       "batch ended); they are only in the returned BatchResult", self.path, waiting,
-                       shown_name(self.batch), self.failing, self._give_up)
+            log_line(logging.ERROR, "store %s: %d result(s) of batch %r could not be written (%s; tried for %.0f s "
+                     "after the batch ended); they are only in the returned BatchResult", self.path, waiting,
+                     shown_name(self.batch), self.failing, self._give_up)
             return True
         if first:
-            _log.warning("store %s: cannot write %d result(s) of batch %r yet (%s); trying again in the "
-                         "background", self.path, waiting, shown_name(self.batch), self.failing)
+            log_line(logging.WARNING, "store %s: cannot write %d result(s) of batch %r yet (%s); trying again in "
+                     "the background", self.path, waiting, shown_name(self.batch), self.failing)
         return False
+
+
+def log_line(level: int, msg: str, *args: Any) -> None:
+    """Log a line of the store's (never under the writer's lock): a logging handler that raises costs the
+    line, never the writer (its results would be lost) nor the batch thread."""
+    try:
+        _log.log(level, msg, *args)
+    except BaseException:  # a handler's error, or logging's report of it to a closed stderr
+        pass
 
 
 def _is_locked(exc: BaseException) -> bool:
