@@ -498,3 +498,15 @@ def test_a_logging_handler_that_raises_costs_the_store_a_line_never_its_results(
         store_log.removeHandler(handler)
         blocker.close()
     assert sorted(r.value for r in load_results(path, "l")) == [2, 3, 4, 5, 6]
+
+
+def test_fixing_a_helper_the_processor_calls_computes_again(path):
+    namespace = {"__name__": "__main__"}  # a notebook's namespace: each exec is a cell run
+    exec("def helper(s):\n    return s * 3  # the bug\n\ndef f(s):\n    return helper(s) + 1\n", namespace)
+    f = namespace["f"]
+    ProcessingEngine(f).process_batch(ProcessingJob([1, 2], name="helpers"), store=path)
+    same = ProcessingEngine(f).process_batch(ProcessingJob([1, 2], name="helpers"), store=path)
+    assert all(r.from_store for r in same)
+    exec("def helper(s):\n    return s * 2\n", namespace)  # only the helper's cell is fixed and rerun
+    again = ProcessingEngine(f).process_batch(ProcessingJob([1, 2], name="helpers"), store=path)
+    assert not any(r.from_store for r in again) and sorted(r.value for r in again) == [3, 5]

@@ -6,10 +6,12 @@ it, and by default (``ResultStore(..., reuse="same_code")``) a rerun reuses only
 fingerprint.
 
 What it covers: the processor's own code (bytecode, constants, names, nested functions and lambdas, a
-closure's functions and plain values), its defaults, the arguments of a ``functools.partial`` and, for a
-callable object, its type and its ``__call__``'s code. What it does not: line numbers (moving a function
-keeps its results), functions it calls by name from globals, an object's other state, the Python version's
-bytecode format (another Python computes again). ``functools.wraps`` layers are looked through.
+closure's functions and plain values), its defaults, the functions of its own module it calls by name (a
+notebook's helpers: fix a helper and the processor's results are computed again), the arguments of a
+``functools.partial`` and, for a callable object, its type and its ``__call__``'s code. What it does not:
+line numbers (moving a function keeps its results), functions of other modules, an object's other state,
+global values that are not functions, the Python version's bytecode format (another Python computes
+again). ``functools.wraps`` layers are looked through.
 
 >>> def f(s): return s + 1
 >>> def g(s): return s + 2
@@ -85,6 +87,13 @@ def _feed(digest: Any, target: Any, depth: int, seen: set[int]) -> None:
                 _add(digest, "empty cell")
                 continue
             _value(digest, contents, depth + 1, seen)
+        namespace = target.__globals__
+        for name in sorted(_global_names(target.__code__, 0)):  # the module's own functions it calls by name
+            helper = namespace.get(name)
+            if (isinstance(helper, types.FunctionType) and helper.__module__ == target.__module__
+                    and id(helper) not in seen):
+                _add(digest, "calls", name)
+                _feed(digest, helper, depth + 1, seen)
         return
     if isinstance(target, (types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType,
                            types.MethodWrapperType, types.ClassMethodDescriptorType, type)):
@@ -116,6 +125,16 @@ def _value(digest: Any, value: Any, depth: int, seen: set[int]) -> None:
             _value(digest, item, depth + 1, seen)
     else:
         _add(digest, "a", qualified_type_name(value))
+
+
+def _global_names(code: types.CodeType, depth: int) -> set[str]:
+    """The names ``code`` (and the code nested in it) looks up: globals, attributes."""
+    names = set(code.co_names)
+    if depth < _MAX_DEPTH:
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                names |= _global_names(const, depth + 1)
+    return names
 
 
 def _code(digest: Any, code: types.CodeType, depth: int) -> None:
