@@ -10,7 +10,6 @@ Nothing here iterates ``as_completed``/``wait`` over futures, so a shut-down exe
 from __future__ import annotations
 
 import heapq
-import logging
 import queue
 import random
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from operator import attrgetter, is_
 from typing import Any
 
 from procengine_nb._chunking import ChunkSizer
-from procengine_nb._safe import describe, safe_repr, safe_str
+from procengine_nb._safe import describe, guarded, logger, safe_repr, safe_str
 from procengine_nb._tracebacks import detach, format_text
 from procengine_nb._validation import MAX_SECONDS
 from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
@@ -32,7 +31,7 @@ from procengine_nb.store import StoreSession
 
 __all__ = ["BatchRun", "BatchSettings"]
 
-_log = logging.getLogger("procengine_nb.engine")
+_log = logger("procengine_nb.engine")  # never raises (see procengine_nb._safe.GuardedLogger)
 _WAKE = object()  # put in the completion queue by a cancel
 _MAX_WAIT = 0.1  # longest real wait on a deadline computed from the (injectable) clock: a fake clock works
 _START_POLL = 0.02  # how often a backend that cannot tell the start of a task is asked (timeout= only)
@@ -149,12 +148,18 @@ class BatchRun:
         self._stored: list[SymbolResult] = []  # lazy input: results from the store, drawn, not yet counted
         self._unkeyed: list[SymbolResult] = []  # ERROR results of symbols whose key raised, not yet counted
         self._stored_drawn = 0  # lazy input: symbols drawn never handed out (from the store, or unkeyed)
+        self._retry_on_failed = False  # retry_on's instance check raised (logged once)
 
     # -- read from other threads ----------------------------------------------------------------
     @property
     def progress(self) -> ProcessingProgress:
         """The latest snapshot (safe from any thread)."""
         return self.tracker.snapshot
+
+    @property
+    def partial(self) -> BatchResult | None:
+        """The result as the end of the loop settled it (however the loop ended), else None."""
+        return self._interrupted_result
 
     def running_symbols(self, limit: int = 8) -> list[Any]:
         """Up to ``limit`` symbols handed to workers and not completed yet (safe from any thread)."""
@@ -270,7 +275,9 @@ class BatchRun:
                                 future = executor.submit(run_chunk, processor, chunk, worker_token, pass_token)
                         else:
                             future = executor.submit(run_chunk, processor, chunk, worker_token, pass_token)
-                    except Exception as exc:  # e.g. an executor that was shut down
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException as exc:  # e.g. an executor that was shut down (an executor= is user code)
                         _log.error("job %s: the executor refused a task: %s", safe_str(self.job.job_id, 80),
                                    describe(exc, 500))
                         token.cancel(f"the executor refused new tasks: {describe(exc, 500)}")
@@ -438,7 +445,7 @@ class BatchRun:
         finals: list[SymbolResult] = []
         scheduled = False
         for offset, r in enumerate(ran):
-            if (r.status is error_status and calls <= retries and isinstance(r.error, retry_on)
+            if (r.status is error_status and calls <= retries and self._retryable(r.error, retry_on)
                     and not self.token.is_cancelled):
                 self._schedule(start + offset, r, calls, self._delay(calls))
                 scheduled = True
@@ -449,6 +456,19 @@ class BatchRun:
         if scheduled and not finals:  # no completion to carry the new count: tell the views
             self.publisher.state(self.tracker.refresh())
         return finals
+
+    def _retryable(self, error: BaseException | None, retry_on: tuple[type[BaseException], ...]) -> bool:
+        """``isinstance(error, retry_on)`` through the guard: a ``retry_on`` class whose
+        ``__instancecheck__`` raises (anything) makes that failure final, as not retryable; logged once
+        per batch."""
+        return bool(guarded(isinstance, error, retry_on, on_error=self._retry_on_raised, default=False))
+
+    def _retry_on_raised(self, exc: BaseException) -> None:
+        if not self._retry_on_failed:
+            self._retry_on_failed = True
+            _log.error("job %s: retry_on's instance check raised %s; the failures it was asked about are not "
+                       "retried (logged once per batch)\n%s", safe_str(self.job.job_id, 80), describe(exc, 500),
+                       format_text(exc).rstrip("\n"))
 
     def _delay(self, calls: int) -> float:
         """Seconds before attempt ``calls + 1``: ``backoff * 2**(calls - 1)``, scaled by a random factor

@@ -67,7 +67,9 @@ def format_text(exc: BaseException) -> str:
     surrogates become U+FFFD; at most :data:`MAX_TRACEBACK_CHARS` characters)."""
     try:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:  # a hostile exception that even the traceback module cannot print
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # a hostile exception that even the traceback module cannot print
         text = describe(exc) + "\n"
     text = safe_str(text)
     if len(text) > MAX_TRACEBACK_CHARS:

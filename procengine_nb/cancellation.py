@@ -15,18 +15,17 @@ True
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from procengine_nb._safe import describe, safe_repr, type_name
+from procengine_nb._safe import describe, logger, safe_repr, type_name
 from procengine_nb._tracebacks import format_text
 from procengine_nb._validation import check_seconds
 
 __all__ = ["CancellationRegistration", "CancellationToken", "ProcessingCancelledException"]
 
-_log = logging.getLogger(__name__)
+_log = logger(__name__)  # never raises (see procengine_nb._safe.GuardedLogger)
 
 
 class ProcessingCancelledException(Exception):

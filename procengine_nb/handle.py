@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import threading
 from collections.abc import Callable, Generator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
-from procengine_nb._safe import safe_str
+from procengine_nb._safe import describe, guarded, logger, safe_repr, safe_str
 from procengine_nb._tracebacks import format_text
 from procengine_nb._validation import check_callable, check_int, check_seconds
 from procengine_nb.cancellation import CancellationToken
@@ -34,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["JobHandle"]
 
-_log = logging.getLogger(__name__)
+_log = logger(__name__)  # never raises (see procengine_nb._safe.GuardedLogger)
 _POLL_SECONDS = 0.05
 _INTERRUPT_REASON = "interrupted while waiting for the result"
 
@@ -79,18 +78,44 @@ class JobHandle:
 
     def _run(self) -> None:
         # The batch publishes its end to the views before it returns or raises, so the views show the
-        # final state before the future (and so ``result()``) completes.
+        # final state before the future (and so ``result()``) completes. The future is resolved
+        # whatever happens on this thread (a view's Ctrl-C at the very end, a log that cannot be
+        # written): nobody waits forever.
+        outcome: BaseException | None = None
+        result: BatchResult | None = None
         try:
             result = self._batch.run()
         except BaseException as exc:  # an interrupt (partial result attached) or an engine failure
+            outcome = exc
             self._partial = getattr(exc, "partial_result", None)
             if self._partial is None:
                 _log.error("job %s failed\n%s", safe_str(self._batch.job.job_id, 80),
                            format_text(exc).rstrip("\n"))
                 self._batch.publisher.finish(None, exc)  # no-op when the batch already published it
-            self._future.set_exception(exc)
-        else:
-            self._future.set_result(result)
+        finally:
+            self._resolve(result, outcome)
+
+    def _resolve(self, result: BatchResult | None, error: BaseException | None) -> None:
+        """Resolve the job's future once: with ``result``, else ``error``, else (something escaped on
+        the way) the partial result the batch settled, else an error saying the job thread failed."""
+        if self._future.done():
+            return
+        if result is None and self._partial is None:  # whatever ended the thread, the batch settled this
+            self._partial = self._batch.partial
+        if result is None and error is None:
+            partial = self._batch.partial
+            if partial is not None:
+                result = partial
+            else:
+                error = RuntimeError(f"job {safe_str(self.job.job_id, 80)}: its thread failed before the "
+                                     "batch settled its result")
+        try:
+            if result is not None:
+                self._future.set_result(result)
+            else:
+                self._future.set_exception(error)  # type: ignore[arg-type]
+        except InvalidStateError:  # pragma: no cover - resolved meanwhile
+            pass
 
     # -- what the job is --------------------------------------------------------------------
     @property
@@ -121,8 +146,9 @@ class JobHandle:
     @property
     def partial_result(self) -> BatchResult | None:
         """The :class:`BatchResult` so far once the job ended: the result, or, when an interrupt escaped the
-        batch (a ``KeyboardInterrupt`` or ``SystemExit`` raised in a callback), the partial result it left.
-        None while running and after an engine failure."""
+        batch (a ``KeyboardInterrupt`` or ``SystemExit`` raised in a callback) or the engine failed, the
+        partial result the batch settled. None while running, and after a failure before the batch
+        settled anything (a bad ``store=``, say)."""
         if not self._future.done():
             return None
         if self._future.exception() is None:
@@ -227,7 +253,13 @@ class JobHandle:
     def add_done_callback(self, fn: Callable[[JobHandle], Any]) -> None:
         """Call ``fn(handle)`` when the job is done (at once if it already is), on the job's thread."""
         check_callable(fn, "fn")
-        self._future.add_done_callback(lambda _f: fn(self))
+
+        def call(_future: Future[BatchResult]) -> None:
+            # through the guard: whatever fn raises is logged, the other done-callbacks still run
+            guarded(fn, self, on_error=lambda exc: _log.error(
+                "done callback %s raised %s\n%s", safe_repr(fn, 80), describe(exc, 500), format_text(exc).rstrip("\n")))
+
+        self._future.add_done_callback(call)
 
     # -- views ------------------------------------------------------------------------------
     def attach(self, view: JobView) -> None:

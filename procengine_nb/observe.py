@@ -26,12 +26,11 @@ landing in a callback that runs on the main thread, and the batch treats it as a
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from procengine_nb._safe import describe, safe_repr, type_name
+from procengine_nb._safe import describe, guarded, logger, safe_repr, type_name
 from procengine_nb._tracebacks import format_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MAX_LOGGED_FAILURES", "JobView", "Publisher"]
 
-_log = logging.getLogger("procengine_nb.observe")
+_log = logger("procengine_nb.observe")  # never raises (see procengine_nb._safe.GuardedLogger)
 
 MAX_LOGGED_FAILURES = 3
 """Distinct failures logged (with their traceback) per listener and batch; a failure identical to one
@@ -243,15 +242,14 @@ class Publisher:
     # -- the guard --------------------------------------------------------------------------------
     @classmethod
     def _call(cls, listener: _Listener, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            fn(*args)
-        except KeyboardInterrupt:
-            raise  # the user's Ctrl-C on the main thread: the batch handles it as an interrupt
-        except BaseException as exc:  # a listener never stops the batch, whatever it raises
-            cls._failed(listener, exc)
+        # the one guard (procengine_nb._safe.guarded): a KeyboardInterrupt goes through (the user's
+        # Ctrl-C on the main thread: the batch handles it as an interrupt); anything else is counted
+        # and logged, and never stops the batch
+        guarded(fn, *args, on_error=lambda exc: cls._failed(listener, exc))
 
     @staticmethod
     def _failed(listener: _Listener, exc: BaseException) -> None:
+        """Count (and log, a bounded number of times) a listener's failure; never raises."""
         listener.failures += 1
         logged = listener.logged
         if len(logged) < MAX_LOGGED_FAILURES:

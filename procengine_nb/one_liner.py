@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from procengine_nb._safe import logger
 from procengine_nb._validation import check_callable, check_type
 from procengine_nb.backends.asyncio import is_async_callable
 from procengine_nb.cancellation import CancellationToken
@@ -29,7 +29,7 @@ from procengine_nb.views.console import ConsoleProgress
 
 __all__ = ["in_jupyter_kernel", "run"]
 
-_log = logging.getLogger(__name__)
+_log = logger(__name__)  # never raises (see procengine_nb._safe.GuardedLogger)
 
 
 def in_jupyter_kernel() -> bool:

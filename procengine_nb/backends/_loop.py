@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
+from procengine_nb._safe import logger
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
 
 __all__ = ["Awaiter", "LoopThread", "awaiter_for", "cannot_await", "is_awaitable", "register_awaiter",
            "unregister_awaiter"]
 
 _STUBBORN_RECANCEL_SECONDS = 1.0
-_log = logging.getLogger(__name__)
+_log = logger(__name__)  # never raises (see procengine_nb._safe.GuardedLogger)
 
 
 def is_awaitable(value: object) -> bool:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from procengine_nb._safe import describe, safe_repr, safe_str
+from procengine_nb._safe import describe, logger, safe_repr, safe_str
 from procengine_nb.models import SymbolResult
 from procengine_nb.store.codec import encode, write
 from procengine_nb.store.keys import KeyFunction, shown_name
@@ -38,7 +38,7 @@ from procengine_nb.store.schema import connect, transaction
 
 __all__ = ["Writer", "log_line", "wait_for_writers", "writers_of"]
 
-_log = logging.getLogger("procengine_nb.store")
+_log = logger("procengine_nb.store")  # never raises (see procengine_nb._safe.GuardedLogger)
 
 _ATTEMPT_TIMEOUT = 0.2  # SQLite's busy timeout for one write attempt (seconds): then back off and retry
 _FIRST_BACKOFF = 0.05
@@ -305,8 +305,8 @@ def log_line(level: int, msg: str, *args: Any) -> None:
     """Log a line of the store's (never under the writer's lock): a logging handler that raises costs the
     line, never the writer (its results would be lost) nor the batch thread."""
     try:
-        _log.log(level, msg, *args)
-    except BaseException:  # a handler's error, or logging's report of it to a closed stderr
+        _log.log(level, msg, *args)  # the engine's guarded logging: a handler's error, or logging's report
+    except BaseException:  # of it to a closed stderr, is dropped there; a handler's Ctrl-C here
         pass
 
 

@@ -14,13 +14,14 @@ False
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 
+from procengine_nb._safe import logger
+
 __all__ = ["Ticker"]
 
-_log = logging.getLogger(__name__)
+_log = logger(__name__)  # never raises (see procengine_nb._safe.GuardedLogger)
 
 
 class Ticker:

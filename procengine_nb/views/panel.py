@@ -30,7 +30,6 @@ renders the same in JupyterLab, Notebook 7, Voilà, exported HTML and tests. It 
 from __future__ import annotations
 
 import html
-import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +39,7 @@ import ipywidgets as widgets
 from ipywidgets.widgets.widget_int import ProgressStyle
 from ipywidgets.widgets.widget_string import HTMLStyle
 
+from procengine_nb._safe import logger
 from procengine_nb._validation import check_callable, check_int, check_type
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult
@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["JobSummary", "ProgressPanel"]
 
-_log = logging.getLogger(__name__)
+_log = logger(__name__)  # never raises (see procengine_nb._safe.GuardedLogger)
 STOP_REASON = "stopped from the panel"
 """The cancel reason a Stop click gives the token."""
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

@@ -1,0 +1,159 @@
+"""The batch thread is a fortress: nothing it calls that is not ours can hang it, lose results or hold
+the Stop (issue 19). One named test (or group) per class; the README's Guarantees name them.
+
+Blocking is done with events; the few subprocess tests have generous bounds (a loaded 2-core machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+from test_properties import assert_accounted
+
+from procengine_nb import ProcessingEngine
+
+WAIT = 30  # seconds: a safety net for a broken engine, never reached when it works
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _child(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+# -- 1. one guard around everything the batch thread calls that is not ours -------------------------
+class _RaisingCheck(type):
+    def __instancecheck__(cls, instance):
+        raise SystemExit("__instancecheck__ raised")
+
+
+class Unretryable(Exception, metaclass=_RaisingCheck):
+    pass
+
+
+class Hostile:
+    """A symbol (and an exception's payload) whose text raises a BaseException."""
+
+    def __str__(self):
+        raise SystemExit("no str")
+
+    def __repr__(self):
+        raise SystemExit("no repr")
+
+
+class HostileError(Exception):
+    def __str__(self):
+        raise SystemExit("no str")
+
+    def __repr__(self):
+        raise SystemExit("no repr")
+
+
+class _RaisingHandler(logging.Handler):
+    def emit(self, record):
+        raise SystemExit("handler raised")
+
+    def handleError(self, record):
+        raise SystemExit("handleError raised")
+
+
+def test_a_retry_on_whose_instancecheck_raises_costs_only_the_retry(caplog):
+    def processor(s):
+        if s % 2:
+            raise ValueError(f"odd {s}")
+        return s
+
+    engine = ProcessingEngine(processor, max_workers=2, retries=2, retry_on=Unretryable)
+    with caplog.at_level(logging.ERROR, logger="procengine_nb"):
+        result = engine.process_batch(range(10))
+    assert_accounted(list(range(10)), result)
+    assert sorted(r.symbol for r in result.errors) == [1, 3, 5, 7, 9]
+    assert all(r.attempts == 1 for r in result)  # not retried
+    assert sum("retry_on's instance check raised" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_hostile_symbols_exceptions_callbacks_views_and_log_handlers_cost_a_line_at_most():
+    """Whatever a user object raises (SystemExit here) in __str__/__repr__, a callback, a view, a
+    logging handler: every symbol is accounted, the batch returns, on every path (sync, start())."""
+
+    class View:
+        def update(self, progress):
+            raise SystemExit("view update")
+
+        def failed(self, result):
+            raise HostileError()
+
+        def finish(self, result, error):
+            raise SystemExit("view finish")
+
+    def processor(s):
+        if isinstance(s, Hostile) or s == 3:
+            raise HostileError()
+        return s
+
+    def callback(progress):
+        raise HostileError()
+
+    handler = _RaisingHandler()
+    package = logging.getLogger("procengine_nb")
+    package.addHandler(handler)
+    try:
+        symbols = [0, 1, Hostile(), 3, Hostile(), 5]
+        engine = ProcessingEngine(processor, max_workers=2, retries=1, timeout=WAIT)
+        result = engine.process_batch(symbols, callback, views=[View()])
+        assert len(result) == 6 and len(result.errors) == 3
+        handle = engine.start(symbols, callback, views=[View()])
+        assert len(handle.result(timeout=WAIT)) == 6
+        seen = threading.Event()
+        handle.add_done_callback(lambda h: (seen.set(), (_ for _ in ()).throw(SystemExit("done callback"))))
+        assert seen.is_set()
+        assert repr(result)  # never raises
+    finally:
+        package.removeHandler(handler)
+
+
+# -- 2. a closed sys.stderr: every path returns, the job's future always resolves -------------------
+def test_a_closed_stderr_never_hangs_a_batch_nor_loses_its_results():
+    child = _child("""
+        import io, sys
+        closed = io.StringIO(); closed.close(); sys.stderr = closed
+        out = open(sys.__stdout__.fileno(), "w", closefd=False)
+        from procengine_nb import ProcessingEngine, run
+        def callback(progress): raise ValueError("callback")
+        print("run", [r.value for r in run(len, ["a", "bb"]).result(timeout=60)], file=out, flush=True)
+        handle = ProcessingEngine(len).start(["a", "bb"], progress_callback=callback)
+        print("start", [r.value for r in handle.result(timeout=60)], file=out, flush=True)
+        result = ProcessingEngine(len).process_batch(["a", "bb"], progress_callback=callback)
+        print("process_batch", sorted(r.value for r in result), file=out, flush=True)
+    """)
+    assert child.stdout.splitlines() == ["run [1, 2]", "start [1, 2]", "process_batch [1, 2]"], child
+
+
+def test_the_job_future_resolves_with_the_partial_result_whatever_ends_its_thread(monkeypatch):
+    """The engine fails, then every publication of the end raises a Ctrl-C on the job's thread (the
+    thread dies on it): the future still resolves, and the settled partial result stays reachable."""
+    from procengine_nb import _batch
+    from procengine_nb.observe import Publisher
+
+    def broken_take(self, future):
+        raise RuntimeError("an engine bug")
+
+    def interrupting_finish(self, result, error):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_batch.BatchRun, "_take", broken_take)
+    monkeypatch.setattr(Publisher, "finish", interrupting_finish)
+    hook = threading.excepthook
+    monkeypatch.setattr(threading, "excepthook",
+                        lambda args: None if args.exc_type is KeyboardInterrupt else hook(args))
+    handle = ProcessingEngine(len, max_workers=1).start(["a", "bb"])
+    assert handle.wait(timeout=WAIT)
+    assert isinstance(handle.future.exception(), (RuntimeError, KeyboardInterrupt))
+    partial = handle.partial_result
+    assert partial is not None and len(partial) + len(partial.unprocessed) == 2
