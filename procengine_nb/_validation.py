@@ -8,9 +8,12 @@ message names the argument, what it must be and what it got.
 >>> check_int(True, "max_workers", minimum=1)
 Traceback (most recent call last):
 TypeError: max_workers must be an int, not bool
->>> check_seconds(1e10, "timeout")
+>>> check_seconds(1e10, "timeout", allow_none=True)
 Traceback (most recent call last):
 ValueError: timeout must be at most 9223372036 seconds (None for no limit), got 10000000000.0
+>>> check_seconds(float("inf"), "backoff")
+Traceback (most recent call last):
+ValueError: backoff must be finite, got inf
 """
 
 from __future__ import annotations
@@ -75,8 +78,9 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, strict:
         raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {safe_repr(value, 80)}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum:g}, got {safe_repr(value, 80)}")
-    if math.isinf(value):
-        raise ValueError(f"{name} must be finite (None for no limit), got {safe_repr(value, 80)}")
+    if math.isinf(value):  # suggest None only where None is accepted
+        hint = " (None for no limit)" if allow_none else ""
+        raise ValueError(f"{name} must be finite{hint}, got {safe_repr(value, 80)}")
     return value
 
 
@@ -84,6 +88,6 @@ def check_seconds(value: Any, name: str, *, allow_none: bool = False, strict: bo
     """A duration in seconds: finite, >= 0 (> 0 when ``strict``) and short enough for the OS timers."""
     check_number(value, name, minimum=0, strict=strict, allow_none=allow_none, what="a number of seconds")
     if value is not None and value > MAX_SECONDS:
-        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} seconds (None for no limit), "
-                         f"got {safe_repr(value, 80)}")
+        hint = " (None for no limit)" if allow_none else ""
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} seconds{hint}, got {safe_repr(value, 80)}")
     return value

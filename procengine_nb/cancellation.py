@@ -16,6 +16,7 @@ True
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -85,6 +86,43 @@ class CancellationRegistration:
 
     def __exit__(self, *exc: object) -> None:
         self.unregister()
+
+
+_propagation = threading.local()  # per thread: the links waiting to cancel their child (a queue, not a stack)
+
+
+class _Link:
+    """A parent's callback to its linked child. A cancel reaches a chain of linked tokens of any depth
+    without recursion: the first link to fire on a thread cancels its child and then, in a loop, every
+    child whose parent that cancel reached (each cancel's own links only queue their child)."""
+
+    __slots__ = ("child", "parent")
+
+    def __init__(self, child: CancellationToken, parent: CancellationToken) -> None:
+        self.child = child
+        self.parent = parent
+
+    def __call__(self) -> None:
+        queue: deque[_Link] | None = getattr(_propagation, "queue", None)
+        if queue is not None:  # a cancel is propagating on this thread: its loop cancels this child
+            queue.append(self)
+            return
+        queue = _propagation.queue = deque((self,))
+        interrupt: KeyboardInterrupt | None = None
+        try:
+            while queue:
+                link = queue.popleft()
+                try:
+                    link.child.cancel(link.parent.reason)
+                except KeyboardInterrupt as exc:  # a callback's Ctrl-C: the chain is still cancelled
+                    interrupt = interrupt or exc
+        finally:
+            _propagation.queue = None
+        if interrupt is not None:
+            raise interrupt
+
+    def __repr__(self) -> str:
+        return f"<link to {self.child!r}>"
 
 
 class CancellationToken:
@@ -169,8 +207,7 @@ class CancellationToken:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the token is cancelled or ``timeout`` seconds pass; return ``is_cancelled``."""
-        if timeout is not None:
-            check_seconds(timeout, "timeout")
+        check_seconds(timeout, "timeout", allow_none=True)
         return self._event.wait(timeout)
 
     # -- callbacks ------------------------------------------------------------------------------
@@ -200,12 +237,19 @@ class CancellationToken:
             return True
 
     # -- deadlines and links --------------------------------------------------------------------
-    def cancel_after(self, seconds: float, reason: str | None = None) -> None:
-        """Cancel the token ``seconds`` from now (a deadline). A later call replaces the deadline.
+    def cancel_after(self, seconds: float | None, reason: str | None = None) -> None:
+        """Cancel the token ``seconds`` from now (a deadline). A later call replaces the deadline;
+        ``cancel_after(None)`` removes it (no limit).
 
         The timer is a daemon thread that is cancelled as soon as the token is, so it never outlives it.
         """
-        check_seconds(seconds, "seconds")
+        check_seconds(seconds, "seconds", allow_none=True)
+        if seconds is None:
+            with self._lock:
+                old, self._timer = self._timer, None
+            if old is not None:
+                old.cancel()
+            return
         message = reason if reason is not None else f"deadline of {seconds:g}s reached"
         timer = threading.Timer(seconds, self.cancel, args=(message,))
         timer.daemon = True
@@ -232,7 +276,7 @@ class CancellationToken:
                 )
         child = cls()
         for parent in parents:
-            registration = parent.register(lambda p=parent: child.cancel(p.reason))
+            registration = parent.register(_Link(child, parent))
             with child._lock:
                 if child._event.is_set():
                     registration.unregister()

@@ -433,12 +433,21 @@ class BatchResult(list[SymbolResult]):
         ]
 
     def to_dataframe(self) -> Any:
-        """The results as a pandas DataFrame (needs pandas; see ``to_records`` otherwise)."""
+        """The results as a pandas DataFrame (needs pandas; see ``to_records`` otherwise).
+
+        Values stay exact: a ``value`` (or ``symbol``) column of ints is ``int64``, or the nullable
+        ``Int64`` when some symbols have no value (they failed), never ``float64`` (which would turn
+        1700000000123456790 into 1.7000000001234568e18); ints beyond 64 bits, or ints mixed with
+        floats, keep an ``object`` column of the values themselves.
+        """
         try:
             import pandas as pd
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("to_dataframe() needs pandas: pip install pandas") from exc
-        return pd.DataFrame(self.to_records(), columns=["symbol", "status", "value", "error", "duration_ms"])
+        frame = pd.DataFrame(self.to_records(), columns=["symbol", "status", "value", "error", "duration_ms"])
+        for column in ("symbol", "value"):
+            frame[column] = _exact_column(pd, [getattr(r, column) for r in self])
+        return frame
 
     def __repr__(self) -> str:
         return f"<BatchResult {self.summary()}>"
@@ -450,6 +459,22 @@ class BatchResult(list[SymbolResult]):
             (list(self), list(self.unprocessed), self.progress, self.cancelled, self.cancel_reason, self.job,
              self.input_exhausted, self.input_error),
         )
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _exact_column(pd: Any, values: list[Any]) -> Any:
+    """A pandas column holding exactly ``values``: what pandas infers, unless that is a float column
+    holding ints (ints with missing values, ints with floats), which would round large ints."""
+    column = pd.Series(values, dtype=object)
+    inferred = column.infer_objects()
+    if inferred.dtype.kind != "f" or not any(type(v) is int for v in values):
+        return inferred
+    low, high = _INT64
+    if all(v is None or (type(v) is int and low <= v <= high) for v in values):
+        return pd.array(values, dtype="Int64")  # ints and missing values: the nullable int column
+    return column  # ints with floats, or beyond 64 bits: the values themselves
 
 
 def _rebuild_batch_result(results, unprocessed, progress, cancelled, cancel_reason, job,  # type: ignore[no-untyped-def]

@@ -13,9 +13,10 @@ import sys
 import textwrap
 import threading
 
+import pytest
 from test_properties import assert_accounted
 
-from procengine_nb import ProcessingEngine
+from procengine_nb import CancellationToken, ProcessingEngine
 
 WAIT = 30  # seconds: a safety net for a broken engine, never reached when it works
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,3 +158,75 @@ def test_the_job_future_resolves_with_the_partial_result_whatever_ends_its_threa
     assert isinstance(handle.future.exception(), (RuntimeError, KeyboardInterrupt))
     partial = handle.partial_result
     assert partial is not None and len(partial) + len(partial.unprocessed) == 2
+
+
+# -- 5. linked tokens of any depth --------------------------------------------------------------------
+@pytest.mark.parametrize("depth", [1_000, 10_000])
+def test_linked_tokens_of_any_depth_propagate_without_recursion(depth):
+    root = CancellationToken()
+    leaf = root
+    for _ in range(depth):
+        leaf = CancellationToken.linked(leaf)
+    assert root.cancel("the root")
+    assert leaf.is_cancelled and leaf.reason == "the root"
+
+
+def test_a_batch_on_the_leaf_of_a_ten_thousand_deep_chain_stops():
+    root = CancellationToken()
+    leaf = root
+    for _ in range(10_000):
+        leaf = CancellationToken.linked(leaf)
+    started = threading.Event()
+
+    def processor(s, cancellation_token):
+        started.set()
+        cancellation_token.wait(WAIT)
+        return s
+
+    handle = ProcessingEngine(processor, max_workers=2).start(range(1_000), cancellation_token=leaf)
+    assert started.wait(WAIT)
+    root.cancel("Stop")
+    result = handle.result(timeout=WAIT)
+    assert result.cancelled and result.cancel_reason == "Stop"
+    assert_accounted(list(range(1_000)), result)
+
+
+# -- 6. exports keep values exact ----------------------------------------------------------------------
+def test_to_dataframe_keeps_int_values_exact_when_some_symbols_failed():
+    pytest.importorskip("pandas")
+    big = 1700000000123456790
+
+    def processor(s):
+        if s == 2:
+            raise ValueError("no value")
+        return big + s
+
+    frame = ProcessingEngine(processor, max_workers=1).process_batch([0, 1, 2, 3]).to_dataframe()
+    values = dict(zip(frame["symbol"].tolist(), frame["value"].tolist(), strict=True))
+    assert values[0] == big and type(values[0]) is int and values[3] == big + 3
+    assert str(frame["value"].dtype) in ("Int64", "object")
+    mixed = ProcessingEngine(lambda s: big if s else 1.5).process_batch([0, 1]).to_dataframe()
+    assert [type(v) for v in mixed["value"].tolist()] == [float, int] and big in mixed["value"].tolist()
+    huge = ProcessingEngine(lambda s: 2**70 + s).process_batch([0, 1]).to_dataframe()
+    assert sorted(huge["value"].tolist()) == [2**70, 2**70 + 1]
+
+
+# -- 7. every refusal says what is accepted -----------------------------------------------------------
+def test_a_refusal_suggests_none_only_where_none_is_accepted():
+    with pytest.raises(ValueError, match="backoff must be finite, got inf") as info:
+        ProcessingEngine(len, backoff=float("inf"))
+    assert "None" not in str(info.value)
+    with pytest.raises(TypeError, match="backoff must be a number of seconds, not NoneType"):
+        ProcessingEngine(len, backoff=None)
+    token = CancellationToken()
+    with pytest.raises(ValueError, match=r"\(None for no limit\)"):
+        token.cancel_after(float("inf"))
+    token.cancel_after(0.01)
+    token.cancel_after(None)  # what the message suggests: no deadline (it removes the pending one)
+    assert not token.wait(0.2)
+    with pytest.raises(ValueError, match=r"\(None for no limit\)"):
+        token.wait(float("inf"))
+    assert not token.wait(0)
+    with pytest.raises(ValueError, match=r"timeout must be finite \(None for no limit\)"):
+        ProcessingEngine(len, timeout=float("inf"))
+    assert ProcessingEngine(len, timeout=None).process_batch(["a"])[0].value == 1

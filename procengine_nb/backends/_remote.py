@@ -166,8 +166,7 @@ class MarkerToken(CancellationToken):
         super().throw_if_cancelled()
 
     def wait(self, timeout: float | None = None) -> bool:
-        if timeout is not None:
-            check_seconds(timeout, "timeout")
+        check_seconds(timeout, "timeout", allow_none=True)
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while not self._poll():
             remaining = _CHECK_EVERY if deadline is None else min(_CHECK_EVERY, deadline - time.monotonic())
