@@ -6,17 +6,19 @@ Blocking is done with events; the few subprocess tests have generous bounds (a l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 from test_properties import assert_accounted
 
-from procengine_nb import CancellationToken, ProcessingEngine
+from procengine_nb import CancellationToken, ProcessingEngine, ResultStatus
 
 WAIT = 30  # seconds: a safety net for a broken engine, never reached when it works
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,3 +232,43 @@ def test_a_refusal_suggests_none_only_where_none_is_accepted():
     with pytest.raises(ValueError, match=r"timeout must be finite \(None for no limit\)"):
         ProcessingEngine(len, timeout=float("inf"))
     assert ProcessingEngine(len, timeout=None).process_batch(["a"])[0].value == 1
+
+
+# -- 3. tasks an async processor leaves on the batch's loop never hold the batch ----------------------
+async def _swallows_every_cancel():
+    while True:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass
+
+
+@pytest.mark.parametrize("way", ["process_batch", "start and Stop"])
+def test_tasks_left_on_the_loop_that_swallow_the_cancel_never_hold_the_batch(way, no_thread_leak, caplog):
+    spawned: list[asyncio.Future[None]] = []
+
+    first = threading.Event()
+
+    async def processor(s):
+        spawned.append(asyncio.ensure_future(_swallows_every_cancel()))
+        first.set()
+        await asyncio.sleep(0)
+        return s
+
+    engine = ProcessingEngine(processor, max_workers=2)
+    begun = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="procengine_nb"):
+        if way == "process_batch":
+            result = engine.process_batch([1, 2, 3])
+        else:
+            handle = engine.start([1, 2, 3])
+            assert first.wait(WAIT)
+            handle.cancel("Stop")
+            assert handle.wait(timeout=WAIT)
+            result = handle.result()
+    elapsed = time.monotonic() - begun
+    assert_accounted([1, 2, 3], result)
+    assert elapsed < WAIT / 2  # bounded by the grace (~0.5 s; generous on a loaded machine)
+    if way == "process_batch":  # (after a Stop the loop is not waited for: no_thread_leak sees it end)
+        assert [r.status for r in result] == [ResultStatus.SUCCESS] * 3 and len(spawned) == 3
+        assert any("ignored cancellation" in r.getMessage() for r in caplog.records)

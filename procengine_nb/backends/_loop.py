@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import CancelledError, Future
@@ -31,7 +32,14 @@ from procengine_nb.cancellation import CancellationToken, ProcessingCancelledExc
 __all__ = ["Awaiter", "LoopThread", "awaiter_for", "cannot_await", "is_awaitable", "register_awaiter",
            "unregister_awaiter"]
 
-_STUBBORN_RECANCEL_SECONDS = 1.0
+LEFTOVER_GRACE_SECONDS = 0.5
+"""How long the end of a batch waits for the tasks still on its loop (a task a processor spawned and
+never awaited, a coroutine that swallows the cancel) to unwind once cancelled; past it they are
+abandoned: the loop is closed with them on it and its thread ends (a thread the loop cannot leave,
+blocked in sync code, is a daemon and is no longer waited for)."""
+_RECANCEL_SECONDS = 0.1  # a task that swallowed the cancel is cancelled again this often, within the grace
+_CLEANUP_SECONDS = 0.25  # async generators' aclose() and the default executor's threads: at most this each
+_JOIN_SECONDS = LEFTOVER_GRACE_SECONDS + 2 * _CLEANUP_SECONDS + 0.5  # stop(wait=True) waits at most this
 _log = logger(__name__)  # never raises (see procengine_nb._safe.GuardedLogger)
 
 
@@ -65,9 +73,10 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
 class LoopThread:
     """A daemon thread running a fresh asyncio event loop until :meth:`stop`.
 
-    ``stop()`` cancels every task still on the loop, waits for them (re-cancelling, once a second, a
-    task that swallows the cancel), shuts down the loop's async generators and default executor
-    (``asyncio.to_thread`` threads), closes the loop, and the thread ends.
+    ``stop()`` cancels every task still on the loop and waits for them, re-cancelling a task that
+    swallows the cancel, for at most ``LEFTOVER_GRACE_SECONDS`` (then they are abandoned); shuts down
+    the loop's async generators and default executor (``asyncio.to_thread`` threads), each bounded
+    too; closes the loop, and the thread ends.
 
     >>> loop = LoopThread("doc-loop")
     >>> async def double(x): return 2 * x
@@ -92,12 +101,17 @@ class LoopThread:
             loop.run_forever()  # until stop(), or a processor that stopped the running loop itself
             self._refuse_new_work()
             pending = asyncio.all_tasks(loop)
+            deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
             while pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    _abandon(pending)
+                    break
                 for task in pending:
                     task.cancel()
-                _, pending = loop.run_until_complete(asyncio.wait(pending, timeout=_STUBBORN_RECANCEL_SECONDS))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
+                _, pending = loop.run_until_complete(asyncio.wait(pending, timeout=min(_RECANCEL_SECONDS, remaining)))
+            loop.run_until_complete(_bounded(loop.shutdown_asyncgens(), _CLEANUP_SECONDS))
+            _shutdown_default_executor(loop, _CLEANUP_SECONDS)
         except RuntimeError:  # a processor stopped the loop again during the clean-up: close it as it is
             _log.debug("the loop was stopped during its clean-up", exc_info=True)
         finally:
@@ -138,17 +152,56 @@ class LoopThread:
             return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     def stop(self, *, wait: bool) -> None:
-        """Stop the loop (cancelling what still runs on it); join the thread when ``wait``. Idempotent."""
+        """Stop the loop (cancelling what still runs on it); when ``wait``, join the thread, for at most
+        about a second (what the loop cannot unwind by then is abandoned with it, a daemon). Idempotent."""
         with self._lock:
             if not self._stopping:
                 self._stopping = True
                 self.loop.call_soon_threadsafe(self.loop.stop)
         if wait and threading.current_thread() is not self._thread:
-            self._thread.join()
+            self._thread.join(_JOIN_SECONDS)
+            if self._thread.is_alive():
+                _log.warning("%s: the batch's event loop did not end within %.1fs (a processor blocks it, or "
+                             "left a task that never lets go); abandoned (a daemon thread)",
+                             self._thread.name, _JOIN_SECONDS)
 
     def is_alive(self) -> bool:
         """True while the loop's thread runs."""
         return self._thread.is_alive()
+
+
+def _abandon(tasks: set[asyncio.Task[Any]]) -> None:
+    """Give up on tasks that swallowed every cancel for the grace: the loop is closed with them on it
+    (one warning here instead of asyncio's "Task was destroyed but it is pending!" for each)."""
+    for task in tasks:
+        try:
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover - another Task implementation
+            pass
+    names = ", ".join(sorted(task.get_name() for task in tasks)[:5])
+    _log.warning("%d task(s) left on the batch's event loop ignored cancellation for %.1fs (%s); abandoned",
+                 len(tasks), LEFTOVER_GRACE_SECONDS, names)
+
+
+async def _bounded(awaitable: Awaitable[Any], seconds: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, seconds)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        _log.debug("a clean-up step of the batch's loop did not finish within %.2fs; skipped", seconds)
+
+
+def _shutdown_default_executor(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+    """Shut down the loop's default executor (``asyncio.to_thread``, ``run_in_executor(None, ...)``)
+    waiting at most ``seconds`` for its threads: a thread still running a call (its awaiting task was
+    cancelled, the call itself cannot be) is left to finish on its own."""
+    executor = getattr(loop, "_default_executor", None)
+    if executor is None:
+        return
+    loop._executor_shutdown_called = True  # type: ignore[attr-defined]  # as loop.shutdown_default_executor
+    executor.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + seconds
+    for thread in list(getattr(executor, "_threads", ())):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class Awaiter:
