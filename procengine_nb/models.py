@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import enum
 import itertools
+import pickle
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from procengine_nb._safe import describe, safe_repr, type_name
+from procengine_nb._safe import describe, safe_repr, safe_str, type_name
+from procengine_nb._tracebacks import format_text
 from procengine_nb.cancellation import ProcessingCancelledException
 from procengine_nb.progress import ProcessingProgress
 
 __all__ = [
     "BatchResult",
+    "ErrorStandIn",
     "JobType",
     "ProcessingJob",
     "ResultStatus",
@@ -212,6 +215,70 @@ class ResultStatus(enum.Enum):
     """The processor started, then stopped cooperatively by raising ProcessingCancelledException."""
 
 
+class ErrorStandIn(Exception):
+    """What a pickled result holds in place of an exception that could not make the trip (it could
+    not be pickled, e.g. it holds a lock, or not be unpickled, e.g. its ``__init__`` needs arguments
+    or its class is gone): the original type's name, its message and its traceback text.
+
+    >>> error = ErrorStandIn("mylib.QuotaError", "quota exceeded")
+    >>> str(error), error.type_name
+    ('mylib.QuotaError: quota exceeded', 'mylib.QuotaError')
+    """
+
+    def __init__(self, type_name: str, message: str = "", traceback: str | None = None) -> None:
+        super().__init__(type_name, message, traceback)
+        self.type_name = type_name
+        """The qualified name of the original exception's type."""
+        self.message = message
+        """``str()`` of the original exception."""
+        self.traceback = traceback
+        """The original exception's formatted traceback, when it was known."""
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+def _qualified_name(error: BaseException) -> str:
+    kind = type(error)
+    module = safe_str(getattr(kind, "__module__", "") or "")
+    name = safe_str(getattr(kind, "__qualname__", None) or type_name(error))
+    return name if module in ("", "builtins") else f"{module}.{name}"
+
+
+def _pack_error(error: BaseException | None, trace: str | None) -> tuple[Any, ...] | None:
+    """An exception as a pickled result carries it: its own pickle (None when it has none) plus what a
+    stand-in needs if that pickle does not load (type name, message, traceback text)."""
+    if error is None:
+        return None
+    try:
+        blob: bytes | None = pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # e.g. it holds a lock
+        blob = None
+    if trace is None and blob is None:
+        trace = format_text(error)
+    return (blob, _qualified_name(error), safe_str(error), trace)
+
+
+def _unpack_error(packed: Any) -> BaseException | None:
+    """The exception back, or its :class:`ErrorStandIn` when it does not load here: it fails alone."""
+    if packed is None or isinstance(packed, BaseException):  # (None, or an exception pickled as it is)
+        return packed
+    blob, name, message, trace = packed
+    if blob is not None:
+        try:
+            error = pickle.loads(blob)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # e.g. an __init__ that needs arguments, a class that is gone
+            pass
+        else:
+            if isinstance(error, BaseException):
+                return error
+    return ErrorStandIn(name, message, trace)
+
+
 @dataclass(slots=True)
 class SymbolResult:
     """The outcome of processing one symbol.
@@ -242,6 +309,16 @@ class SymbolResult:
     def ok(self) -> bool:
         """True for SUCCESS."""
         return self.status is ResultStatus.SUCCESS
+
+    def __reduce__(self) -> Any:
+        # the exception travels in a pickle of its own: one that cannot make the trip becomes an
+        # ErrorStandIn (type name, message, traceback text) and costs nothing else of the result
+        return (_rebuild_symbol_result, (self.symbol, self.status, self.value, _pack_error(self.error, self.traceback),
+                                         self.duration_ms, self.from_store, self.traceback, self.attempts))
+
+    def __copy__(self) -> SymbolResult:
+        return SymbolResult(self.symbol, self.status, self.value, self.error, self.duration_ms, self.from_store,
+                            self.traceback, self.attempts)
 
     def __repr__(self) -> str:
         # never raises and stays short, whatever the symbol, value or exception
@@ -457,7 +534,7 @@ class BatchResult(list[SymbolResult]):
         return (
             _rebuild_batch_result,
             (list(self), list(self.unprocessed), self.progress, self.cancelled, self.cancel_reason, self.job,
-             self.input_exhausted, self.input_error),
+             self.input_exhausted, _pack_error(self.input_error, None)),
         )
 
 
@@ -481,5 +558,11 @@ def _rebuild_batch_result(results, unprocessed, progress, cancelled, cancel_reas
                           input_exhausted=True, input_error=None) -> BatchResult:
     return BatchResult(
         results, unprocessed=unprocessed, progress=progress, cancelled=cancelled,
-        cancel_reason=cancel_reason, job=job, input_exhausted=input_exhausted, input_error=input_error,
+        cancel_reason=cancel_reason, job=job, input_exhausted=input_exhausted,
+        input_error=_unpack_error(input_error),
     )
+
+
+def _rebuild_symbol_result(symbol: Any, status: ResultStatus, value: Any, error: Any, duration_ms: float,
+                           from_store: bool, traceback: str | None, attempts: int) -> SymbolResult:
+    return SymbolResult(symbol, status, value, _unpack_error(error), duration_ms, from_store, traceback, attempts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -272,3 +273,100 @@ def test_tasks_left_on_the_loop_that_swallow_the_cancel_never_hold_the_batch(way
     if way == "process_batch":  # (after a Stop the loop is not waited for: no_thread_leak sees it end)
         assert [r.status for r in result] == [ResultStatus.SUCCESS] * 3 and len(spawned) == 3
         assert any("ignored cancellation" in r.getMessage() for r in caplog.records)
+
+
+# -- 4. worker processes never outlive their parent -----------------------------------------------------
+_KILLED_PARENT = """
+    import sys, time
+    from procengine_nb import ProcessingEngine
+
+    def big(s):
+        return b"x" * (1 << 20)  # 1 MB values: with the parent gone, workers block writing them
+
+    if __name__ == "__main__":
+        engine = ProcessingEngine(big, backend="processes", max_workers=2, chunk_size=50)
+        handle = engine.start(range(1_000_000))
+        while handle.progress.completed_symbols < 1 and not handle.done():
+            time.sleep(0.01)
+        print("running", flush=True)
+        handle.result()
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the parent watch relies on POSIX re-parenting")
+def test_worker_processes_exit_soon_after_their_parent_is_killed(tmp_path):
+    pytest.importorskip("loky")
+    psutil = pytest.importorskip("psutil")
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(_KILLED_PARENT))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    workers = []
+    try:
+        assert parent.stdout.readline().strip() == "running"
+        deadline = time.monotonic() + WAIT
+        while len(workers) < 2 and time.monotonic() < deadline:  # the two loky workers
+            workers = [p for p in psutil.Process(parent.pid).children(recursive=True)
+                       if "resource_tracker" not in " ".join(p.cmdline())]
+            time.sleep(0.05)
+        assert len(workers) == 2
+        parent.kill()  # SIGKILL: no clean-up of any kind in the parent
+        parent.wait(WAIT)
+        _, alive = psutil.wait_procs(workers, timeout=10)  # they poll every 0.5 s
+        assert not alive, f"workers still alive 10 s after their parent was killed: {alive}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for worker in workers:
+            try:
+                worker.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+# -- 8. a pickled result that cannot be loaded fails alone ------------------------------------------------
+class NeedsArguments(Exception):
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+class HoldsALock(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class GoneLater(Exception):
+    pass
+
+
+def test_a_pickled_result_keeps_every_exception_or_a_faithful_stand_in(monkeypatch):
+    from procengine_nb.models import ErrorStandIn
+
+    errors = {1: NeedsArguments(404, "missing"), 2: HoldsALock("locked"), 3: GoneLater("bye"), 4: ValueError("plain")}
+
+    def processor(s):
+        if s in errors:
+            raise errors[s]
+        return s * 10
+
+    symbols = [0, 1, 2, 3, 4, 5]
+    result = ProcessingEngine(processor, max_workers=1).process_batch(symbols)
+    result.input_error = HoldsALock("the input")
+    blob = pickle.dumps(result)
+    monkeypatch.delattr(sys.modules[__name__], "GoneLater")  # its class is gone where the result is loaded
+    back = pickle.loads(blob)
+    assert_accounted(symbols, back)
+    by_symbol = {r.symbol: r for r in back}
+    assert [by_symbol[s].value for s in (0, 5)] == [0, 50]
+    assert type(by_symbol[4].error) is ValueError and str(by_symbol[4].error) == "plain"
+    for symbol, type_name, message in ((1, "NeedsArguments", "404: missing"), (2, "HoldsALock", "locked"),
+                                       (3, "GoneLater", "bye")):
+        error = by_symbol[symbol].error
+        assert isinstance(error, ErrorStandIn), symbol
+        assert error.type_name.endswith(type_name) and error.message == message
+        assert error.traceback and type_name in error.traceback and message in error.traceback
+        assert by_symbol[symbol].status is ResultStatus.ERROR and by_symbol[symbol].traceback == error.traceback
+    assert isinstance(back.input_error, ErrorStandIn) and back.input_error.message == "the input"
+    assert pickle.loads(pickle.dumps(back))[0].symbol == back[0].symbol  # and it round-trips again

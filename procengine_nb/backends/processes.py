@@ -77,6 +77,37 @@ _ABANDONED_GRACE = 0.1  # seconds the next batch gives abandoned tasks to finish
 _MAX_RESENDS = 3  # times a chunk that never started is sent again after its pool broke
 _MAX_DEATHS = 3  # breaks a symbol may be running at before it is an ERROR, when no dead worker is found
 _LOST_WITH_THE_POOL = (BrokenProcessPool, ShutdownExecutorError)
+_PARENT_POLL_SECONDS = 0.5  # how often a worker looks whether the process that started it is still there
+
+
+def _watch_parent(parent: int) -> None:
+    """Each worker's initializer: a daemon thread that ends the worker (``os._exit``) within about
+    ``_PARENT_POLL_SECONDS`` of its parent's death, however the parent died (``kill -9`` included), even
+    while the worker's main thread is blocked (say, writing a 1 MB value to a pipe nobody reads).
+
+    The parent is gone when this process was re-parented (``os.getppid()`` changed: POSIX), or, when
+    the worker was not started by the parent itself, when no process ``parent`` exists any more."""
+    direct = os.getppid() == parent
+
+    def gone() -> bool:
+        if direct:
+            return os.getppid() != parent
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # it exists (not ours to signal)
+            return False
+        return False
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_POLL_SECONDS)
+            if gone():
+                os._exit(1)
+
+    if os.name == "posix":  # (Windows: no re-parenting to see, and os.kill(pid, 0) would kill)
+        threading.Thread(target=watch, name="procengine-parent-watch", daemon=True).start()
 
 
 class _Pool:
@@ -89,7 +120,9 @@ class _Pool:
 
     def __init__(self, max_workers: int, idle_timeout: float) -> None:
         self.key = (max_workers, idle_timeout)
-        self.executor = loky.ProcessPoolExecutor(max_workers=max_workers, timeout=idle_timeout)
+        # every worker watches this process and exits when it is gone (workers never outlive it)
+        self.executor = loky.ProcessPoolExecutor(max_workers=max_workers, timeout=idle_timeout,
+                                                 initializer=_watch_parent, initargs=(os.getpid(),))
         self.idle_timeout = idle_timeout
         self.batches = 0
         self.abandoned: set[Any] = set()
