@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from procengine_nb._safe import describe, logger, safe_repr, type_name
+from procengine_nb._safe import describe, guarded, logger, safe_repr, type_name
 from procengine_nb._tracebacks import format_text
 from procengine_nb._validation import check_seconds
 
@@ -73,13 +73,12 @@ class CancellationRegistration:
         return token._remove(self)
 
     def _run(self) -> None:
-        try:
-            self._callback()
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # whatever a callback raises, cancellation reaches the others
-            _log.error("cancellation callback %s raised %s\n%s", safe_repr(self._callback, 200),
-                       describe(exc, 500), format_text(exc).rstrip("\n"))
+        # through the one guard: whatever a callback raises (but a Ctrl-C), cancellation reaches the others
+        guarded(self._callback, on_error=self._failed)
+
+    def _failed(self, exc: BaseException) -> None:
+        _log.error("cancellation callback %s raised %s\n%s", safe_repr(self._callback, 200),
+                   describe(exc, 500), format_text(exc).rstrip("\n"))
 
     def __enter__(self) -> CancellationRegistration:
         return self

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from procengine_nb._safe import logger
+from procengine_nb._safe import describe, guarded, logger
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
 
 __all__ = ["Awaiter", "LoopThread", "awaiter_for", "cannot_await", "is_awaitable", "register_awaiter",
@@ -119,10 +119,8 @@ class LoopThread:
             asyncio.set_event_loop(None)
             loop.close()
             if self._on_exit is not None:  # e.g. fail what was handed over and never ran
-                try:
-                    self._on_exit()
-                except Exception:
-                    _log.exception("loop exit hook %r raised", self._on_exit)
+                guarded(self._on_exit, on_error=lambda exc: _log.error("loop exit hook %r raised %s",
+                                                                       self._on_exit, describe(exc, 500)))
 
     def _refuse_new_work(self) -> None:
         with self._lock:

@@ -11,7 +11,9 @@ notebook whose kernel loop is already running.
 - A cancel of the batch's token cancels every running coroutine at its next ``await``: that symbol is
   CANCELLED; the chunk's later symbols and the chunks waiting for a slot never start (unprocessed).
   ``process_batch`` returns as soon as the cancelled coroutines have unwound (bounded by
-  ``CANCEL_GRACE_SECONDS``; one that swallows the cancel is left running and counted unprocessed).
+  ``CANCEL_GRACE_SECONDS``; one that swallows the cancel is counted unprocessed and left on the loop,
+  which abandons it ``LEFTOVER_GRACE_SECONDS`` later). Tasks a processor spawned and never awaited never
+  hold the batch either: see :class:`~procengine_nb.backends._loop.LoopThread`.
 - ``timeout=`` counts from the moment the symbol's own coroutine starts (never while it waits for a
   slot): past it the coroutine is cancelled and the symbol is an ERROR with a ``TimeoutError``.
 

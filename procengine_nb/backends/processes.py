@@ -33,7 +33,8 @@ What it can and cannot do (honest limits):
   ``start()`` and ``run()`` call with the same ``max_workers`` and ``idle_timeout`` (no start-up cost
   per batch or per engine). ``engine.close()`` does not shut it down (other engines may use it); its
   workers exit after ``idle_timeout`` seconds without work, at interpreter exit, or with
-  :func:`shutdown_pools`.
+  :func:`shutdown_pools`. They never outlive this process: each watches its parent and exits within
+  about half a second of its death (``kill -9`` included; POSIX).
 - Tasks a Stop (or ``timeout=``) abandoned are never waited for: the next batch, ``engine.close()``
   and interpreter exit find them still running and replace the pool, killing its workers as soon as
   no other batch uses it — so a token-ignoring task cannot starve the next batch or hang a close.
