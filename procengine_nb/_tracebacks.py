@@ -42,13 +42,21 @@ def _chain(exc: BaseException) -> list[BaseException]:
         if id(current) in seen:
             continue
         seen[id(current)] = current
-        for linked in (current.__cause__, current.__context__):
-            if linked is not None:
+        for name in ("__cause__", "__context__"):
+            try:
+                linked = getattr(current, name)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # a hostile exception whose chain cannot be read: the chain ends here
+                continue
+            if isinstance(linked, BaseException):
                 stack.append(linked)
         if _GROUP is not None and isinstance(current, _GROUP):
             try:
                 stack.extend(m for m in current.exceptions if isinstance(m, BaseException))
-            except Exception:  # pragma: no cover - a group subclass with a hostile ``exceptions``
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # pragma: no cover - a group subclass with a hostile ``exceptions``
                 pass
     return list(seen.values())
 
@@ -58,7 +66,9 @@ def release(exc: BaseException) -> None:
     for current in _chain(exc):
         try:
             current.__traceback__ = None
-        except Exception:  # pragma: no cover - an exception type that refuses (none in CPython)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # an exception type that refuses (none in CPython; a hostile subclass)
             pass
 
 

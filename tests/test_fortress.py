@@ -122,6 +122,55 @@ def test_hostile_symbols_exceptions_callbacks_views_and_log_handlers_cost_a_line
         package.removeHandler(handler)
 
 
+class UnreadableError(Exception):
+    """An exception none of whose parts can be read: its chain, traceback, text and notes raise."""
+
+    @property
+    def __cause__(self):
+        raise SystemExit("__cause__")
+
+    @property
+    def __context__(self):
+        raise SystemExit("__context__")
+
+    @property
+    def __traceback__(self):
+        raise SystemExit("__traceback__")
+
+    @__traceback__.setter
+    def __traceback__(self, value):
+        raise SystemExit("__traceback__ =")
+
+    def __str__(self):
+        raise SystemExit("__str__")
+
+    def __repr__(self):
+        raise SystemExit("__repr__")
+
+    def add_note(self, note):
+        raise SystemExit("add_note")
+
+
+@pytest.mark.parametrize("kind", ["threads", "asyncio", "timeout"])
+def test_a_processor_raising_an_exception_none_of_whose_parts_can_be_read_fails_only_its_symbol(kind):
+    def processor(s):
+        if s == 1:
+            raise UnreadableError()
+        return s
+
+    async def coroutine(s):
+        return processor(s)
+
+    engine = {"threads": lambda: ProcessingEngine(processor, max_workers=2, retries=1),
+              "asyncio": lambda: ProcessingEngine(coroutine),
+              "timeout": lambda: ProcessingEngine(processor, timeout=WAIT)}[kind]()
+    result = engine.process_batch([0, 1, 2])
+    assert_accounted([0, 1, 2], result, retries=1 if kind == "threads" else 0)
+    assert [r.symbol for r in result.errors] == [1]
+    assert {r.symbol: r.status for r in result}[1] is ResultStatus.ERROR
+    assert "UnreadableError" in repr(result.errors[0]) and pickle.loads(pickle.dumps(result))
+
+
 # -- 2. a closed sys.stderr: every path returns, the job's future always resolves -------------------
 def test_a_closed_stderr_never_hangs_a_batch_nor_loses_its_results():
     child = _child("""
