@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import numbers
 import pickle
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -546,12 +547,17 @@ def _exact_column(pd: Any, values: list[Any]) -> Any:
     holding ints (ints with missing values, ints with floats), which would round large ints."""
     column = pd.Series(values, dtype=object)
     inferred = column.infer_objects()
-    if inferred.dtype.kind != "f" or not any(type(v) is int for v in values):
+    if inferred.dtype.kind != "f" or not any(_is_int(v) for v in values):
         return inferred
     low, high = _INT64
-    if all(v is None or (type(v) is int and low <= v <= high) for v in values):
-        return pd.array(values, dtype="Int64")  # ints and missing values: the nullable int column
+    if all(v is None or (_is_int(v) and low <= int(v) <= high) for v in values):
+        return pd.array([None if v is None else int(v) for v in values], dtype="Int64")  # ints and missing
     return column  # ints with floats, or beyond 64 bits: the values themselves
+
+
+def _is_int(value: Any) -> bool:
+    """An int, or an integer of another kind (numpy's), never a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"
 
 
 def _rebuild_batch_result(results, unprocessed, progress, cancelled, cancel_reason, job,  # type: ignore[no-untyped-def]

@@ -261,6 +261,10 @@ def test_to_dataframe_keeps_int_values_exact_when_some_symbols_failed():
     assert [type(v) for v in mixed["value"].tolist()] == [float, int] and big in mixed["value"].tolist()
     huge = ProcessingEngine(lambda s: 2**70 + s).process_batch([0, 1]).to_dataframe()
     assert sorted(huge["value"].tolist()) == [2**70, 2**70 + 1]
+    numpy = pytest.importorskip("numpy")
+    frame = ProcessingEngine(lambda s: numpy.int64(processor(s))).process_batch([0, 1, 2, 3]).to_dataframe()
+    values = dict(zip(frame["symbol"].tolist(), frame["value"].tolist(), strict=True))
+    assert values[3] == big + 3 and int(values[3]) == big + 3 and values[3] != float(big + 3)
 
 
 # -- 7. every refusal says what is accepted -----------------------------------------------------------
