@@ -223,7 +223,7 @@ class ProgressTracker:
         check_int(total, "total", minimum=0)
         if smoothing is not None:
             if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)):
-                raise TypeError(f"eta_smoothing must be a float or None, not {type(smoothing).__name__}")
+                raise TypeError(f"eta_smoothing must be a number in (0, 1] or None, not {type(smoothing).__name__}")
             if not 0.0 < smoothing <= 1.0:
                 raise ValueError(f"eta_smoothing must be in (0, 1], got {smoothing!r}")
         check_callable(clock, "clock")

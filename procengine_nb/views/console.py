@@ -97,7 +97,8 @@ class ConsoleProgress:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if stream is not None and not callable(getattr(stream, "write", None)):
-            raise TypeError(f"stream must be a text stream with write(), not {type(stream).__name__}")
+            raise TypeError(f"stream must be a text stream with write() or None (sys.stderr), "
+                            f"not {type(stream).__name__}")
         if min_interval is not None:
             min_interval = check_interval(min_interval, "min_interval")
         self._token = token
