@@ -251,6 +251,8 @@ def _pack_error(error: BaseException | None, trace: str | None) -> tuple[Any, ..
     stand-in needs if that pickle does not load (type name, message, traceback text)."""
     if error is None:
         return None
+    if _round_trips(error):  # the common case (a builtin exception with a plain message): as it is
+        return error  # type: ignore[return-value]
     try:
         blob: bytes | None = pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
     except KeyboardInterrupt:
@@ -260,6 +262,24 @@ def _pack_error(error: BaseException | None, trace: str | None) -> tuple[Any, ..
     if trace is None and blob is None:
         trace = format_text(error)
     return (blob, _qualified_name(error), safe_str(error), trace)
+
+
+_PLAIN_ARGS = frozenset({str, int, float, bool, type(None)})
+
+
+def _round_trips(error: BaseException) -> bool:
+    """True for what surely pickles and unpickles as it is: a builtin exception type whose ``args`` are
+    plain values and that holds no other attribute."""
+    kind = type(error)
+    if kind.__module__ != "builtins":
+        return False
+    try:
+        return (all(type(arg) in _PLAIN_ARGS for arg in error.args)
+                and not getattr(error, "__dict__", None) and not isinstance(error, OSError))
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return False
 
 
 def _unpack_error(packed: Any) -> BaseException | None:
