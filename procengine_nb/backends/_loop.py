@@ -184,7 +184,7 @@ def _abandon(tasks: set[asyncio.Task[Any]]) -> None:
 async def _bounded(awaitable: Awaitable[Any], seconds: float) -> None:
     try:
         await asyncio.wait_for(awaitable, seconds)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         _log.debug("a clean-up step of the batch's loop did not finish within %.2fs; skipped", seconds)
 
 
