@@ -14,6 +14,7 @@ import queue
 import random
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
+from functools import partial
 from itertools import repeat
 from operator import attrgetter, is_
 from typing import Any
@@ -22,7 +23,7 @@ from procengine_nb._chunking import ChunkSizer
 from procengine_nb._safe import describe, guarded, logger, safe_repr, safe_str
 from procengine_nb._tracebacks import detach, format_text
 from procengine_nb._validation import MAX_SECONDS
-from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
+from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult, UnprocessedView
 from procengine_nb.observe import Publisher
@@ -40,22 +41,33 @@ _symbol_of = attrgetter("symbol")
 _UNKNOWN_REMAINING = 1 << 20  # what a lazy input without total= counts as left, for the chunk size
 
 
-class _Started:
-    """When a timed task's symbol began on its worker, in the engine's clock (None: not yet)."""
+class _Task:
+    """One chunk in flight: what it covers and what the loop knows of it (the loop's only record of it).
 
-    __slots__ = ("at",)
+    ``start:stop`` are the input positions it covers (a retry covers one), ``symbols`` its symbols.
+    ``timed`` when ``timeout=`` times it from its start, and ``started_at`` that start in the engine's
+    clock (None: not seen yet). ``attempts`` counts the calls of its (single) symbol that already failed
+    (a retry; 0 for a first try) and ``last`` is that symbol's last ERROR result (None for a first try).
+    """
 
-    def __init__(self) -> None:
-        self.at: float | None = None
+    __slots__ = ("start", "stop", "symbols", "timed", "started_at", "attempts", "last")
+
+    def __init__(self, start: int, stop: int, symbols: Any, timed: bool, attempts: int,
+                 last: SymbolResult | None) -> None:
+        self.start = start
+        self.stop = stop
+        self.symbols = symbols
+        self.timed = timed
+        self.started_at: float | None = None
+        self.attempts = attempts
+        self.last = last
 
 
-def _timed_chunk(cell: _Started, clock: Callable[[], float], notify: Callable[[Any], None],
-                 processor: Callable[..., Any], symbols: Any, token: CancellationToken | None,
-                 pass_token: bool) -> list[SymbolResult]:
-    """``run_chunk`` that first records its start (shared memory) and wakes the loop to time it."""
-    cell.at = clock()
-    notify(cell)
-    return run_chunk(processor, symbols, token, pass_token)
+def _mark_started(task: _Task, clock: Callable[[], float], wake: Callable[[Any], None]) -> None:
+    """``Chunk.on_start`` of a timed task on a backend whose workers share memory: record the start (in
+    the engine's clock) and wake the loop to time it."""
+    task.started_at = clock()
+    wake(_WAKE)
 
 
 class _Drawn:
@@ -105,10 +117,9 @@ class BatchSettings:
 class BatchRun:
     """Runs one :class:`ProcessingJob` to its :class:`BatchResult`. Use once.
 
-    Each task in flight is recorded as ``(start, stop, symbols, started, attempts, last)``: the input
-    positions ``start:stop`` it covers, its symbols, a :class:`_Started` cell when ``timeout=`` times it,
-    how many calls of its (single) symbol already failed (a retry; 0 for a first try) and that symbol's
-    last ERROR result. Symbols waiting to retry sit in a heap of due times; they hold no worker.
+    Each chunk in flight is a :class:`_Task` (the input positions it covers, its symbols, its start when
+    ``timeout=`` times it, its retry count), keyed by the future ``BatchExecutor.submit_chunk`` returned.
+    Symbols waiting to retry sit in a heap of due times; they hold no worker.
     """
 
     def __init__(self, settings: BatchSettings, job: ProcessingJob,
@@ -129,7 +140,7 @@ class BatchRun:
         else:
             self.tracker = ProgressTracker(len(job.symbols), clock=settings.clock,  # type: ignore[arg-type]
                                            smoothing=settings.eta_smoothing)
-        self._inflight: dict[Future[Any], tuple[Any, ...]] = {}
+        self._inflight: dict[Future[Any], _Task] = {}
         self._abandoned: set[Future[Any]] = set()
         self._dropped: list[tuple[int, Any]] = []  # (position, symbol) that a cancel left never run
         self._retry_heap: list[tuple[float, int, int, Any, int, SymbolResult]] = []
@@ -163,11 +174,11 @@ class BatchRun:
 
     def running_symbols(self, limit: int = 8) -> list[Any]:
         """Up to ``limit`` symbols handed to workers and not completed yet (safe from any thread)."""
-        spans = list(self._inflight.copy().values())
-        spans.sort(key=lambda span: span[0])
+        tasks = list(self._inflight.copy().values())
+        tasks.sort(key=attrgetter("start"))
         out: list[Any] = []
-        for span in spans:
-            for symbol in span[2]:
+        for task in tasks:
+            for symbol in task.symbols:
                 if len(out) >= limit:
                     return out
                 out.append(symbol)
@@ -233,7 +244,6 @@ class BatchRun:
         executor: BatchExecutor | None = None
         try:
             executor = backend.open(token)
-            worker_token = executor.worker_token
             pass_token = settings.pass_token
             processor = settings.processor
             while True:
@@ -264,17 +274,10 @@ class BatchRun:
                             start = next_index
                             stop = start + sizer.size(total - start)
                             chunk = symbols[start:stop]
-                    cell = None
+                    task = _Task(start, stop, chunk, timed, attempts, last)
                     try:
-                        if timed:
-                            cell = _Started()
-                            if pushed:
-                                future = executor.submit(_timed_chunk, cell, clock, completions.put, processor,
-                                                         chunk, worker_token, pass_token)
-                            else:
-                                future = executor.submit(run_chunk, processor, chunk, worker_token, pass_token)
-                        else:
-                            future = executor.submit(run_chunk, processor, chunk, worker_token, pass_token)
+                        on_start = partial(_mark_started, task, clock, completions.put) if pushed else None
+                        future = executor.submit_chunk(Chunk(chunk, processor, pass_token, on_start))
                     except KeyboardInterrupt:
                         raise
                     except BaseException as exc:  # e.g. an executor that was shut down (an executor= is user code)
@@ -286,7 +289,7 @@ class BatchRun:
                         elif lazy:  # drawn, never run
                             self._dropped.extend(zip(range(start, stop), chunk, strict=True))
                         break
-                    inflight[future] = (start, stop, chunk, cell, attempts, last)
+                    inflight[future] = task
                     tracker.running += stop - start
                     if last is None and not lazy:
                         next_index = stop
@@ -302,7 +305,7 @@ class BatchRun:
                             item = completions.get_nowait()
                         except queue.Empty:
                             break
-                        if item is not _WAKE and item.__class__ is not _Started:
+                        if item is not _WAKE:
                             self._take(item)
                     break
                 # 2. wait for a completion (or a cancel, a task's start, a deadline, a retry's due time)
@@ -325,7 +328,7 @@ class BatchRun:
                     if timed:
                         self._expire(clock(), executor)
                     continue
-                if item is not _WAKE and item.__class__ is not _Started:
+                if item is not _WAKE:
                     self._take(item)
         finally:
             undrawn = not self._exhausted if lazy else next_index < total
@@ -356,15 +359,15 @@ class BatchRun:
         if self._stored or self._unkeyed:  # drawn while the batch was being stopped
             self._count_stored()
         # What a cancel left running on workers (tasks that ignore the token): reported, not awaited.
-        tracker.running = sum(span[1] - span[0] for f, span in inflight.items() if not f.done())
+        tracker.running = sum(task.stop - task.start for f, task in inflight.items() if not f.done())
         tracker.cancelled = cancelled
         never: list[tuple[int, Any]] = []
         waiting: list[tuple[SymbolResult, int]] = []
-        for start, stop, chunk, _, attempts, last in inflight.values():
-            if last is None:
-                never.extend(zip(range(start, stop), chunk, strict=True))
+        for task in inflight.values():
+            if task.last is None:
+                never.extend(zip(range(task.start, task.stop), task.symbols, strict=True))
             else:
-                waiting.append((last, attempts))
+                waiting.append((task.last, task.attempts))
         waiting.extend((last, attempts) for _, _, _, _, attempts, last in self._retry_heap)
         self._retry_heap.clear()
         tracker.retrying = 0
@@ -392,11 +395,11 @@ class BatchRun:
 
     def _take(self, future: Future[Any]) -> None:
         """Record the outcome of a finished task: one result and one progress callback per symbol."""
-        span = self._inflight.pop(future, None)
-        if span is None:  # a task given up on (timeout) finally ended: its outcome was already recorded
+        task = self._inflight.pop(future, None)
+        if task is None:  # a task given up on (timeout) finally ended: its outcome was already recorded
             self._abandoned.discard(future)
             return
-        start, stop, symbols, _, attempts, last = span
+        start, stop, symbols, attempts, last = task.start, task.stop, task.symbols, task.attempts, task.last
         tracker = self.tracker
         tracker.running -= stop - start
         ran = self._outcome(future, symbols)
@@ -642,13 +645,12 @@ class BatchRun:
         assert timeout is not None
         earliest = None
         unstarted = False
-        for future, span in self._inflight.items():
-            cell = span[3]
-            if cell is None:
+        for future, task in self._inflight.items():
+            if not task.timed:
                 continue
-            at = cell.at
+            at = task.started_at
             if at is None and not pushed and executor.started(future):
-                at = cell.at = now
+                at = task.started_at = now
             if at is None:
                 unstarted = True
             elif earliest is None or at < earliest:
@@ -662,24 +664,24 @@ class BatchRun:
         """Turn every task past its deadline (counted from its start) into ERROR results."""
         timeout = self.settings.timeout
         assert timeout is not None
-        late = [(f, span) for f, span in self._inflight.items()
-                if span[3] is not None and span[3].at is not None and now - span[3].at >= timeout]
+        late = [(f, task) for f, task in self._inflight.items()
+                if task.timed and task.started_at is not None and now - task.started_at >= timeout]
         if not late:
             return
         executor.cancel_pending([f for f, _ in late])
         executor.abandon([f for f, _ in late])
         finals: list[SymbolResult] = []
-        for future, (start, stop, chunk, _, attempts, _) in late:
+        for future, task in late:
             del self._inflight[future]
             self._abandoned.add(future)
-            self.tracker.running -= stop - start
+            self.tracker.running -= task.stop - task.start
             ran = []
-            for symbol in chunk:
+            for symbol in task.symbols:
                 error = TimeoutError(f"symbol {safe_repr(symbol, 200)} did not finish within {timeout:g}s "
                                      "of starting")
                 ran.append(SymbolResult(symbol, ResultStatus.ERROR, None, error, timeout * 1000.0,
                                         traceback=format_text(error)))
-            finals.extend(self._sift(ran, start, attempts) if self.settings.retries else ran)
+            finals.extend(self._sift(ran, task.start, task.attempts) if self.settings.retries else ran)
         if self._store is not None:
             self._store.add(finals)
         for result in finals:

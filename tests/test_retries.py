@@ -355,12 +355,13 @@ class _DropsRetries:
 
 def test_a_retry_the_executor_drops_ends_the_batch_instead_of_looping():
     from procengine_nb.backends.base import Backend, BatchExecutor
+    from procengine_nb.backends.runner import run_chunk
 
     executor = _DropsRetries()
 
     class Batch(BatchExecutor):
-        def submit(self, fn, /, *args):
-            return executor.submit(fn, *args)
+        def submit_chunk(self, chunk):
+            return executor.submit(run_chunk, chunk.processor, chunk.symbols, None, chunk.pass_token)
 
         def close(self, *, cancelled):
             pass

@@ -13,7 +13,8 @@ from typing import Any
 
 from procengine_nb._safe import safe_repr
 from procengine_nb.backends.asyncio import AsyncBackend
-from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
+from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
+from procengine_nb.backends.runner import run_chunk
 from procengine_nb.backends.threads import ExecutorBackend, ThreadBackend, default_worker_count
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "AsyncBackend",
     "Backend",
     "BatchExecutor",
+    "Chunk",
     "ExecutorBackend",
     "ThreadBackend",
     "default_worker_count",

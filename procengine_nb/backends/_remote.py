@@ -6,7 +6,7 @@ result as a whole, where one bad object fails (or, for loky, breaks) everything 
 - the parent pickles the processor and the chunk's symbols itself with cloudpickle (functions defined
   in a notebook cell travel by value); a symbol that cannot be pickled becomes that symbol's ERROR
   result at once, the processor failing to pickle makes every symbol of the chunk an ERROR;
-- the worker runs :func:`~procengine_nb.backends.base.run_chunk` and pickles each result on its own,
+- the worker runs the runner's rules (:func:`run_columns`) and pickles each result on its own,
   so a value (or exception) that cannot be pickled turns only that symbol into an ERROR;
 - the parent unpickles each result on its own, so a result that cannot be unpickled here is only
   that symbol's ERROR, and rebuilds each :class:`SymbolResult` with the caller's own symbol object;
@@ -17,13 +17,14 @@ The token a processor gets (when it declares ``cancellation_token``) is a worker
 :class:`MarkerToken`: it turns cancelled when the batch's *cancel marker* — a file in the batch's
 temporary directory on this machine — appears, or when that directory is removed (the batch is over).
 Workers on this machine (loky, a LocalCluster) therefore see Stop within a few milliseconds and a
-``run_chunk`` stops between two symbols, even one that only starts after the batch returned; workers
+chunk stops between two symbols, even one that only starts after the batch returned; workers
 on other hosts (told apart by host name) cannot see the file, so there the token stays uncancelled
 (Stop still drops every task not started).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import mmap
 import os
@@ -44,7 +45,7 @@ import cloudpickle
 from procengine_nb._safe import describe as _describe
 from procengine_nb._safe import safe_repr
 from procengine_nb._validation import check_seconds
-from procengine_nb.backends.base import failed_result, returned_result
+from procengine_nb.backends.runner import call_symbol
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import ResultStatus, SymbolResult
 
@@ -66,6 +67,7 @@ Columns = tuple[Sequence[Any], Sequence[float]]  # (values, durations_ms) of pla
 Payload = tuple[bytes, bytes, "list[int] | None"]  # what a worker sends back: see encode_results
 
 _CHECK_EVERY = 0.005  # seconds between two looks at the cancel marker on a worker
+_CHECK_EVERY_MS = _CHECK_EVERY * 1000.0
 _HOSTNAME = socket.gethostname()
 
 
@@ -260,7 +262,7 @@ _STATUSES = (ResultStatus.SUCCESS, ResultStatus.ERROR, ResultStatus.CANCELLED)
 
 def _result_fields(result: SymbolResult) -> tuple[Any, ...]:
     error = result.error
-    trace = result.traceback  # run_chunk formatted it (and dropped the frames)
+    trace = result.traceback  # the runner formatted it (and dropped the frames)
     return (_STATUS_CODES[result.status], result.value, error, result.duration_ms, trace)
 
 
@@ -327,52 +329,50 @@ def encode_results(results: Sequence[SymbolResult], head: Columns = ((), ())) ->
     return head_blob, b"".join(parts), offsets
 
 
-def run_columns(processor: Callable[..., Any], symbols: Sequence[Any], token: MarkerToken,
-                pass_token: bool, progress: Any = None) -> tuple[Columns, list[SymbolResult]]:
-    """:func:`~procengine_nb.backends.base.run_chunk` for a worker process, same outcomes and rules,
-    cheaper: while the values are plain, keep only ``(values, durations_ms)``; from the first symbol
-    that raises or returns anything else on, :class:`SymbolResult` objects.
+def run_columns(processor: Callable[..., Any], symbols: Sequence[Any], token: CancellationToken,
+                pass_token: bool, on_symbol: Callable[[int], Any] | None = None) -> tuple[Columns, list[SymbolResult]]:
+    """:func:`~procengine_nb.backends.runner.run_chunk` for a worker process: the same rules (each symbol
+    is :func:`~procengine_nb.backends.runner.call_symbol`, the token is checked between two symbols), a
+    cheaper collection: while the values are plain, keep only ``(values, durations_ms)``; from the first
+    symbol that raises or returns anything else on, the :class:`SymbolResult` objects.
 
-    The token is checked before each symbol as ``run_chunk`` does: its own flag every time, the cancel
-    marker file at most every 5 ms. ``progress`` (a writable sequence, e.g. a memory-mapped file) gets
-    the index of each symbol just before it runs, and ``len(symbols)`` once none runs any more, so the
-    parent can tell, if this process dies, which symbol was running, which had run and which never
-    started — or that the chunk had ended and only its result was lost.
+    ``on_symbol(i)`` just before symbol ``i``, and ``on_symbol(len(symbols))`` once none runs any more
+    (processes write it to a memory-mapped file, so the parent can tell, if this process dies, which
+    symbol was running, which had run and which never started — or that the chunk had ended and only
+    its result was lost).
     """
     values: list[Any] = []
     durations: list[float] = []
     rest: list[SymbolResult] = []
     add_value, add_duration, add_result = values.append, durations.append, rest.append
-    clock = time.perf_counter
     plain = _PLAIN
-    is_set = token._event.is_set
-    next_check = 0.0
+    success = ResultStatus.SUCCESS
+    call = call_symbol
+    is_set = token._event.is_set  # the token's own flag: every time; its full check (a marker file's
+    since_check = _CHECK_EVERY_MS  # stat) once ~5 ms of symbols ran since the last one
     columns = True
     for index, symbol in enumerate(symbols):
-        start = clock()
-        if start >= next_check:
+        if since_check >= _CHECK_EVERY_MS:
             if token.is_cancelled:
                 break
-            next_check = start + _CHECK_EVERY
+            since_check = 0.0
         elif is_set():
             break
-        if progress is not None:
-            progress[0] = index
-        try:
-            value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
-        except BaseException as exc:
-            columns = False
-            add_result(failed_result(symbol, exc, (clock() - start) * 1000.0))
-            continue
-        end = clock()
-        if columns and (type(value) in plain or _plain(value)):
-            add_value(value)
-            add_duration((end - start) * 1000.0)
-            continue
+        if on_symbol is not None:
+            on_symbol(index)
+        value, duration_ms, failed = call(processor, symbol, token, pass_token)
+        since_check += duration_ms
+        if failed is None:
+            if columns and (type(value) in plain or _plain(value)):
+                add_value(value)
+                add_duration(duration_ms)
+                continue
+            add_result(SymbolResult(symbol, success, value, None, duration_ms))
+        else:
+            add_result(failed)
         columns = False
-        add_result(returned_result(symbol, value, token, start))
-    if progress is not None:
-        progress[0] = len(symbols)  # no symbol of this chunk runs any more (its result is on its way)
+    if on_symbol is not None:
+        on_symbol(len(symbols))  # no symbol of this chunk runs any more (its result is on its way)
     return (values, durations), rest
 
 
@@ -426,8 +426,8 @@ def run_encoded(
             symbols = cloudpickle.loads(symbols_blob)
         except Exception as exc:
             raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
-        slots = None if progress is None else progress.view
-        head, rest = run_columns(processor, symbols, MarkerToken(marker), pass_token, slots)
+        on_symbol = None if progress is None else progress.mark
+        head, rest = run_columns(processor, symbols, MarkerToken(marker), pass_token, on_symbol)
         return encode_results(rest, head)
     finally:
         if progress is not None:
@@ -444,7 +444,7 @@ class _Progress:
     the chunk's length: it ended), ``[1]`` this worker's pid. Plain memory writes (~40 ns), read by the
     parent after a pool broke."""
 
-    __slots__ = ("_map", "view")
+    __slots__ = ("_map", "view", "mark")
 
     def __init__(self, path: str) -> None:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -456,8 +456,11 @@ class _Progress:
         self.view = memoryview(self._map).cast("q")
         self.view[0] = -1
         self.view[1] = os.getpid()
+        self.mark = functools.partial(self.view.__setitem__, 0)
+        """``mark(i)``: symbol ``i`` is running (the chunk's length: none runs any more)."""
 
     def close(self) -> None:
+        self.mark = None  # type: ignore[assignment]
         self.view.release()
         self._map.close()
 

@@ -37,17 +37,16 @@ import asyncio
 import functools
 import inspect
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from procengine_nb._tracebacks import detach, format_text, release
 from procengine_nb._validation import check_int, check_seconds
-from procengine_nb.backends._loop import LoopThread, is_awaitable
-from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
-from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
-from procengine_nb.models import ResultStatus, SymbolResult
+from procengine_nb.backends._loop import LoopThread
+from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
+from procengine_nb.backends.runner import run_chunk_async
+from procengine_nb.cancellation import CancellationToken
+from procengine_nb.models import SymbolResult
 
 __all__ = ["CANCEL_GRACE_SECONDS", "DEFAULT_ASYNC_WORKERS", "AsyncBackend", "is_async_callable"]
 
@@ -88,7 +87,7 @@ def _underlying(fn: object) -> object:
 
 
 class _AsyncBatch(BatchExecutor):
-    """One batch on its own loop thread. ``submit`` runs on the batch thread; everything whose name
+    """One batch on its own loop thread. ``submit_chunk`` runs on the batch thread; everything whose name
     says *loop* runs on the loop thread, the only one that touches ``_tasks`` and the semaphore."""
 
     def __init__(self, max_workers: int, token: CancellationToken, timeout: float | None) -> None:
@@ -105,14 +104,12 @@ class _AsyncBatch(BatchExecutor):
         self._registration = token.register(self._ask_cancel)
 
     # -- batch thread -----------------------------------------------------------------------------
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
-        if fn is not run_chunk:
-            raise TypeError(f"the asyncio backend runs only chunks of symbols, not {fn!r}")
+    def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
         future: Future[list[SymbolResult]] = Future()
         with self._unresolved_lock:
             self._unresolved.add(future)
         future.add_done_callback(self._resolved)
-        if not self._loop_thread.call_soon(self._loop_start, future, *args):
+        if not self._loop_thread.call_soon(self._loop_start, future, chunk):
             future.cancel()
             raise RuntimeError("the batch's event loop has stopped (did a processor stop or close the running "
                                "loop?)")
@@ -159,14 +156,13 @@ class _AsyncBatch(BatchExecutor):
             self._settled.set()
 
     # -- loop thread --------------------------------------------------------------------------------
-    def _loop_start(self, future: Future[list[SymbolResult]], processor: Callable[..., Any],
-                    symbols: Any, token: CancellationToken | None, pass_token: bool) -> None:
+    def _loop_start(self, future: Future[list[SymbolResult]], chunk: Chunk) -> None:
         if not future.set_running_or_notify_cancel():
             return
         if self._cancel_asked or self._loop_thread.stopping:
             future.set_result([])
             return
-        task = asyncio.get_running_loop().create_task(self._loop_chunk(future, processor, symbols, token, pass_token))
+        task = asyncio.get_running_loop().create_task(self._loop_chunk(future, chunk))
         self._tasks.add(task)
 
     def _loop_cancel(self) -> None:
@@ -175,18 +171,12 @@ class _AsyncBatch(BatchExecutor):
         if not self._tasks:
             self._settled.set()
 
-    async def _loop_chunk(self, future: Future[list[SymbolResult]], processor: Callable[..., Any],
-                          symbols: Any, token: CancellationToken | None, pass_token: bool) -> None:
+    async def _loop_chunk(self, future: Future[list[SymbolResult]], chunk: Chunk) -> None:
         results: list[SymbolResult] = []
         try:
             async with self._semaphore:
-                for symbol in symbols:
-                    if token is not None and token.is_cancelled:
-                        break
-                    result = await self._loop_symbol(processor, symbol, token, pass_token)
-                    results.append(result)
-                    if result.status is ResultStatus.CANCELLED and _being_cancelled():
-                        break
+                await run_chunk_async(chunk.processor, chunk.symbols, self.worker_token, chunk.pass_token,
+                                      self._timeout, chunk.on_start, chunk.on_symbol, results)
         except asyncio.CancelledError:  # cancelled while waiting for a slot: its symbols never started
             pass
         finally:
@@ -197,52 +187,6 @@ class _AsyncBatch(BatchExecutor):
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             if self._cancel_asked and not self._tasks:
                 self._settled.set()
-
-    async def _loop_symbol(self, processor: Callable[..., Any], symbol: Any,
-                           token: CancellationToken | None, pass_token: bool) -> SymbolResult:
-        clock = time.perf_counter
-        timeout = self._timeout
-        start = clock()
-        try:
-            value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
-            if is_awaitable(value):
-                if timeout is None:
-                    while is_awaitable(value):  # (an awaitable may resolve to another one)
-                        value = await value
-                else:
-                    scope = asyncio.timeout(timeout)
-                    try:
-                        async with scope:
-                            while is_awaitable(value):
-                                value = await value
-                    except TimeoutError:
-                        if not scope.expired():
-                            raise
-                        error = TimeoutError(f"did not finish within {timeout:g}s of starting")
-                        return SymbolResult(symbol, ResultStatus.ERROR, None, error, (clock() - start) * 1000.0,
-                                            traceback=format_text(error))
-        except ProcessingCancelledException as exc:
-            release(exc)  # as run_chunk: no frames (and their locals) kept alive by a result
-            return SymbolResult(symbol, ResultStatus.CANCELLED, None, exc, (clock() - start) * 1000.0)
-        except asyncio.CancelledError as exc:
-            if not _being_cancelled():  # the processor's own CancelledError (an awaited future it cancelled)
-                return SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0,
-                                    traceback=detach(exc))
-            release(exc)
-            reason = token.reason if token is not None else None
-            stopped = ProcessingCancelledException(
-                "processing was cancelled" + (f": {reason}" if reason else ""), reason=reason,
-            )
-            return SymbolResult(symbol, ResultStatus.CANCELLED, None, stopped, (clock() - start) * 1000.0)
-        except BaseException as exc:  # as run_chunk: every exception is that symbol's ERROR
-            return SymbolResult(symbol, ResultStatus.ERROR, None, exc, (clock() - start) * 1000.0,
-                                traceback=detach(exc))
-        return SymbolResult(symbol, ResultStatus.SUCCESS, value, None, (clock() - start) * 1000.0)
-
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class AsyncBackend(Backend):

@@ -1,124 +1,95 @@
-"""The small interface every backend implements, and the task that runs on it.
+"""The small interface every backend implements, and the chunk it is given.
 
 A *backend* is configuration (how many workers, which pool); for each batch it opens a
-:class:`BatchExecutor`, which submits tasks, cancels the ones not started, and closes at the end of the
-batch. Backends say honestly what they can do (``shares_memory``) so the engine
-never assumes a capability a backend lacks.
+:class:`BatchExecutor`, which is given :class:`Chunk` records (``submit_chunk``), runs each by the
+runner's rules (:mod:`procengine_nb.backends.runner`) and gives back a future of that chunk's results,
+cancels the chunks not started, and closes at the end of the batch. Backends say honestly what they can
+do (``shares_memory``, ``times_symbols``) so the engine never assumes a capability a backend lacks.
 """
 
 from __future__ import annotations
 
 import abc
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from procengine_nb._tracebacks import detach, release
-from procengine_nb.backends._loop import _NOT_AWAITABLE, awaiter_for, cannot_await, is_awaitable
-from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
-from procengine_nb.models import ResultStatus, SymbolResult
+from procengine_nb.cancellation import CancellationToken
+from procengine_nb.models import SymbolResult
 
-__all__ = ["Backend", "BatchExecutor", "failed_result", "returned_result", "run_chunk"]
+__all__ = ["Backend", "BatchExecutor", "Chunk"]
 
 
-def run_chunk(
-    processor: Callable[..., Any],
-    symbols: Sequence[Any],
-    token: CancellationToken | None,
-    pass_token: bool,
-) -> list[SymbolResult]:
-    """Process ``symbols`` one after another and return one :class:`SymbolResult` each.
+class Chunk:
+    """What a backend is given to run: some symbols, the batch's processor settings, and the hooks
+    through which it reports, as it runs, that the chunk started and which symbol starts.
 
-    Runs on a worker. Stops early (returning only the results of the symbols it ran) when ``token``
-    is cancelled between two symbols; the engine counts the rest as unprocessed. Every exception a
-    processor raises, ``KeyboardInterrupt`` and ``SystemExit`` included, becomes that symbol's ERROR
-    result; :class:`ProcessingCancelledException` becomes CANCELLED. A result keeps the exception and
-    (ERROR) its formatted traceback, never its frames: a failed call's locals are freed at once.
-
-    A value that is an awaitable (a sync callable that returned a coroutine) is awaited on the batch's
-    event loop when the batch has one for its workers (the threads backends, see ``_loop.Awaiter``), else it
-    is that symbol's ERROR (a ``TypeError`` saying so): never a coroutine object as a value.
+    The hooks are the engine's (called on any thread of this process; they must stay trivial). A
+    backend whose workers share this process's memory (threads, a thread-pool ``executor=``, asyncio)
+    has the runner call them on the worker; one whose workers do not (processes, Dask) cannot send
+    them there and reports a chunk's start through :meth:`BatchExecutor.started` instead.
     """
-    results: list[SymbolResult] = []
-    append = results.append
-    clock = time.perf_counter
-    not_awaitable = _NOT_AWAITABLE
-    for symbol in symbols:
-        if token is not None and token.is_cancelled:
-            break
-        start = clock()
-        try:
-            value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
-            while type(value) not in not_awaitable and is_awaitable(value):  # (it may resolve to another)
-                awaiter = awaiter_for(token)
-                if awaiter is None:
-                    raise cannot_await(value)
-                value = awaiter.wait(value)
-        except BaseException as exc:
-            append(failed_result(symbol, exc, (clock() - start) * 1000.0))
-        else:
-            append(SymbolResult(symbol, ResultStatus.SUCCESS, value, None, (clock() - start) * 1000.0))
-    return results
 
+    __slots__ = ("symbols", "processor", "pass_token", "on_start", "on_symbol")
 
-def failed_result(symbol: Any, exc: BaseException, duration_ms: float) -> SymbolResult:
-    """The result of a call that raised ``exc``: CANCELLED for :class:`ProcessingCancelledException`,
-    else ERROR with the formatted traceback; the exception keeps no frames (nor their locals)."""
-    if isinstance(exc, ProcessingCancelledException):
-        release(exc)
-        return SymbolResult(symbol, ResultStatus.CANCELLED, None, exc, duration_ms)
-    return SymbolResult(symbol, ResultStatus.ERROR, None, exc, duration_ms, traceback=detach(exc))
+    def __init__(self, symbols: Sequence[Any], processor: Callable[..., Any], pass_token: bool,
+                 on_start: Callable[[], Any] | None = None,
+                 on_symbol: Callable[[int], Any] | None = None) -> None:
+        self.symbols = symbols
+        """The symbols, run one after another in this order."""
+        self.processor = processor
+        """The batch's processor."""
+        self.pass_token = pass_token
+        """True when the processor takes ``cancellation_token=`` (it gets the worker's token)."""
+        self.on_start = on_start
+        """``on_start()`` as the chunk begins on its worker (None: nobody asks)."""
+        self.on_symbol = on_symbol
+        """``on_symbol(i)`` just before symbol ``i`` runs, ``on_symbol(len(symbols))`` once none runs
+        any more (None: nobody asks)."""
 
-
-def returned_result(symbol: Any, value: Any, token: CancellationToken | None, start: float) -> SymbolResult:
-    """The result of a call that returned ``value`` at ``start`` (``time.perf_counter()``): an awaitable
-    is awaited as :func:`run_chunk` does (or is an ERROR where nothing can await it)."""
-    clock = time.perf_counter
-    try:
-        while type(value) not in _NOT_AWAITABLE and is_awaitable(value):
-            awaiter = awaiter_for(token)
-            if awaiter is None:
-                raise cannot_await(value)
-            value = awaiter.wait(value)
-    except BaseException as exc:
-        return failed_result(symbol, exc, (clock() - start) * 1000.0)
-    return SymbolResult(symbol, ResultStatus.SUCCESS, value, None, (clock() - start) * 1000.0)
+    def __repr__(self) -> str:
+        return f"<Chunk of {len(self.symbols)} symbol(s)>"
 
 
 class BatchExecutor(abc.ABC):
-    """One batch's view of a backend: submit tasks, drop pending ones, close at the end."""
+    """One batch's view of a backend: run chunks, drop pending ones, close at the end."""
 
     #: the token given to processors that accept one (None where the workers cannot see it)
     worker_token: CancellationToken | None = None
 
     @abc.abstractmethod
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
-        """Schedule ``fn(*args)``; return a future supporting ``add_done_callback``/``result``/``cancel``."""
+    def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
+        """Schedule ``chunk`` to run by the runner's rules (:mod:`procengine_nb.backends.runner`) and
+        return a future (``add_done_callback``/``result``/``cancel``) of its results: one
+        :class:`SymbolResult` per symbol that ran, in order — a prefix of ``chunk.symbols``, shorter when
+        a cancel stopped it between two symbols. A future that fails, or whose results are missing
+        symbols without a cancel, means the backend lost the chunk (the engine makes those symbols
+        ERRORs). May raise (an executor that was shut down): the batch then stops."""
 
     def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
-        """Cancel the given futures that have not started (best effort; running ones keep running)."""
+        """Cancel the given chunks' futures that have not started (best effort; running ones keep running)."""
         for future in futures:
             future.cancel()
 
     def stop_running(self, futures: Iterable[Future[Any]]) -> None:  # noqa: B027 - optional hook
         """After the batch's token is cancelled, before the batch collects what finished: stop the
-        given tasks that already run, where the backend can, and return once their outcomes are out
-        (briefly: a cancel must stay prompt). Default: nothing (running tasks keep running)."""
+        given chunks that already run, where the backend can, and return once their outcomes are out
+        (briefly: a cancel must stay prompt). Default: nothing (running chunks keep running)."""
 
     def abandon(self, futures: Iterable[Future[Any]]) -> None:  # noqa: B027 - optional hook
-        """Tasks the batch gave up on (past their ``timeout=``) that may still be running: a backend may
-        give their workers' places to the tasks queued behind them. Default: nothing."""
+        """Chunks the batch gave up on (past their ``timeout=``) that may still be running: a backend may
+        give their workers' places to the chunks queued behind them. Default: nothing."""
 
     def started(self, future: Future[Any]) -> bool:
-        """True once the task began running on a worker (``timeout=`` counts from then; asked only by
-        batches with a timeout, on backends whose workers do not share memory). Default: what the
+        """True once the chunk of ``future`` began running on a worker (``timeout=`` counts from then):
+        how a backend whose workers cannot call ``Chunk.on_start`` reports the start; asked only by
+        batches with a timeout, on backends whose workers do not share memory. Default: what the
         future says (``running()`` or ``done()``)."""
         return future.running() or future.done()
 
     @abc.abstractmethod
     def close(self, *, cancelled: bool) -> None:
-        """End of the batch: release what this batch opened. Must not wait for running tasks when
+        """End of the batch: release what this batch opened. Must not wait for running chunks when
         ``cancelled`` is True."""
 
 

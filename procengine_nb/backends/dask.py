@@ -43,13 +43,14 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
 from procengine_nb.backends._remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
-from procengine_nb.backends.base import Backend, BatchExecutor, run_chunk
+from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
 from procengine_nb.cancellation import CancellationToken
+from procengine_nb.models import SymbolResult
 
 try:
     import cloudpickle  # noqa: F401  (used by remote; checked here for the error message)
@@ -136,12 +137,10 @@ class _DaskBatch(BatchExecutor):
         started_file = getattr(future, "started_file", None)
         return future.done() or started_file is None or os.path.exists(started_file)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+    def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
         client = self._client
-        if fn is not run_chunk:
-            raise TypeError("the dask backend runs procengine_nb chunks only")
-        processor, symbols, _token, pass_token = args
-        payload, task = encode_chunk(self._blob, processor, symbols, pass_token, self._marker.marker)
+        payload, task = encode_chunk(self._blob, chunk.processor, chunk.symbols, chunk.pass_token,
+                                     self._marker.marker)
         if payload is None:
             return task
         key = f"procengine-chunk-{uuid.uuid4().hex}"

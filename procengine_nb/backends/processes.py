@@ -59,7 +59,8 @@ from procengine_nb.backends._remote import (
     read_progress,
     run_encoded,
 )
-from procengine_nb.backends.base import Backend, BatchExecutor, failed_result, run_chunk
+from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
+from procengine_nb.backends.runner import failed_result
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import SymbolResult
 
@@ -303,12 +304,11 @@ class _ProcessBatch(BatchExecutor):
         if ready.done():
             pool.warm_until = time.monotonic() + 0.9 * pool.idle_timeout
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
-        if fn is not run_chunk:
-            return self._submit(fn, *args)
-        processor, symbols, _token, pass_token = args
-        self._processor, self._pass_token = processor, pass_token
-        return self._chunk(symbols)
+    def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
+        """Send the chunk to a worker process (its hooks stay here: the worker marks its start and its
+        running symbol in the chunk's started file, see :meth:`started`)."""
+        self._processor, self._pass_token = chunk.processor, chunk.pass_token
+        return self._chunk(chunk.symbols)
 
     def _chunk(self, symbols: Any, deaths: dict[int, int] | None = None) -> RemoteTask:
         """Encode and send one chunk (an ERROR result for each symbol that cannot be sent); ``deaths``:
@@ -327,11 +327,8 @@ class _ProcessBatch(BatchExecutor):
         task.pool, task.inner = self._submit_on(run_encoded, *task.payload)
         task.inner.add_done_callback(lambda f, task=task: self._complete(task, f))
 
-    def _submit(self, fn: Callable[..., Any], /, *args: Any) -> Any:
-        return self._submit_on(fn, *args)[1]
-
     def _submit_on(self, fn: Callable[..., Any], /, *args: Any) -> tuple[_Pool, Any]:
-        """Submit to this batch's pool: ``(the pool that took it, loky's future)``."""
+        """Submit ``fn(*args)`` to this batch's pool: ``(the pool that took it, loky's future)``."""
         pool = self._pool
         try:
             return pool, pool.submit(fn, *args)

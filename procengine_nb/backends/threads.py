@@ -16,8 +16,10 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 from procengine_nb.backends._loop import Awaiter, register_awaiter, unregister_awaiter
-from procengine_nb.backends.base import Backend, BatchExecutor
+from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
+from procengine_nb.backends.runner import run_chunk
 from procengine_nb.cancellation import CancellationToken
+from procengine_nb.models import SymbolResult
 
 __all__ = ["DaemonThreadPool", "ExecutorBackend", "ThreadBackend", "default_worker_count"]
 
@@ -130,8 +132,9 @@ class _OwnedPoolBatch(BatchExecutor):
         self._awaiter = Awaiter(token)
         register_awaiter(token, self._awaiter)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
-        return self._pool.submit(fn, *args)
+    def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
+        return self._pool.submit(run_chunk, chunk.processor, chunk.symbols, self.worker_token, chunk.pass_token,
+                                 chunk.on_start, chunk.on_symbol)
 
     def abandon(self, futures: Iterable[Future[Any]]) -> None:
         """A thread stuck in a task past its ``timeout=`` is replaced (up to ``max(4, max_workers)``
@@ -152,15 +155,24 @@ class _OwnedPoolBatch(BatchExecutor):
 
 
 class _SharedExecutorBatch(BatchExecutor):
+    """The caller's executor runs the runner itself: ``executor.submit(run_chunk, ...)``. Where its
+    workers share memory (a ``ThreadPoolExecutor``) they get the batch's token and the chunk's hooks;
+    elsewhere (a process pool) only what can travel: no token, no hooks (the start is what the future
+    says: ``running()``)."""
+
     def __init__(self, executor: Executor, token: CancellationToken, shares_memory: bool) -> None:
         self._executor = executor
+        self._shares_memory = shares_memory
         self.worker_token = token if shares_memory else None
         self._awaiter = Awaiter(token) if shares_memory else None
         if self._awaiter is not None:
             register_awaiter(token, self._awaiter)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
-        return self._executor.submit(fn, *args)
+    def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
+        if self._shares_memory:
+            return self._executor.submit(run_chunk, chunk.processor, chunk.symbols, self.worker_token,
+                                         chunk.pass_token, chunk.on_start, chunk.on_symbol)
+        return self._executor.submit(run_chunk, chunk.processor, chunk.symbols, None, chunk.pass_token)
 
     def close(self, *, cancelled: bool) -> None:
         """The executor is the caller's: it is never shut down here (the batch's loop is)."""

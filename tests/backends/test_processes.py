@@ -276,7 +276,7 @@ def test_a_killed_worker_fails_only_the_symbol_it_was_running(tmp_path):
 
 def test_a_chunk_lost_unstarted_is_sent_again_at_most_a_few_times_and_never_after_a_stop(monkeypatch):
     from procengine_nb.backends import processes
-    from procengine_nb.backends.base import run_chunk
+    from procengine_nb.backends.base import Chunk
 
     token = CancellationToken()
     backend = processes.ProcessBackend(max_workers=1)
@@ -306,12 +306,12 @@ def test_a_chunk_lost_unstarted_is_sent_again_at_most_a_few_times_and_never_afte
     real_pool = batch._pool
     monkeypatch.setattr(batch, "_pool", BrokenPool())
     try:
-        task = batch.submit(run_chunk, abs, (1, 2), None, False)
+        task = batch.submit_chunk(Chunk((1, 2), abs, False))
         assert task.done() and len(sends) == 1 + processes._MAX_RESENDS  # never an endless loop
         assert type(task.exception()).__name__ == "TerminatedWorkerError"
         token.cancel()
         sends.clear()
-        stopped = batch.submit(run_chunk, abs, (3,), None, False)
+        stopped = batch.submit_chunk(Chunk((3,), abs, False))
         assert stopped.cancelled() and len(sends) == 1  # a Stop: not sent again, it ran nothing
     finally:
         batch._pool = real_pool
@@ -700,7 +700,7 @@ def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
     path = str(tmp_path / "1.started")
     progress = _Progress(path)
     try:
-        run_columns(abs, (1, -2, 3), MarkerToken(None), False, progress.view)
+        run_columns(abs, (1, -2, 3), MarkerToken(None), False, progress.mark)
         assert read_progress(path) == (3, os.getpid())
     finally:
         progress.close()

@@ -16,7 +16,7 @@ from procengine_nb.backends._remote import (
     encode_results,
     run_columns,
 )
-from procengine_nb.backends.base import run_chunk
+from procengine_nb.backends.runner import run_chunk
 from procengine_nb.models import ResultStatus, SymbolResult
 
 OK, ERR = ResultStatus.SUCCESS, ResultStatus.ERROR
