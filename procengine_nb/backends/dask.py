@@ -139,6 +139,11 @@ class _DaskBatch(BatchExecutor):
 
     def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
         client = self._client
+        status = getattr(client, "status", "closed")
+        if status in ("closing", "closed"):
+            # A closing client still takes a submit and never completes it (a client that owns its
+            # cluster stays "closing" for seconds, after the watcher has failed what was in flight)
+            raise DaskClientClosed(f"Client is {status}: the Dask client takes no new chunk")
         payload, task = encode_chunk(self._blob, chunk.processor, chunk.symbols, chunk.pass_token,
                                      self._marker.marker)
         if payload is None:

@@ -16,7 +16,6 @@ import pytest
 from threadcheck import child_processes
 
 from procengine_nb import CancellationToken, ProcessingEngine, ResultStatus
-from procengine_nb.backends._remote import RemoteSerializationError
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -102,21 +101,6 @@ def test_a_notebook_style_closure_and_the_callers_symbol_objects(client):
         result = engine.process_batch(boxes)
     assert {id(r.symbol) for r in result} == {id(b) for b in boxes}
     assert sorted(r.value for r in result) == [10, 11, 12, 13, 14]
-
-
-def test_serialization_faults_are_per_symbol(client):
-    def processor(symbol):
-        return threading.Lock() if symbol == "lock" else symbol.upper()
-
-    symbols = ["a", "lock", "b", threading.Lock()]
-    with ProcessingEngine(processor, backend="dask", client=client, chunk_size=4) as engine:
-        result = engine.process_batch(symbols)
-    _accounted(result, symbols)
-    assert sorted(r.value for r in result if r.ok) == ["A", "B"]
-    errors = {repr(r.symbol): r.error for r in result.errors}
-    assert len(errors) == 2 and all(isinstance(e, RemoteSerializationError) for e in errors.values())
-    assert "cannot be sent back" in str(errors["'lock'"])
-    assert "cannot be sent to a worker" in str(errors[repr(symbols[3])])
 
 
 def die_once(symbol, flag_dir):

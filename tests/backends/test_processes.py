@@ -136,18 +136,6 @@ def test_the_processor_gets_a_worker_local_token_not_none():
 
 
 # -- serialization faults cost one symbol -----------------------------------------------------------
-def test_a_symbol_that_cannot_be_pickled_is_only_that_symbols_error():
-    symbols = ["a", threading.Lock(), "c"]
-    with ProcessingEngine(lambda s: "ok", backend="processes", max_workers=2, chunk_size=3) as engine:
-        result = engine.process_batch(symbols)
-    by_status = {r.status: r for r in result}
-    assert len(result) == 3 and [r.value for r in result if r.ok] == ["ok", "ok"]
-    error = by_status[ResultStatus.ERROR]
-    assert error.symbol is symbols[1]
-    assert isinstance(error.error, RemoteSerializationError)
-    assert "cannot be sent to a worker process" in str(error.error) and "lock" in str(error.error)
-
-
 def test_a_processor_that_cannot_be_pickled_fails_every_symbol_clearly():
     lock = threading.Lock()
 
