@@ -13,12 +13,11 @@ The rules, written once here:
   (the symbols after it are the engine's unprocessed ones); it reports ``on_start()`` as it begins and
   ``on_symbol(i)`` just before symbol ``i`` runs, then ``on_symbol(len(symbols))`` once none runs any more.
 
-:func:`call_symbol` (and :func:`run_symbol`) / :func:`run_chunk` are the sync form (threads,
-``executor=``, worker processes: see ``_remote.run_columns``, a cheaper collection of
-:func:`call_symbol`'s outcomes); :func:`run_symbol_async` /
-:func:`run_chunk_async` the async form (the asyncio backend), which adds what only a loop has: a
-``timeout=`` around each coroutine from its own start, and the task's own cancellation (a Stop) turning
-the symbol CANCELLED.
+:func:`call_symbol` / :func:`run_chunk` are the sync form (threads, ``executor=``, worker processes:
+see ``_remote.run_columns``, a cheaper collection of :func:`call_symbol`'s outcomes);
+:func:`run_symbol_async` / :func:`run_chunk_async` the async form (the asyncio backend), which adds what
+only a loop has: a ``timeout=`` around each coroutine from its own start, and the task's own
+cancellation (a Stop) turning the symbol CANCELLED.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from procengine_nb.backends._loop import _NOT_AWAITABLE, awaiter_for, cannot_awa
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
 from procengine_nb.models import ResultStatus, SymbolResult
 
-__all__ = ["call_symbol", "failed_result", "run_chunk", "run_chunk_async", "run_symbol", "run_symbol_async"]
+__all__ = ["call_symbol", "failed_result", "run_chunk", "run_chunk_async", "run_symbol_async"]
 
 _SUCCESS = ResultStatus.SUCCESS
 _clock = time.perf_counter
@@ -66,13 +65,6 @@ def call_symbol(processor: Callable[..., Any], symbol: Any, token: CancellationT
         duration_ms = (_clock() - start) * 1000.0
         return None, duration_ms, failed_result(symbol, exc, duration_ms)
     return value, (_clock() - start) * 1000.0, None
-
-
-def run_symbol(processor: Callable[..., Any], symbol: Any, token: CancellationToken | None,
-               pass_token: bool) -> SymbolResult:
-    """The result of one symbol run by the rules (:func:`call_symbol`); never raises."""
-    value, duration_ms, failed = call_symbol(processor, symbol, token, pass_token)
-    return SymbolResult(symbol, _SUCCESS, value, None, duration_ms) if failed is None else failed
 
 
 def run_chunk(
@@ -109,10 +101,11 @@ def run_chunk(
 
 async def run_symbol_async(processor: Callable[..., Any], symbol: Any, token: CancellationToken | None,
                            pass_token: bool, timeout: float | None = None) -> SymbolResult:
-    """:func:`run_symbol` on an event loop: the awaitable the call returns is awaited here, within
-    ``timeout`` seconds of the symbol's own start (past it: ERROR, a ``TimeoutError``). The running
-    task's own cancellation (a Stop) makes the symbol CANCELLED; a ``CancelledError`` the processor
-    raises of its own (an awaited future it cancelled) is an ERROR like any exception."""
+    """:func:`call_symbol` on an event loop, returning the symbol's result: the awaitable the call
+    returns is awaited here, within ``timeout`` seconds of the symbol's own start (past it: ERROR, a
+    ``TimeoutError``). The running task's own cancellation (a Stop) makes the symbol CANCELLED; a
+    ``CancelledError`` the processor raises of its own (an awaited future it cancelled) is an ERROR
+    like any exception."""
     start = _clock()
     scope = None
     try:
