@@ -24,7 +24,6 @@ on other hosts (told apart by host name) cannot see the file, so there the token
 
 from __future__ import annotations
 
-import functools
 import itertools
 import mmap
 import os
@@ -330,16 +329,17 @@ def encode_results(results: Sequence[SymbolResult], head: Columns = ((), ())) ->
 
 
 def run_columns(processor: Callable[..., Any], symbols: Sequence[Any], token: CancellationToken,
-                pass_token: bool, on_symbol: Callable[[int], Any] | None = None) -> tuple[Columns, list[SymbolResult]]:
+                pass_token: bool, progress: Any = None) -> tuple[Columns, list[SymbolResult]]:
     """:func:`~procengine_nb.backends.runner.run_chunk` for a worker process: the same rules (each symbol
     is :func:`~procengine_nb.backends.runner.call_symbol`, the token is checked between two symbols), a
     cheaper collection: while the values are plain, keep only ``(values, durations_ms)``; from the first
     symbol that raises or returns anything else on, the :class:`SymbolResult` objects.
 
-    ``on_symbol(i)`` just before symbol ``i``, and ``on_symbol(len(symbols))`` once none runs any more
-    (processes write it to a memory-mapped file, so the parent can tell, if this process dies, which
-    symbol was running, which had run and which never started — or that the chunk had ended and only
-    its result was lost).
+    The runner's ``on_symbol(i)`` report, as a plain store (a call would cost more than a tiny symbol's
+    own bookkeeping): ``progress`` (a writable sequence, e.g. a memory-mapped file) gets ``i`` in its
+    slot 0 just before symbol ``i`` runs, and ``len(symbols)`` once none runs any more, so the parent can
+    tell, if this process dies, which symbol was running, which had run and which never started — or
+    that the chunk had ended and only its result was lost.
     """
     values: list[Any] = []
     durations: list[float] = []
@@ -358,8 +358,8 @@ def run_columns(processor: Callable[..., Any], symbols: Sequence[Any], token: Ca
             since_check = 0.0
         elif is_set():
             break
-        if on_symbol is not None:
-            on_symbol(index)
+        if progress is not None:
+            progress[0] = index
         value, duration_ms, failed = call(processor, symbol, token, pass_token)
         since_check += duration_ms
         if failed is None:
@@ -371,8 +371,8 @@ def run_columns(processor: Callable[..., Any], symbols: Sequence[Any], token: Ca
         else:
             add_result(failed)
         columns = False
-    if on_symbol is not None:
-        on_symbol(len(symbols))  # no symbol of this chunk runs any more (its result is on its way)
+    if progress is not None:
+        progress[0] = len(symbols)  # no symbol of this chunk runs any more (its result is on its way)
     return (values, durations), rest
 
 
@@ -426,8 +426,8 @@ def run_encoded(
             symbols = cloudpickle.loads(symbols_blob)
         except Exception as exc:
             raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
-        on_symbol = None if progress is None else progress.mark
-        head, rest = run_columns(processor, symbols, MarkerToken(marker), pass_token, on_symbol)
+        slots = None if progress is None else progress.view
+        head, rest = run_columns(processor, symbols, MarkerToken(marker), pass_token, slots)
         return encode_results(rest, head)
     finally:
         if progress is not None:
@@ -444,7 +444,7 @@ class _Progress:
     the chunk's length: it ended), ``[1]`` this worker's pid. Plain memory writes (~40 ns), read by the
     parent after a pool broke."""
 
-    __slots__ = ("_map", "view", "mark")
+    __slots__ = ("_map", "view")
 
     def __init__(self, path: str) -> None:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -456,11 +456,8 @@ class _Progress:
         self.view = memoryview(self._map).cast("q")
         self.view[0] = -1
         self.view[1] = os.getpid()
-        self.mark = functools.partial(self.view.__setitem__, 0)
-        """``mark(i)``: symbol ``i`` is running (the chunk's length: none runs any more)."""
 
     def close(self) -> None:
-        self.mark = None  # type: ignore[assignment]
         self.view.release()
         self._map.close()
 

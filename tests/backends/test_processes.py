@@ -688,7 +688,7 @@ def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
     path = str(tmp_path / "1.started")
     progress = _Progress(path)
     try:
-        run_columns(abs, (1, -2, 3), MarkerToken(None), False, progress.mark)
+        run_columns(abs, (1, -2, 3), MarkerToken(None), False, progress.view)
         assert read_progress(path) == (3, os.getpid())
     finally:
         progress.close()
