@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import conformance_procs  # (pytest puts this directory on sys.path, as for every test directory)
 import pytest
 
 from procengine_nb import ProcessingEngine
+
+from . import conformance_procs
 
 WORKERS = 2
 """Workers (threads, processes, coroutines, Dask threads) of every shape."""

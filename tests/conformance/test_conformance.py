@@ -15,9 +15,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conformance_procs import SLOW_SECONDS
 
 from procengine_nb import CancellationToken, ResultStatus
+
+from .conformance_procs import SLOW_SECONDS
 
 pytestmark = pytest.mark.timeout(240)
 
