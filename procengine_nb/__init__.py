@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from procengine_nb._registry import JobList, jobs
 from procengine_nb.cancellation import (
     CancellationRegistration,
     CancellationToken,
@@ -62,6 +63,7 @@ __all__ = [
     "ConsoleProgress",
     "IProcessingEngine",
     "JobHandle",
+    "JobList",
     "JobType",
     "JobView",
     "ProcessingCancelledException",
@@ -75,6 +77,7 @@ __all__ = [
     "ResultStore",
     "SymbolResult",
     "UnprocessedView",
+    "jobs",
     "load_results",
     "run",
 ]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import heapq
 import queue
 import random
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from functools import partial
@@ -39,6 +41,11 @@ _START_POLL = 0.02  # how often a backend that cannot tell the start of a task i
 _status_of = attrgetter("status")
 _symbol_of = attrgetter("symbol")
 _UNKNOWN_REMAINING = 1 << 20  # what a lazy input without total= counts as left, for the chunk size
+_DURATIONS_KEPT = 1001  # completed durations the stall threshold's median is taken over (the latest)
+_DURATIONS_SAMPLED = 8  # of a chunk's durations, at most about this many are kept (a strided sample)
+_STALL_FACTOR = 5.0  # stall_after=None: this many times the median duration...
+_STALL_MIN_SECONDS = 10.0  # ...and at least this long
+_duration_of = attrgetter("duration_ms")
 
 
 class _Task:
@@ -46,11 +53,12 @@ class _Task:
 
     ``start:stop`` are the input positions it covers (a retry covers one), ``symbols`` its symbols.
     ``timed`` when ``timeout=`` times it from its start, and ``started_at`` that start in the engine's
-    clock (None: not seen yet). ``attempts`` counts the calls of its (single) symbol that already failed
+    clock (None: not seen yet; also recorded, for ``stalled()``, where workers share memory).
+    ``attempts`` counts the calls of its (single) symbol that already failed
     (a retry; 0 for a first try) and ``last`` is that symbol's last ERROR result (None for a first try).
     """
 
-    __slots__ = ("start", "stop", "symbols", "timed", "started_at", "attempts", "last")
+    __slots__ = ("start", "stop", "symbols", "timed", "started_at", "attempts", "last", "running")
 
     def __init__(self, start: int, stop: int, symbols: Any, timed: bool, attempts: int,
                  last: SymbolResult | None) -> None:
@@ -61,6 +69,8 @@ class _Task:
         self.started_at: float | None = None
         self.attempts = attempts
         self.last = last
+        self.running: tuple[int, float] | None = None
+        """``(index, since)`` of the symbol running, where the backend reports each symbol (coroutines)."""
 
 
 def _mark_started(task: _Task, clock: Callable[[], float], wake: Callable[[Any], None]) -> None:
@@ -68,6 +78,52 @@ def _mark_started(task: _Task, clock: Callable[[], float], wake: Callable[[Any],
     the engine's clock) and wake the loop to time it."""
     task.started_at = clock()
     wake(_WAKE)
+
+
+def _mark_start(task: _Task, clock: Callable[[], float]) -> None:
+    """``Chunk.on_start`` of an untimed task where workers share memory: record its start (in the engine's
+    clock) for :meth:`BatchRun.stalled`, without waking the loop."""
+    task.started_at = clock()
+
+
+def _mark_symbol(task: _Task, clock: Callable[[], float], index: int) -> None:
+    """``Chunk.on_symbol`` where symbols are coroutines (each an await: the hook costs nothing next to it):
+    which symbol of the task runs, and since when, for :meth:`BatchRun.stalled`."""
+    task.running = (index, clock())
+
+
+class _Pause:
+    """Whether the batch hands out symbols (``handle.pause()`` / ``unpause()``), settable from any thread.
+
+    Invariants: ``paused`` changes only under ``_lock``; each change calls ``_wake`` (the loop's
+    completion queue), so the loop reacts without polling; the loop alone applies the change to the
+    tracker and publishes it (the tracker keeps a single writer). A change made before the loop starts
+    is seen when it starts (``attach`` reads the flag under the same lock).
+    """
+
+    __slots__ = ("_lock", "paused", "_wake")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.paused = False
+        """True while no new symbol may be handed out."""
+        self._wake: Callable[[], None] | None = None
+
+    def set(self, paused: bool) -> bool:
+        """Pause (True) or continue (False); True when this call changed the state."""
+        with self._lock:
+            if self.paused is paused:
+                return False
+            self.paused = paused
+            wake = self._wake
+        if wake is not None:
+            wake()
+        return True
+
+    def attach(self, wake: Callable[[], None] | None) -> None:
+        """Wake the loop with ``wake()`` on every change from now on (None: the loop is over)."""
+        with self._lock:
+            self._wake = wake
 
 
 class _Drawn:
@@ -92,13 +148,14 @@ class BatchSettings:
 
     __slots__ = ("processor", "pass_token", "backend", "clock", "eta_smoothing", "max_errors",
                  "timeout", "chunk_size", "target_chunk_seconds", "window_per_worker",
-                 "retries", "retry_on", "backoff")
+                 "retries", "retry_on", "backoff", "stall_after")
 
     def __init__(self, processor: Callable[..., Any], pass_token: bool, backend: Backend,
                  clock: Callable[[], float], eta_smoothing: float | None, max_errors: int | None,
                  timeout: float | None, chunk_size: int | None, target_chunk_seconds: float = 0.002,
                  window_per_worker: int = 2, retries: int = 0,
-                 retry_on: tuple[type[BaseException], ...] = (Exception,), backoff: float = 0.0) -> None:
+                 retry_on: tuple[type[BaseException], ...] = (Exception,), backoff: float = 0.0,
+                 stall_after: float | None = None) -> None:
         self.processor = processor
         self.pass_token = pass_token
         self.backend = backend
@@ -112,14 +169,17 @@ class BatchSettings:
         self.retries = retries
         self.retry_on = retry_on
         self.backoff = backoff
+        self.stall_after = stall_after
+        """Seconds after which a running symbol counts as stalled (None: from the median duration)."""
 
 
 class BatchRun:
     """Runs one :class:`ProcessingJob` to its :class:`BatchResult`. Use once.
 
     Each chunk in flight is a :class:`_Task` (the input positions it covers, its symbols, its start when
-    ``timeout=`` times it, its retry count), keyed by the future ``BatchExecutor.submit_chunk`` returned.
-    Symbols waiting to retry sit in a heap of due times; they hold no worker.
+    ``timeout=`` times it or the workers share memory, its retry count), keyed by the future
+    ``BatchExecutor.submit_chunk`` returned. Symbols waiting to retry sit in a heap of due times; they hold
+    no worker; chunks a pause took back wait in ``_requeued`` and go out first when the batch continues.
     """
 
     def __init__(self, settings: BatchSettings, job: ProcessingJob,
@@ -145,7 +205,7 @@ class BatchRun:
         self._dropped: list[tuple[int, Any]] = []  # (position, symbol) that a cancel left never run
         self._retry_heap: list[tuple[float, int, int, Any, int, SymbolResult]] = []
         self._retry_count = 0  # tie-breaker for the heap (never compares symbols)
-        self._random = random.Random()
+        self._random: random.Random | None = None  # the retries' jitter (made on first use: 2.5 KB)
         self._drawn = 0  # lazy input: symbols drawn so far
         self._exhausted = not self._lazy
         self._input_error: BaseException | None = None
@@ -160,6 +220,11 @@ class BatchRun:
         self._unkeyed: list[SymbolResult] = []  # ERROR results of symbols whose key raised, not yet counted
         self._stored_drawn = 0  # lazy input: symbols drawn never handed out (from the store, or unkeyed)
         self._retry_on_failed = False  # retry_on's instance check raised (logged once)
+        self._pause = _Pause()
+        # spans a pause took back from the pool before they started, by descending start (pop(): the first)
+        self._requeued: list[_Task] = []
+        # the latest completed symbols' durations (ms), for the median that stall_after=None uses
+        self._durations: deque[float] = deque(maxlen=_DURATIONS_KEPT)
 
     # -- read from other threads ----------------------------------------------------------------
     @property
@@ -183,6 +248,66 @@ class BatchRun:
                     return out
                 out.append(symbol)
         return out
+
+    @property
+    def paused(self) -> bool:
+        """True while the batch hands out no new symbol (safe from any thread)."""
+        return self._pause.paused
+
+    def pause(self, paused: bool) -> bool:
+        """Pause (True) or continue (False) handing out symbols; True when this call changed the state.
+        Safe from any thread: the loop wakes, applies it and publishes a snapshot."""
+        return self._pause.set(paused)
+
+    def stall_threshold(self) -> float:
+        """Seconds after which a running symbol counts as stalled: ``stall_after``, else five times the
+        median duration of the latest completed symbols (the last 1,001 of a sample: at most about 8
+        of each chunk), at least 10 s."""
+        settings = self.settings
+        if settings is not None and settings.stall_after is not None:
+            return settings.stall_after
+        durations = sorted(self._durations.copy())
+        if not durations:
+            return _STALL_MIN_SECONDS
+        return max(_STALL_MIN_SECONDS, _STALL_FACTOR * durations[len(durations) // 2] / 1000.0)
+
+    def stalled(self) -> list[tuple[Any, float]]:
+        """``(symbol, seconds_running)`` for the symbols running longer than :meth:`stall_threshold`,
+        longest first (safe from any thread). Known where the workers share memory (threads, an
+        ``executor=`` thread pool, asyncio), whose chunks report their start (``Chunk.on_start``): a
+        chunk of several symbols (tiny symbols are grouped) names each of its symbols with the chunk's
+        running time, except where each symbol's start is reported too (``Chunk.on_symbol``, coroutines):
+        then the symbol that runs, with its own time."""
+        settings = self.settings
+        if settings is None:  # released: the batch is over
+            return []
+        threshold = self.stall_threshold()
+        now = settings.clock()
+        found: list[tuple[int, Any, float]] = []
+        for future, task in self._inflight.copy().items():
+            if future.done():
+                continue
+            running = task.running
+            if running is not None:  # which symbol runs, and since when
+                index, at = running
+                if index < len(task.symbols) and now - at > threshold:
+                    found.append((task.start + index, task.symbols[index], now - at))
+            elif task.started_at is not None and now - task.started_at > threshold:  # the chunk's start
+                seconds = now - task.started_at
+                found.extend((task.start + offset, symbol, seconds) for offset, symbol in enumerate(task.symbols))
+        found.sort(key=lambda item: (-item[2], item[0]))
+        return [(symbol, seconds) for _, symbol, seconds in found]
+
+    def release(self) -> None:
+        """After the end: drop the settings (the processor, the backend and what it holds, e.g. a cluster)
+        and the tasks, so an ended job kept by ``jobs()`` holds its result only."""
+        self.settings = None  # type: ignore[assignment]
+        self._inflight = {}
+        self._abandoned = set()
+        self._requeued = []
+        self._dropped = []
+        self._durations = deque(maxlen=1)
+        self._random = None
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> BatchResult:
@@ -227,6 +352,9 @@ class BatchRun:
         tracker = self.tracker
         completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         wake = token.register(lambda: completions.put(_WAKE))
+        pause = self._pause
+        pause.attach(lambda: completions.put(_WAKE))
+        requeued = self._requeued
         results = self._results
         inflight = self._inflight
         heap = self._retry_heap
@@ -236,6 +364,10 @@ class BatchRun:
         # loop asks the backend whether a task started (a backend that times symbols itself: neither)
         timed = timeout is not None and not getattr(backend, "times_symbols", False)
         pushed = timed and backend.shares_memory
+        # where workers share memory each task records its start (stalled() reads it); where symbols are
+        # coroutines, each symbol's start (the per-symbol hook costs nothing next to an await)
+        stamped = backend.shares_memory
+        per_symbol = backend.shares_memory and backend.runs_coroutines
         clock = settings.clock
         next_index = 0
         workers = backend.max_workers
@@ -247,17 +379,28 @@ class BatchRun:
             pass_token = settings.pass_token
             processor = settings.processor
             while True:
-                # 1. keep the window full: retries that are due first, then new symbols
-                while len(inflight) < window and not token.is_cancelled:
+                paused = pause.paused
+                if paused is not tracker.paused:  # a pause or a continue: the views hear it at once
+                    if paused:
+                        self._take_back(executor)
+                    self.publisher.state(tracker.set_paused(paused, drained=not inflight))
+                elif paused and tracker.idle is bool(inflight):  # paused, and its last running task ended
+                    tracker.set_paused(True, drained=not inflight)
+                # 1. keep the window full (unless paused): retries that are due first, then new symbols
+                while len(inflight) < window and not token.is_cancelled and not paused:
                     attempts, last = 0, None
-                    if heap:
+                    back = requeued.pop() if requeued else None
+                    if back is not None:  # taken back from the pool at a pause: handed out first
+                        start, stop, chunk = back.start, back.stop, back.symbols
+                        attempts, last = back.attempts, back.last
+                    elif heap:
                         if heap[0][0] <= clock():
                             _, _, start, symbol, attempts, last = heapq.heappop(heap)
                             tracker.retrying = len(heap)
                             stop, chunk = start + 1, (symbol,)
                         elif len(heap) >= window:  # back-pressure: no new symbols while many wait
                             break
-                    if last is None:
+                    if last is None and back is None:
                         if lazy:
                             if self._exhausted:
                                 break
@@ -276,8 +419,14 @@ class BatchRun:
                             chunk = symbols[start:stop]
                     task = _Task(start, stop, chunk, timed, attempts, last)
                     try:
-                        on_start = partial(_mark_started, task, clock, completions.put) if pushed else None
-                        future = executor.submit_chunk(Chunk(chunk, processor, pass_token, on_start))
+                        if pushed:
+                            on_start = partial(_mark_started, task, clock, completions.put)
+                        elif stamped:
+                            on_start = partial(_mark_start, task, clock)
+                        else:
+                            on_start = None
+                        on_symbol = partial(_mark_symbol, task, clock) if per_symbol else None
+                        future = executor.submit_chunk(Chunk(chunk, processor, pass_token, on_start, on_symbol))
                     except KeyboardInterrupt:
                         raise
                     except BaseException as exc:  # e.g. an executor that was shut down (an executor= is user code)
@@ -286,15 +435,16 @@ class BatchRun:
                         token.cancel(f"the executor refused new tasks: {describe(exc, 500)}")
                         if last is not None:  # back to waiting: it ends as its last ERROR result
                             self._schedule(start, last, attempts, 0.0)
-                        elif lazy:  # drawn, never run
+                        elif lazy or back is not None:  # drawn (or taken back), never run
                             self._dropped.extend(zip(range(start, stop), chunk, strict=True))
                         break
                     inflight[future] = task
                     tracker.running += stop - start
-                    if last is None and not lazy:
+                    if last is None and not lazy and back is None:
                         next_index = stop
                     future.add_done_callback(completions.put)
-                if not inflight and not heap:
+                if not inflight and not heap and not (
+                        paused and (requeued or (not self._exhausted if lazy else next_index < total))):
                     break
                 if token.is_cancelled:
                     # let a backend that stops running tasks (asyncio) unwind them, keep what
@@ -312,7 +462,7 @@ class BatchRun:
                 wait = None
                 # a retry's due time matters only while the window has room for it: with the window
                 # full, only a completion frees a slot (waiting for the due time would spin)
-                retry_due = bool(heap) and len(inflight) < window
+                retry_due = bool(heap) and len(inflight) < window and not paused
                 if timed or retry_due:
                     now = clock()
                     if timed:
@@ -336,6 +486,7 @@ class BatchRun:
             if cancelled and not token.is_cancelled:  # leaving on an exception (e.g. KeyboardInterrupt):
                 token.cancel("the batch was interrupted")  # tell cooperative processors to stop too
             wake.unregister()
+            pause.attach(None)
             if executor is not None:
                 pending = list(inflight)
                 executor.cancel_pending(pending)
@@ -361,9 +512,11 @@ class BatchRun:
         # What a cancel left running on workers (tasks that ignore the token): reported, not awaited.
         tracker.running = sum(task.stop - task.start for f, task in inflight.items() if not f.done())
         tracker.cancelled = cancelled
+        if tracker.paused:  # the pause ends with the batch (its time stays in the elapsed time)
+            tracker.set_paused(False)
         never: list[tuple[int, Any]] = []
         waiting: list[tuple[SymbolResult, int]] = []
-        for task in inflight.values():
+        for task in (*inflight.values(), *self._requeued):
             if task.last is None:
                 never.extend(zip(range(task.start, task.stop), task.symbols, strict=True))
             else:
@@ -392,6 +545,18 @@ class BatchRun:
         results.cancel_reason = token.reason if cancelled else None
         results.progress = tracker.refresh(finished=True)
         self._interrupted_result = results
+
+    def _take_back(self, executor: BatchExecutor) -> None:
+        """At a pause: take back the tasks the backend can withdraw before they start (``take_back``:
+        those queued in a thread pool, or waiting for a slot on the batch's event loop), so that only the
+        running symbols finish; they are handed out first when the batch continues, or are unprocessed
+        after a Stop. Their futures' completions are ignored from now on (no longer in flight)."""
+        inflight = self._inflight
+        for future in executor.take_back([f for f in inflight if not f.done()]):
+            task = inflight.pop(future)
+            self.tracker.running -= task.stop - task.start
+            self._requeued.append(task)
+        self._requeued.sort(key=attrgetter("start"), reverse=True)
 
     def _take(self, future: Future[Any]) -> None:
         """Record the outcome of a finished task: one result and one progress callback per symbol."""
@@ -425,6 +590,10 @@ class BatchRun:
         """Final outcomes: into the results (and the store), one snapshot each to the callback, failures
         to the views."""
         self._results.extend(chunk)
+        # the stall threshold's median: a strided sample of each chunk (every symbol would cost ~2% on tiny ones)
+        count = len(chunk)
+        self._durations.extend(map(_duration_of, chunk if count <= _DURATIONS_SAMPLED else
+                                   chunk[::count // _DURATIONS_SAMPLED]))
         if self._store is not None:
             self._store.add(chunk)
         error_status = ResultStatus.ERROR
@@ -480,6 +649,8 @@ class BatchRun:
         if backoff <= 0.0:
             return 0.0
         delay = backoff * 2.0 ** min(calls - 1, 64)
+        if self._random is None:
+            self._random = random.Random()
         return min(delay * (0.5 + 0.5 * self._random.random()), MAX_SECONDS)
 
     def _schedule(self, index: int, last: SymbolResult, calls: int, delay: float) -> None:

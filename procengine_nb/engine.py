@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import math
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any, Protocol, runtime_checkable
@@ -115,6 +117,92 @@ def _check_retry_on(retry_on: object) -> tuple[type[BaseException], ...]:
     return classes  # type: ignore[return-value]
 
 
+def _check_stall_after(stall_after: object) -> float | None:
+    """``stall_after`` as float seconds > 0, or None; else a TypeError/ValueError saying what is accepted."""
+    accepted = "a finite number of seconds > 0, or None (five times the median duration, at least 10 s)"
+    if stall_after is None:
+        return None
+    if isinstance(stall_after, bool) or not isinstance(stall_after, (int, float)):
+        raise TypeError(f"stall_after must be {accepted}, not {type_name(stall_after)}")
+    if not math.isfinite(stall_after) or stall_after <= 0:
+        raise ValueError(f"stall_after must be {accepted}, got {safe_repr(stall_after, 40)}")
+    return float(stall_after)
+
+
+# constructor options that are the caller's objects: a follow-up job's engine holds them weakly
+_RESOURCES = ("executor", "backend", "client")
+
+
+class _Recipe:
+    """How to make an engine like this one again, for a follow-up job (``handle.retry()``/``resume()``)
+    once the engine that ran the first job is gone or closed (``run()`` closes its own).
+
+    Holds the processor and the plain settings; the caller's own objects (``executor=``, a ``Backend``,
+    ``client=``) only weakly, so an ended job listed by ``jobs()`` never keeps a pool or a cluster alive.
+    """
+
+    __slots__ = ("processor", "_plain", "_weak")
+
+    def __init__(self, processor: Callable[..., Any], options: dict[str, Any]) -> None:
+        self.processor = processor
+        self._plain: dict[str, Any] = {}
+        self._weak: dict[str, Any] = {}
+        for name, value in options.items():
+            if name in _RESOURCES and value is not None and not isinstance(value, str):
+                try:
+                    self._weak[name] = weakref.ref(value)
+                    continue
+                except TypeError:  # not weakly referenceable: kept as it is
+                    pass
+            self._plain[name] = value
+
+    def make(self) -> ProcessingEngine:
+        """A new engine with the same processor and settings (RuntimeError if a resource is gone)."""
+        options = dict(self._plain)
+        for name, ref in self._weak.items():
+            value = ref()
+            if value is None:
+                raise RuntimeError(f"cannot start a follow-up job: the {name}= the first job ran on no longer "
+                                   "exists; use engine.retry(result) / engine.resume(result) on a new engine")
+            options[name] = value
+        return ProcessingEngine(self.processor, **options)
+
+
+class _Origin:
+    """Where a job came from, for its follow-ups: its engine (weakly) and the recipe of a new one."""
+
+    __slots__ = ("engine", "recipe", "reuse")
+
+    def __init__(self, engine: ProcessingEngine) -> None:
+        self.engine = weakref.ref(engine)
+        self.recipe = engine._recipe
+        self.reuse = True
+        """False when the engine is closed at the end of the job (``run()``'s own): make a new one."""
+
+    def engine_for_follow_up(self) -> tuple[ProcessingEngine, bool]:
+        """An engine for a follow-up job and whether the follow-up owns it (closes it at its end)."""
+        engine = self.engine() if self.reuse else None
+        if engine is not None and not engine._closed:
+            return engine, False
+        return self.recipe.make(), True
+
+
+class CloseAtEnd:
+    """A job view that releases an engine's backend (e.g. a LocalCluster it started) when the batch
+    ends, on the job thread, before ``handle.result()`` returns (``run()`` and follow-up jobs own theirs)."""
+
+    def __init__(self, engine: ProcessingEngine) -> None:
+        self._engine: ProcessingEngine | None = engine
+
+    def update(self, progress: Any) -> None:
+        """Nothing to show."""
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        engine, self._engine = self._engine, None  # an ended job listed by jobs() does not keep it
+        if engine is not None:
+            engine.close()
+
+
 class ProcessingEngine:
     """Runs a batch of symbols through ``processor`` on a pool of workers, with progress and cancel.
 
@@ -154,6 +242,9 @@ class ProcessingEngine:
         chunk_size: symbols per executor task; None adapts it to measured task time (tiny tasks are
             grouped so the executor's hand-off does not dominate, long ones go one at a time).
         clock: the time source (seconds), injectable for tests.
+        stall_after: seconds after which a running symbol counts as stalled (``handle.stalled()``, and
+            the panel names it); None: five times the median duration of the completed symbols, at
+            least 10 s.
         **backend_options: the backend's own options (``client=``, ``cluster_options=`` for Dask).
 
     A batch's pool is created for that batch and shut down at its end: no thread outlives its last
@@ -179,8 +270,13 @@ class ProcessingEngine:
         retries: int = 0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.0,
+        stall_after: float | None = None,
         **backend_options: Any,
     ) -> None:
+        options = {"max_workers": max_workers, "executor": executor, "backend": backend, "max_errors": max_errors,
+                   "timeout": timeout, "eta_smoothing": eta_smoothing, "chunk_size": chunk_size, "clock": clock,
+                   "retries": retries, "retry_on": retry_on, "backoff": backoff, "stall_after": stall_after,
+                   **backend_options}
         check_callable(processor, "processor")
         check_int(max_workers, "max_workers", minimum=1, allow_none=True)
         check_int(max_errors, "max_errors", minimum=0, allow_none=True)
@@ -195,6 +291,7 @@ class ProcessingEngine:
         check_int(retries, "retries", minimum=0)
         retry_on = _check_retry_on(retry_on)
         check_seconds(backoff, "backoff")
+        stall_after = _check_stall_after(stall_after)
         if is_async_generator_callable(processor):
             raise TypeError("processor is an async generator function (async def with yield), which "
                             "returns no awaitable result; make it return its value instead of yielding")
@@ -203,6 +300,8 @@ class ProcessingEngine:
         if backend == "asyncio" and timeout is not None:
             backend_options["timeout"] = timeout
         self.processor = processor
+        self._recipe = _Recipe(processor, options)
+        self._closed = False  # close() was called (a follow-up job then gets a new engine)
         self.backend = make_backend(backend, max_workers=max_workers, executor=executor, **backend_options)
         self._owns_backend = not isinstance(backend, Backend)
         if self.backend.times_symbols and timeout is not None and getattr(self.backend, "timeout", None) != timeout:
@@ -221,6 +320,7 @@ class ProcessingEngine:
             retries=retries,
             retry_on=retry_on,
             backoff=float(backoff),
+            stall_after=stall_after,
         )
 
     @property
@@ -310,7 +410,7 @@ class ProcessingEngine:
         ['A', 'B']
         """
         batch = self._prepare(job_or_symbols, progress_callback, cancellation_token, views, total, store, key)
-        return JobHandle._start(batch)
+        return JobHandle._start(batch, _Origin(self))
 
     def retry(
         self,
@@ -322,12 +422,16 @@ class ProcessingEngine:
     ) -> BatchResult:
         """Process again only the symbols that failed in ``previous`` (and, by default, those that
         stopped cooperatively), as a new batch of type ``JobType.RETRY``."""
+        job = self._retry_job(previous, include_cancelled)
+        return self.process_batch(job, progress_callback, cancellation_token)
+
+    def _retry_job(self, previous: BatchResult, include_cancelled: bool = True) -> ProcessingJob:
+        """The job :meth:`retry` runs (the symbols that failed, and by default those that stopped)."""
         self._check_previous(previous)
         check_type(include_cancelled, bool, "include_cancelled")
         wanted = {ResultStatus.ERROR, ResultStatus.CANCELLED} if include_cancelled else {ResultStatus.ERROR}
         symbols = [r.symbol for r in previous if r.status in wanted]
-        job = ProcessingJob(symbols, JobType.RETRY, name=self._follow_up_name(previous, "retry"))
-        return self.process_batch(job, progress_callback, cancellation_token)
+        return ProcessingJob(symbols, JobType.RETRY, name=self._follow_up_name(previous, "retry"))
 
     def resume(
         self,
@@ -349,16 +453,19 @@ class ProcessingEngine:
         >>> sorted([r.symbol for r in first] + [r.symbol for r in rest]) == list(range(10))
         True
         """
+        follow = self._resume_job(previous)
+        return self.process_batch(follow, progress_callback, cancellation_token)
+
+    def _resume_job(self, previous: BatchResult) -> ProcessingJob:
+        """The job :meth:`resume` runs (``unprocessed``, then the rest of a lazy input)."""
         self._check_previous(previous)
         name = self._follow_up_name(previous, "resume")
         job = previous.job
         if job is not None and job.lazy and not previous.input_exhausted:
             hint = None if job.total is None else max(0, job.total - len(previous))
             symbols: Any = itertools.chain(tuple(previous.unprocessed), job.symbols)
-            follow = ProcessingJob(symbols, JobType.RESUME, name=name, total=hint)
-        else:
-            follow = ProcessingJob(tuple(previous.unprocessed), JobType.RESUME, name=name)
-        return self.process_batch(follow, progress_callback, cancellation_token)
+            return ProcessingJob(symbols, JobType.RESUME, name=name, total=hint)
+        return ProcessingJob(tuple(previous.unprocessed), JobType.RESUME, name=name)
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -372,6 +479,7 @@ class ProcessingEngine:
         ...     len(engine.process_batch(["a"]))
         1
         """
+        self._closed = True
         if self._owns_backend:
             self.backend.close()
 

@@ -20,9 +20,10 @@ from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
+from procengine_nb import _registry
 from procengine_nb._safe import describe, guarded, logger, safe_repr, safe_str
 from procengine_nb._tracebacks import format_text
-from procengine_nb._validation import check_callable, check_int, check_seconds
+from procengine_nb._validation import check_callable, check_int, check_seconds, check_type
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult, ProcessingJob
 from procengine_nb.observe import JobView
@@ -30,6 +31,7 @@ from procengine_nb.progress import ProcessingProgress
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb._batch import BatchRun
+    from procengine_nb.engine import _Origin
 
 __all__ = ["JobHandle"]
 
@@ -52,28 +54,41 @@ class JobHandle:
       ``cancel()``).
     - Views attached with ``attach(view)`` (or ``start(..., views=[...])``) are listeners of the batch;
       the final state is applied before ``result()`` returns.
+    - ``pause()`` / ``unpause()``: no new symbol starts while paused (those running finish); ``stalled()``
+      names the symbols running far longer than the rest; after the end, ``retry()`` / ``resume()``
+      start the follow-up job (``successor``). Every started job is listed by ``procengine_nb.jobs()``.
 
-    The handle runs the batch's thread and waits for it; it knows nothing of screens.
+    The handle runs the batch's thread and waits for it; it knows nothing of screens (``show()`` asks the
+    notebook side to display the job).
     """
 
-    def __init__(self, batch: BatchRun) -> None:
+    def __init__(self, batch: BatchRun, origin: _Origin | None = None) -> None:
         self._batch = batch
+        self._origin = origin
         self._future: Future[BatchResult] = Future()
         self._thread: threading.Thread | None = None
         self._partial: BatchResult | None = None
+        self._follow_lock = threading.Lock()
         self.panel: Any = None
         """The view ``run()`` made for this job (a ProgressPanel), else None."""
+        self.successor: JobHandle | None = None
+        """The follow-up job started from this one by :meth:`retry` or :meth:`resume` (the latest), else None."""
 
     @classmethod
-    def _start(cls, batch: BatchRun) -> JobHandle:
-        handle = cls(batch)
+    def _start(cls, batch: BatchRun, origin: _Origin | None = None) -> JobHandle:
+        handle = cls(batch, origin)
+        _registry.register(handle)  # listed by jobs() from now on; moved to the ended ones when done
         name = f"procengine-job-{batch.job.job_id}"
         # The job thread runs in a copy of the starter's context (as asyncio.to_thread does): under
         # ipykernel >= 7 the output parent is a ContextVar, so prints and logs from the job thread (the
         # progress callback, views) go to the cell that started the job, not to whichever cell runs now.
         context = contextvars.copy_context()
         handle._thread = threading.Thread(target=context.run, args=(handle._run,), name=name, daemon=True)
-        handle._thread.start()
+        try:
+            handle._thread.start()
+        except BaseException:  # e.g. "can't start new thread": no job to list
+            _registry.forget(handle)
+            raise
         return handle
 
     def _run(self) -> None:
@@ -109,6 +124,7 @@ class JobHandle:
             else:
                 error = RuntimeError(f"job {safe_str(self.job.job_id, 80)}: its thread failed before the "
                                      "batch settled its result")
+        self._batch.release()  # an ended job keeps its result, not the engine's backend
         try:
             if result is not None:
                 self._future.set_result(result)
@@ -137,6 +153,31 @@ class JobHandle:
         """Up to ``limit`` symbols being processed right now."""
         check_int(limit, "limit", minimum=0)
         return self._batch.running_symbols(limit)
+
+    def stalled(self) -> list[tuple[Any, float]]:
+        """``[(symbol, seconds_running), ...]`` for the symbols running longer than the engine's
+        ``stall_after`` (by default five times the median duration of the completed symbols, at least
+        10 s), longest first; ``[]`` once the job is done.
+
+        Known on threads (the engine's pool, a ``ThreadPoolExecutor``: each chunk reports its start; a
+        chunk of several tiny symbols names each of them with the chunk's running time) and on asyncio
+        (each symbol's own start); on processes and Dask only with ``timeout=`` (the chunk's start as the
+        batch sees it), else ``[]``.
+
+        >>> import threading
+        >>> from procengine_nb import ProcessingEngine
+        >>> release = threading.Event()
+        >>> handle = ProcessingEngine(lambda s: release.wait(10), max_workers=1, stall_after=0.01).start(["slow"])
+        >>> release.wait(0.5)   # the symbol runs for half a second...
+        False
+        >>> [(symbol, seconds > 0.01) for symbol, seconds in handle.stalled()]
+        [('slow', True)]
+        >>> release.set(); handle.result(timeout=10).summary()
+        '1 of 1 processed: 1 ok, 0 failed'
+        """
+        if self._future.done():
+            return []
+        return self._batch.stalled()
 
     @property
     def future(self) -> Future[BatchResult]:
@@ -173,6 +214,41 @@ class JobHandle:
     def done(self) -> bool:
         """True once the job has returned (finished, cancelled or failed) and views show the end."""
         return self._future.done()
+
+    def pause(self) -> bool:
+        """Stop handing out symbols: the ones running finish and are reported, no new one starts until
+        :meth:`unpause`. Returns True if this call paused the job (False: already paused, or done).
+
+        Works on every backend: the batch withholds its submissions, and on threads and asyncio it takes
+        back the tasks still waiting for a worker (on processes and Dask those already handed over, at
+        most two per worker, still run). The paused time counts in the elapsed time but not in the rate
+        or the ETA; ``progress.paused`` says it. A Stop (``cancel()``) while paused is an ordinary Stop
+        and returns at once.
+
+        >>> import threading
+        >>> from procengine_nb import ProcessingEngine
+        >>> gate = threading.Event()
+        >>> handle = ProcessingEngine(lambda s: gate.wait(10), max_workers=1).start(["a", "b", "c"])
+        >>> handle.pause(), handle.paused
+        (True, True)
+        >>> gate.set(); handle.unpause(); len(handle.result(timeout=10))
+        True
+        3
+        """
+        if self._future.done():
+            return False
+        return self._batch.pause(True)
+
+    def unpause(self) -> bool:
+        """Continue a paused job with the same batch; True if this call ended a pause."""
+        if self._future.done():
+            return False
+        return self._batch.pause(False)
+
+    @property
+    def paused(self) -> bool:
+        """True while the job is paused (False once it is done)."""
+        return self._batch.paused and not self._future.done()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job is done or ``timeout`` passes; return ``done()``. Never raises the
@@ -267,14 +343,97 @@ class JobHandle:
         it gets the latest snapshot at once, and a view attached after the end gets the end at once."""
         self._batch.publisher.add(view, latest=self._batch.progress)
 
+    def show(self) -> None:
+        """Display this job's live panel in the current cell (under a Jupyter kernel; the panel ``run()``
+        made, or a new one); elsewhere print the job's progress line once. Works for an ended job too
+        (its final state)."""
+        from procengine_nb import one_liner  # the notebook side; imported on first use
+
+        one_liner.show_job(self)
+
+    # -- follow-ups -------------------------------------------------------------------------------
+    def retry(self, *, include_cancelled: bool = True) -> JobHandle:
+        """Start ``engine.retry(result)`` as a new job (the symbols that failed, and by default those that
+        stopped cooperatively) and return its handle, also set as :attr:`successor` and listed by
+        ``jobs()``. The job must be done (a RuntimeError otherwise).
+
+        It runs on the engine that ran this job if that engine is still alive and open; otherwise (after
+        ``run()``, whose engine closes at the end) on a new engine with the same processor and settings,
+        closed at the follow-up's end. The follow-up has its own token and none of this job's progress
+        callback, views or ``store=`` (a view, such as the panel, attaches itself to it).
+
+        >>> from procengine_nb import ProcessingEngine
+        >>> handle = ProcessingEngine(lambda n: 1 / n, max_workers=1).start([0, 1])
+        >>> _ = handle.result(timeout=10)
+        >>> again = handle.retry()
+        >>> handle.successor is again, [r.symbol for r in again.result(timeout=10)]
+        (True, [0])
+        """
+        check_type(include_cancelled, bool, "include_cancelled")
+        return self._follow_up(lambda engine, result: engine._retry_job(result, include_cancelled))
+
+    def resume(self) -> JobHandle:
+        """Start ``engine.resume(result)`` as a new job (the symbols a Stop left unprocessed, then the
+        rest of a lazy input) and return its handle, also set as :attr:`successor`; as :meth:`retry`."""
+        return self._follow_up(lambda engine, result: engine._resume_job(result))
+
+    def _follow_up(self, make_job: Callable[[Any, BatchResult], ProcessingJob]) -> JobHandle:
+        if not self._future.done():
+            raise RuntimeError("the job is still running: wait for it (handle.result()) or stop it "
+                               "(handle.cancel()) before starting a follow-up")
+        result = self.partial_result
+        if result is None:
+            raise RuntimeError("the job crashed without a result: there is nothing to retry or resume")
+        if self._origin is None:
+            raise RuntimeError("this job was not started by a ProcessingEngine: use engine.retry(result) / "
+                               "engine.resume(result)")
+        with self._follow_lock:
+            engine, owned = self._origin.engine_for_follow_up()
+            try:
+                job = make_job(engine, result)
+                handle = engine.start(job)
+            except BaseException:
+                if owned:
+                    engine.close()
+                raise
+            if owned:
+                from procengine_nb.engine import CloseAtEnd
+
+                handle.attach(CloseAtEnd(engine))
+                if handle._origin is not None:
+                    handle._origin.reuse = False  # its follow-ups make their own engine too
+            self.successor = handle
+        return handle
+
     def close(self) -> None:
         """Close the views that show this job (each view's ``close()``: the panel releases its widget
         models and its output disappears). The job itself goes on; ``cancel()`` stops it."""
         self._batch.publisher.close_views()
 
+    @property
+    def state(self) -> str:
+        """One word: ``"running"``, ``"paused"``, ``"stopping"``, ``"done"``, ``"cancelled"`` or
+        ``"failed"`` (the engine crashed)."""
+        if not self._future.done():
+            return "stopping" if self.stopping else ("paused" if self._batch.paused else "running")
+        if self._future.exception() is not None and self._partial is None:
+            return "failed"
+        result = self.partial_result
+        return "cancelled" if result is not None and result.cancelled else "done"
+
+    def line(self) -> str:
+        """The job as one plain line (name, state, counts), e.g. ``prices  running  37/100  2 failed``."""
+        p = self.progress
+        name = "".join(c if c.isprintable() else " " for c in safe_str(self.job.display_name, 60))
+        total = str(p.total_symbols) if p.total_known else f"{p.total_symbols}+"
+        text = f"{name}  {self.state}  {p.completed_symbols}/{total}"
+        if p.errors_count:
+            text += f"  {p.errors_count} failed"
+        return text
+
     def __repr__(self) -> str:
         p = self.progress
-        state = "done" if self.done() else ("stopping" if self.stopping else "running")
+        state = self.state
         name = safe_str(self.job.display_name)[:80]
         return f"<JobHandle {name!r} {state} {p.completed_symbols}/{p.total_symbols}>"
 

@@ -102,7 +102,8 @@ class Publisher:
 
     Thread safety: listeners may be added from any thread (the list is replaced, never mutated in
     place); ``update``/``failed``/``finish`` are called by the batch's thread only. A listener added after
-    the end gets ``finish`` at once, with the outcome.
+    the end gets ``finish`` at once, with the outcome. After the end it keeps its views (``waited``,
+    ``close_views``), not the user's callback.
     """
 
     def __init__(self, callback: ProgressCallback | None = None, views: Iterable[Any] = ()) -> None:
@@ -223,6 +224,8 @@ class Publisher:
             if listener.failures > len(listener.logged):
                 _log.warning("%s raised %d times in this batch (%d distinct failures were logged)",
                              _name(listener), listener.failures, len(listener.logged))
+        with self._lock:  # the end is published: the callback is not needed any more (a job listed by
+            self._callback, self._listeners = None, ()  # jobs() does not keep what it holds alive)
         if interrupt is not None:
             raise interrupt
 

@@ -20,14 +20,14 @@ from procengine_nb._safe import logger
 from procengine_nb._validation import check_callable, check_type
 from procengine_nb.backends.asyncio import is_async_callable
 from procengine_nb.cancellation import CancellationToken
-from procengine_nb.engine import ProcessingEngine
+from procengine_nb.engine import CloseAtEnd, ProcessingEngine
 from procengine_nb.handle import JobHandle
 from procengine_nb.models import ProcessingJob, coerce_symbols
 from procengine_nb.progress import ProgressCallback
 from procengine_nb.store import ResultStore, make_key_function, resolve_store
 from procengine_nb.views.console import ConsoleProgress
 
-__all__ = ["in_jupyter_kernel", "run"]
+__all__ = ["in_jupyter_kernel", "run", "show_job", "show_jobs"]
 
 _log = logger(__name__)  # never raises (see procengine_nb._safe.GuardedLogger)
 
@@ -71,20 +71,6 @@ def _runs_in_threads(engine_options: dict[str, Any]) -> bool:
     if backend not in (None, "threads"):
         return False
     return executor is None or isinstance(executor, ThreadPoolExecutor)
-
-
-class _CloseAtEnd:
-    """A job view that releases the engine's backend (e.g. a LocalCluster it started) when the batch
-    ends, on the job thread, before ``handle.result()`` returns."""
-
-    def __init__(self, engine: ProcessingEngine) -> None:
-        self._engine = engine
-
-    def update(self, progress: Any) -> None:
-        """Nothing to show."""
-
-    def finish(self, result: Any, error: BaseException | None) -> None:
-        self._engine.close()
 
 
 def _make_panel(handle: JobHandle) -> Any:
@@ -162,7 +148,9 @@ def run(
     except BaseException:  # e.g. store= without a usable batch name: release what the engine holds
         engine.close()
         raise
-    handle.attach(_CloseAtEnd(engine))  # run() owns its engine: a cluster it started ends with the batch
+    handle.attach(CloseAtEnd(engine))  # run() owns its engine: a cluster it started ends with the batch
+    if handle._origin is not None:
+        handle._origin.reuse = False  # closed at the end: a follow-up (handle.retry()) makes a new engine
     show_panel = display if display is not None else kernel
     try:
         if display is None and not kernel:  # the terminal: show progress before importing widgets
@@ -179,3 +167,46 @@ def run(
         handle.wait()
         raise
     return handle
+
+
+def show_job(handle: JobHandle) -> None:
+    """``handle.show()``: display the job's live panel in the current cell under a Jupyter kernel (the
+    panel ``run()`` made, else a new one attached now); elsewhere (or without ipywidgets) print the job's
+    progress line once. ``procengine_nb.views.jobs.show_job`` does it when that view exists."""
+    try:
+        from procengine_nb.views.jobs import show_job as show_in_view
+    except ImportError:  # no jobs view (or no ipywidgets): the panel or the line from here
+        pass
+    else:
+        show_in_view(handle)
+        return
+    if in_jupyter_kernel():
+        panel = handle.panel if handle.panel is not None else _make_panel(handle)
+        if panel is not None:
+            from IPython.display import display as ipython_display
+
+            ipython_display(panel)
+            return
+    print(_terminal_line(handle))
+
+
+def _terminal_line(handle: JobHandle) -> str:
+    from procengine_nb.views.console import progress_line
+
+    return progress_line(handle.job.display_name, handle.progress, status=handle.state)
+
+
+def show_jobs(handles: list[JobHandle]) -> None:
+    """Display ``jobs()``: under a Jupyter kernel, the widget ``procengine_nb.views.jobs.jobs_view(handles)``
+    makes (a live panel per running job, a summary line per ended one); elsewhere, one line per job."""
+    if in_jupyter_kernel():
+        try:
+            from procengine_nb.views.jobs import jobs_view
+        except ImportError as exc:  # no ipywidgets (or no jobs view): the text lines
+            _log.info("no jobs widget (%s); showing text", exc)
+        else:
+            from IPython.display import display as ipython_display
+
+            ipython_display(jobs_view(list(handles)))
+            return
+    print(repr(handles))

@@ -70,6 +70,9 @@ class ProcessingProgress:
     as completed until their final outcome."""
     from_store: int = 0
     """How many of the completed symbols came from a ``store=`` without running (a rerun)."""
+    paused: bool = False
+    """True while the job is paused (``handle.pause()``): no new symbol starts, those running finish.
+    Paused time counts in ``elapsed_time_ms`` but not in ``rate_per_second`` nor the ETA."""
 
     def __post_init__(self) -> None:
         for name in _COUNTS:
@@ -102,7 +105,7 @@ class ProcessingProgress:
             if not math.isfinite(value) or value < 0.0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
             object.__setattr__(self, name, value)
-        for name in ("cancelled", "finished", "total_known"):
+        for name in ("cancelled", "finished", "total_known", "paused"):
             check_type(getattr(self, name), bool, name)
 
     @property
@@ -128,7 +131,8 @@ class ProcessingProgress:
             f"cancelled={self.cancelled}, finished={self.finished}"
             + ("" if self.total_known else ", total_known=False")
             + (f", retrying={self.retrying}" if self.retrying else "")
-            + (f", from_store={self.from_store})" if self.from_store else ")")
+            + (f", from_store={self.from_store}" if self.from_store else "")
+            + (", paused=True)" if self.paused else ")")
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -169,7 +173,7 @@ class _Builder:
 def _snapshot(total: int, completed: int, current: Any, errors: int, elapsed_ms: float,
               eta_ms: float | None, running: int, rate: float, cancelled: bool,
               finished: bool, total_known: bool = True, retrying: int = 0,
-              from_store: int = 0) -> ProcessingProgress:
+              from_store: int = 0, paused: bool = False) -> ProcessingProgress:
     """The one way the tracker makes a snapshot. Valid by construction, so it skips ``__post_init__`` and
     the frozen ``__setattr__``: it fills a :class:`_Builder` and turns it into a ``ProcessingProgress``
     (about half the cost of writing the frozen slots through their descriptors; the engine makes one
@@ -188,6 +192,7 @@ def _snapshot(total: int, completed: int, current: Any, errors: int, elapsed_ms:
     made.total_known = total_known
     made.retrying = retrying
     made.from_store = from_store
+    made.paused = paused
     made.__class__ = ProcessingProgress  # type: ignore[assignment]
     return made  # type: ignore[return-value]
 
@@ -240,10 +245,14 @@ class ProgressTracker:
         self.running = 0
         self.current_symbol: Any = None
         self.cancelled = False
+        self.paused = False
+        """True while the batch is paused (set with :meth:`set_paused`)."""
         self._clock = clock
         self._smoothing = smoothing
         self._start = clock()
-        self._last = self._start
+        self._paused_seconds = 0.0  # idle paused time of the pauses that ended
+        self._idle_since: float | None = None  # clock reading when the current idle pause began
+        self._last = 0.0  # active time (see _active) of the last completion
         self._ema: float = 0.0  # smoothed seconds per completion (uncorrected)
         self._ema_weight: float = 0.0  # 1 - (1 - alpha) ** updates, for bias correction
         self._snapshot = _snapshot(total, 0, None, 0, 0.0, 0.0 if total == 0 and total_known else None, 0, 0.0,
@@ -253,6 +262,48 @@ class ProgressTracker:
     def snapshot(self) -> ProcessingProgress:
         """The latest snapshot (cheap; made by the last ``record``/``refresh``)."""
         return self._snapshot
+
+    def set_paused(self, paused: bool, *, drained: bool = True) -> ProcessingProgress:
+        """Start (True) or end (False) a pause at the current time and return the new snapshot.
+
+        Paused time counts in ``elapsed_time_ms`` but not in the rate nor the ETA: they are made from the
+        active time (elapsed minus the pauses), so a long pause does not make the batch look slow. A
+        pause is left out of the active time only once ``drained`` (nothing runs any more: the symbols
+        running when it began still work, and finish, during it); the batch calls this again with
+        ``drained=True`` when its last running task ends.
+
+        >>> clock = iter([0.0, 1.0, 1.0, 11.0, 12.0]).__next__
+        >>> tracker = ProgressTracker(4, clock=clock)
+        >>> _ = tracker.record("A")                      # 1 s for the first symbol
+        >>> tracker.set_paused(True).paused
+        True
+        >>> snapshot = tracker.set_paused(False)         # 10 s paused
+        >>> snapshot = tracker.record("B")               # 1 s more of work
+        >>> snapshot.elapsed_time_ms, snapshot.rate_per_second, snapshot.estimated_remaining_ms
+        (12000.0, 1.0, 2000.0)
+        """
+        check_type(paused, bool, "paused")
+        now = self._clock()
+        idle = paused and drained
+        if idle and self._idle_since is None:
+            self._idle_since = now
+        elif not idle and self._idle_since is not None:
+            self._paused_seconds += max(0.0, now - self._idle_since)
+            self._idle_since = None
+        self.paused = paused
+        return self._make(now)
+
+    @property
+    def idle(self) -> bool:
+        """True while paused and drained: the time that passes now is left out of the rate and the ETA."""
+        return self._idle_since is not None
+
+    def _active(self, now: float) -> float:
+        """Seconds since the start without the idle paused time (never negative)."""
+        active = now - self._start - self._paused_seconds
+        if self._idle_since is not None:
+            active -= now - self._idle_since
+        return active if active > 0.0 else 0.0
 
     def record(self, symbol: Any, *, error: bool = False, count: int = 1) -> ProcessingProgress:
         """Count ``count`` completed symbols (the last being ``symbol``) and return the new snapshot."""
@@ -266,9 +317,10 @@ class ProgressTracker:
             self.errors += count
         self.current_symbol = symbol
         now = self._clock()
+        active = self._active(now)
         if self._smoothing is not None:
-            self._smooth((now - self._last) / count)
-        self._last = now
+            self._smooth((active - self._last) / count)
+        self._last = active
         return self._make(now)
 
     def record_group(self, symbols: Sequence[Any], errors: Sequence[bool], *,
@@ -305,9 +357,10 @@ class ProgressTracker:
         if not symbols:
             return
         now = self._clock()
+        active = self._active(now)
         if self._smoothing is not None:
-            self._smooth((now - self._last) / (len(symbols) + before))
-        self._last = now
+            self._smooth((active - self._last) / (len(symbols) + before))
+        self._last = active
         elapsed = now - self._start
         if elapsed < 0.0:
             elapsed = 0.0
@@ -321,6 +374,7 @@ class ProgressTracker:
         known = self.total_known
         retrying = self.retrying
         from_store = self.from_store
+        paused = self.paused
         if before:
             completed += before
             failed += failed_before
@@ -332,11 +386,11 @@ class ProgressTracker:
                 self.errors = failed
             self.completed = completed
             self.current_symbol = symbol
-            per_symbol = smoothed if smoothed is not None else elapsed / (completed - from_store)
+            per_symbol = smoothed if smoothed is not None else active / (completed - from_store)
             snapshot = _snapshot(total, completed, symbol, failed, elapsed_ms,
                                  (total - completed) * per_symbol * 1000.0 if known else None, running,
                                  1.0 / per_symbol if per_symbol else 0.0, cancelled, False, known, retrying,
-                                 from_store)
+                                 from_store, paused)
             self._snapshot = snapshot
             yield snapshot
 
@@ -379,20 +433,21 @@ class ProgressTracker:
         self._ema = alpha * seconds_per_symbol + (1.0 - alpha) * self._ema
         self._ema_weight = alpha + (1.0 - alpha) * self._ema_weight
 
-    def _seconds_per_symbol(self, elapsed: float) -> float | None:
+    def _seconds_per_symbol(self, active: float) -> float | None:
+        """Seconds per computed symbol over the ``active`` (unpaused) time, or the smoothed value."""
         computed = self.completed - self.from_store  # symbols from a store did not run: not in the rate
         if computed == 0:
             return None
         if self._smoothing is not None and self._ema_weight > 0.0:
             return self._ema / self._ema_weight
-        return elapsed / computed
+        return active / computed
 
     def _make(self, now: float, finished: bool = False) -> ProcessingProgress:
         elapsed = now - self._start
         if elapsed < 0.0:
             elapsed = 0.0
         remaining = self.total - self.completed
-        per_symbol = self._seconds_per_symbol(elapsed)
+        per_symbol = self._seconds_per_symbol(self._active(now))
         if finished or (remaining == 0 and self.total_known):
             eta: float | None = 0.0
         elif per_symbol is None or not self.total_known:
@@ -401,6 +456,6 @@ class ProgressTracker:
             eta = remaining * per_symbol * 1000.0  # per_symbol >= 0: see _smooth
         snapshot = _snapshot(self.total, self.completed, self.current_symbol, self.errors, elapsed * 1000.0, eta,
                              self.running, 1.0 / per_symbol if per_symbol else 0.0, self.cancelled, finished,
-                             self.total_known, self.retrying, self.from_store)
+                             self.total_known, self.retrying, self.from_store, self.paused)
         self._snapshot = snapshot
         return snapshot

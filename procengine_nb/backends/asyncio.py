@@ -102,6 +102,9 @@ class _AsyncBatch(BatchExecutor):
         self._cancel_lock = threading.Lock()
         self._settled = threading.Event()  # set once a cancel has unwound every chunk task
         self._registration = token.register(self._ask_cancel)
+        # a chunk is claimed by the loop when it gets a slot, or taken back (a pause) before: never both
+        self._claim_lock = threading.Lock()
+        self._taken_back: set[Future[list[SymbolResult]]] = set()
 
     # -- batch thread -----------------------------------------------------------------------------
     def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
@@ -114,6 +117,26 @@ class _AsyncBatch(BatchExecutor):
             raise RuntimeError("the batch's event loop has stopped (did a processor stop or close the running "
                                "loop?)")
         return future
+
+    def take_back(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
+        """The chunks still waiting for a slot (none of their symbols started); each ends with no result
+        when it gets one."""
+        taken: list[Future[Any]] = []
+        with self._claim_lock:
+            for future in futures:
+                if not getattr(future, "claimed", False) and not future.done():
+                    self._taken_back.add(future)
+                    taken.append(future)
+        return taken
+
+    def _claim(self, future: Future[Any]) -> bool:
+        """On the loop, once the chunk has a slot: False if a pause took it back first."""
+        with self._claim_lock:
+            if future in self._taken_back:
+                self._taken_back.discard(future)
+                return False
+            future.claimed = True  # type: ignore[attr-defined]
+            return True
 
     def _resolved(self, future: Future[list[SymbolResult]]) -> None:
         with self._unresolved_lock:
@@ -175,6 +198,8 @@ class _AsyncBatch(BatchExecutor):
         results: list[SymbolResult] = []
         try:
             async with self._semaphore:
+                if not self._claim(future):  # taken back at a pause while it waited: runs nothing
+                    return
                 await run_chunk_async(chunk.processor, chunk.symbols, self.worker_token, chunk.pass_token,
                                       self._timeout, chunk.on_start, chunk.on_symbol, results)
         except asyncio.CancelledError:  # cancelled while waiting for a slot: its symbols never started

@@ -76,6 +76,13 @@ class BatchExecutor(abc.ABC):
         given chunks that already run, where the backend can, and return once their outcomes are out
         (briefly: a cancel must stay prompt). Default: nothing (running chunks keep running)."""
 
+    def take_back(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
+        """At a pause: withdraw the given tasks that have not started on a worker, so that only running
+        ones go on; return those withdrawn (the batch hands their symbols out again when it continues and
+        ignores their futures from now on). Only where withdrawing is certain never to lose or repeat a
+        started task. Default: none (what was handed over runs)."""
+        return []
+
     def abandon(self, futures: Iterable[Future[Any]]) -> None:  # noqa: B027 - optional hook
         """Chunks the batch gave up on (past their ``timeout=``) that may still be running: a backend may
         give their workers' places to the chunks queued behind them. Default: nothing."""

@@ -136,6 +136,10 @@ class _OwnedPoolBatch(BatchExecutor):
         return self._pool.submit(run_chunk, chunk.processor, chunk.symbols, self.worker_token, chunk.pass_token,
                                  chunk.on_start, chunk.on_symbol)
 
+    def take_back(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
+        """The tasks still queued in the pool (``Future.cancel()`` succeeds only before a task starts)."""
+        return [future for future in futures if future.cancel()]
+
     def abandon(self, futures: Iterable[Future[Any]]) -> None:
         """A thread stuck in a task past its ``timeout=`` is replaced (up to ``max(4, max_workers)``
         replacements a batch), so the symbols queued behind it still run; beyond that, they wait for a
@@ -173,6 +177,11 @@ class _SharedExecutorBatch(BatchExecutor):
             return self._executor.submit(run_chunk, chunk.processor, chunk.symbols, self.worker_token,
                                          chunk.pass_token, chunk.on_start, chunk.on_symbol)
         return self._executor.submit(run_chunk, chunk.processor, chunk.symbols, None, chunk.pass_token)
+
+    def take_back(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
+        """The tasks still queued in the executor (a ``concurrent.futures`` future cancels only before it
+        runs)."""
+        return [future for future in futures if future.cancel()]
 
     def close(self, *, cancelled: bool) -> None:
         """The executor is the caller's: it is never shut down here (the batch's loop is)."""

@@ -274,9 +274,10 @@ def test_run_without_a_client_closes_its_cluster_when_the_batch_ends(client):
 
     children_before = {p.pid for p in child_processes()}
     handle = run(lambda s: s * 2, [1, 2, 3], backend="dask", max_workers=1, display=False)
+    backend = handle._batch.settings.backend  # (an ended job drops its settings; starting the cluster takes seconds)
     result = handle.result(120)
     assert sorted(r.value for r in result) == [2, 4, 6]
-    own = handle._batch.settings.backend.client
+    own = backend.client
     assert own is None or own.status == "closed"  # closed before result() returned
     deadline = time.monotonic() + 30
     while {p.pid for p in child_processes()} - children_before:
