@@ -201,6 +201,7 @@ class BatchRun:
             self.tracker = ProgressTracker(len(job.symbols), clock=settings.clock,  # type: ignore[arg-type]
                                            smoothing=settings.eta_smoothing)
         self._inflight: dict[Future[Any], _Task] = {}
+        self._executor: BatchExecutor | None = None  # the batch's executor once open (running_symbols)
         self._abandoned: set[Future[Any]] = set()
         self._dropped: list[tuple[int, Any]] = []  # (position, symbol) that a cancel left never run
         self._retry_heap: list[tuple[float, int, int, Any, int, SymbolResult]] = []
@@ -238,12 +239,20 @@ class BatchRun:
         return self._interrupted_result
 
     def running_symbols(self, limit: int = 8) -> list[Any]:
-        """Up to ``limit`` symbols handed to workers and not completed yet (safe from any thread)."""
-        tasks = list(self._inflight.copy().values())
-        tasks.sort(key=attrgetter("start"))
+        """Up to ``limit`` symbols handed to workers and not completed yet (safe from any thread); on a
+        backend whose workers report their starts (``reports_running``), only the symbols running now."""
+        items = list(self._inflight.copy().items())
+        items.sort(key=lambda item: item[1].start)
+        executor = self._executor
+        reports = executor is not None and executor.reports_running
         out: list[Any] = []
-        for task in tasks:
-            for symbol in task.symbols:
+        for future, task in items:
+            if reports:
+                index = executor.running_index(future)  # type: ignore[union-attr]
+                running = () if index is None else task.symbols[index:index + 1]
+            else:
+                running = task.symbols
+            for symbol in running:
                 if len(out) >= limit:
                     return out
                 out.append(symbol)
@@ -276,8 +285,9 @@ class BatchRun:
         longest first (safe from any thread). Known where the workers share memory (threads, an
         ``executor=`` thread pool, asyncio), whose chunks report their start (``Chunk.on_start``): a
         chunk of several symbols (tiny symbols are grouped) names each of its symbols with the chunk's
-        running time, except where each symbol's start is reported too (``Chunk.on_symbol``, coroutines):
-        then the symbol that runs, with its own time."""
+        running time, except where each symbol's start is reported too (``Chunk.on_symbol``, coroutines,
+        and Dask, whose workers report it over the scheduler): then the symbol that runs, with its own
+        time."""
         settings = self.settings
         if settings is None:  # released: the batch is over
             return []
@@ -302,12 +312,20 @@ class BatchRun:
         """After the end: drop the settings (the processor, the backend and what it holds, e.g. a cluster)
         and the tasks, so an ended job kept by ``jobs()`` holds its result only."""
         self.settings = None  # type: ignore[assignment]
+        self._executor = None
         self._inflight = {}
         self._abandoned = set()
         self._requeued = []
         self._dropped = []
         self._durations = deque(maxlen=1)
         self._random = None
+
+    def _running_now(self) -> int:
+        """How many symbols run now, for a backend that reports it (see :meth:`running_symbols`)."""
+        executor = self._executor
+        assert executor is not None
+        index = executor.running_index
+        return sum(1 for future in list(self._inflight) if index(future) is not None)
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> BatchResult:
@@ -360,8 +378,9 @@ class BatchRun:
         heap = self._retry_heap
         timeout = settings.timeout
         backend = settings.backend
-        # timeout= counts from each symbol's own start: the worker records it (shared memory), or the
-        # loop asks the backend whether a task started (a backend that times symbols itself: neither)
+        # timeout= counts from each symbol's own start: the worker records it (shared memory) or reports
+        # it (reports_running: Dask), or the loop asks the backend whether a task started (a backend that
+        # times symbols itself: neither)
         timed = timeout is not None and not getattr(backend, "times_symbols", False)
         pushed = timed and backend.shares_memory
         # where workers share memory each task records its start (stalled() reads it); where symbols are
@@ -375,7 +394,13 @@ class BatchRun:
         sizer = self._sizer
         executor: BatchExecutor | None = None
         try:
-            executor = backend.open(token)
+            executor = self._executor = backend.open(token)
+            # a backend whose workers report each chunk's start and running symbol (Dask) calls the
+            # same hooks from those reports, on this process's side
+            reports = executor.reports_running
+            pushed = pushed or (timed and reports)
+            stamped = stamped or reports
+            per_symbol = per_symbol or reports
             pass_token = settings.pass_token
             processor = settings.processor
             while True:
@@ -439,7 +464,8 @@ class BatchRun:
                             self._dropped.extend(zip(range(start, stop), chunk, strict=True))
                         break
                     inflight[future] = task
-                    tracker.running += stop - start
+                    if not reports:  # else counted from the workers' reports (_running_now)
+                        tracker.running += stop - start
                     if last is None and not lazy and back is None:
                         next_index = stop
                     future.add_done_callback(completions.put)
@@ -510,7 +536,11 @@ class BatchRun:
         if self._stored or self._unkeyed:  # drawn while the batch was being stopped
             self._count_stored()
         # What a cancel left running on workers (tasks that ignore the token): reported, not awaited.
-        tracker.running = sum(task.stop - task.start for f, task in inflight.items() if not f.done())
+        executor = self._executor
+        if executor is not None and executor.reports_running:
+            tracker.running = self._running_now()
+        else:
+            tracker.running = sum(task.stop - task.start for f, task in inflight.items() if not f.done())
         tracker.cancelled = cancelled
         if tracker.paused:  # the pause ends with the batch (its time stays in the elapsed time)
             tracker.set_paused(False)
@@ -554,7 +584,7 @@ class BatchRun:
         inflight = self._inflight
         for future in executor.take_back([f for f in inflight if not f.done()]):
             task = inflight.pop(future)
-            self.tracker.running -= task.stop - task.start
+            self._uncount(task.stop - task.start)
             self._requeued.append(task)
         self._requeued.sort(key=attrgetter("start"), reverse=True)
 
@@ -565,8 +595,7 @@ class BatchRun:
             self._abandoned.discard(future)
             return
         start, stop, symbols, attempts, last = task.start, task.stop, task.symbols, task.attempts, task.last
-        tracker = self.tracker
-        tracker.running -= stop - start
+        self._uncount(stop - start)
         ran = self._outcome(future, symbols)
         token = self.token
         if last is not None and not ran:  # a retry the executor dropped: its last failure stands
@@ -585,6 +614,14 @@ class BatchRun:
                 token.cancel(f"the executor cancelled a task it had accepted ({stop - start - len(ran)} "
                              "symbol(s)); was it shut down?")
         self._check_budget()
+
+    def _uncount(self, symbols: int) -> None:
+        """A task left the window: ``symbols`` fewer running (or, reported by the workers, a recount)."""
+        executor = self._executor
+        if executor is not None and executor.reports_running:
+            self.tracker.running = self._running_now()
+        else:
+            self.tracker.running -= symbols
 
     def _record(self, chunk: list[SymbolResult]) -> None:
         """Final outcomes: into the results (and the store), one snapshot each to the callback, failures
@@ -845,7 +882,7 @@ class BatchRun:
         for future, task in late:
             del self._inflight[future]
             self._abandoned.add(future)
-            self.tracker.running -= task.stop - task.start
+            self._uncount(task.stop - task.start)
             ran = []
             for symbol in task.symbols:
                 error = TimeoutError(f"symbol {safe_repr(symbol, 200)} did not finish within {timeout:g}s "

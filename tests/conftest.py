@@ -36,3 +36,42 @@ def no_thread_leak():
     yield
     leftovers = wait_for_threads(before)
     assert not leftovers, f"threads left running: {[t.name for t in leftovers]}"
+
+
+@pytest.fixture(scope="session")
+def dask_remote():
+    """A Dask scheduler and a worker on "another host" (own UTS and mount namespaces, a private /tmp),
+    started with Dask's CLI by the test session and stopped at its end (see ``tests/_remote_dask.py``).
+    Yields a connected ``distributed.Client``. Skipped where ``unshare`` cannot be used, except under
+    ``CI=true``, where that fails."""
+    import os
+    import socket
+
+    distributed = pytest.importorskip("distributed")
+    import _remote_dask
+
+    try:
+        deployment = _remote_dask.start()
+    except _remote_dask.RemoteDaskUnavailable as exc:
+        message = f"the remote-host Dask deployment cannot start: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        client = distributed.Client(deployment.address, set_as_default=False, timeout=60)
+        try:
+            client.wait_for_workers(1, timeout=120)
+        except BaseException:
+            client.close()
+            raise
+    except BaseException as exc:
+        log = deployment.log()
+        deployment.stop()
+        pytest.fail(f"the remote-host Dask deployment did not come up ({exc!r}):\n{log}")
+    hosts = set(client.run(socket.gethostname).values())
+    assert hosts == {_remote_dask.WORKER_HOSTNAME} != {socket.gethostname()}, hosts
+    try:
+        yield client
+    finally:
+        client.close()
+        deployment.stop()

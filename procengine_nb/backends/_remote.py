@@ -390,6 +390,15 @@ def _load_processor(blob: bytes) -> Any:
     return processor
 
 
+def load_task(processor_blob: bytes, symbols_blob: bytes) -> tuple[Any, Any]:
+    """``(processor, symbols)`` unpickled on a worker (the processor cached per process); raises
+    :class:`RemoteSerializationError` when they cannot be unpickled there."""
+    try:
+        return _load_processor(processor_blob), cloudpickle.loads(symbols_blob)
+    except Exception as exc:
+        raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
+
+
 def run_encoded(
     processor_blob: bytes,
     symbols_blob: bytes,
@@ -421,11 +430,7 @@ def run_encoded(
         except OSError:  # the batch is over (no directory): the token stops the chunk anyway
             pass
     try:
-        try:
-            processor = _load_processor(processor_blob)
-            symbols = cloudpickle.loads(symbols_blob)
-        except Exception as exc:
-            raise RemoteSerializationError(f"the worker could not unpickle the task ({_describe(exc)})") from None
+        processor, symbols = load_task(processor_blob, symbols_blob)
         slots = None if progress is None else progress.view
         head, rest = run_columns(processor, symbols, MarkerToken(marker), pass_token, slots)
         return encode_results(rest, head)

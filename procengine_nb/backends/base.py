@@ -26,8 +26,9 @@ class Chunk:
 
     The hooks are the engine's (called on any thread of this process; they must stay trivial). A
     backend whose workers share this process's memory (threads, a thread-pool ``executor=``, asyncio)
-    has the runner call them on the worker; one whose workers do not (processes, Dask) cannot send
-    them there and reports a chunk's start through :meth:`BatchExecutor.started` instead.
+    has the runner call them on the worker; Dask calls them here as its workers' reports arrive (over
+    the scheduler, :attr:`BatchExecutor.reports_running`); processes cannot send them there and report
+    a chunk's start through :meth:`BatchExecutor.started` instead.
     """
 
     __slots__ = ("symbols", "processor", "pass_token", "on_start", "on_symbol")
@@ -56,6 +57,10 @@ class BatchExecutor(abc.ABC):
 
     #: the token given to processors that accept one (None where the workers cannot see it)
     worker_token: CancellationToken | None = None
+    #: True when the workers report which symbol each started chunk runs (:meth:`running_index`) and
+    #: the executor calls the chunks' ``on_start``/``on_symbol`` from those reports (Dask): the batch then
+    #: shows only those as running, never work still queued on the backend
+    reports_running: bool = False
 
     @abc.abstractmethod
     def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
@@ -93,6 +98,11 @@ class BatchExecutor(abc.ABC):
         batches with a timeout, on backends whose workers do not share memory. Default: what the
         future says (``running()`` or ``done()``)."""
         return future.running() or future.done()
+
+    def running_index(self, future: Future[Any]) -> int | None:
+        """Asked only when :attr:`reports_running` (from any thread): the index, within its chunk, of the
+        symbol the task runs now; None when it has not started yet or no symbol of it runs any more."""
+        return None
 
     @abc.abstractmethod
     def close(self, *, cancelled: bool) -> None:

@@ -38,16 +38,19 @@ Honest limits:
 
 from __future__ import annotations
 
+import itertools
 import logging
-import os
 import threading
+import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from procengine_nb.backends._remote import BatchMarker, RemoteTask, _ProcessorBlob, encode_chunk, run_encoded
+from procengine_nb.backends._dask_channel import ClientChannel, clear_events, run_chunk_task
+from procengine_nb.backends._remote import RemoteTask, _ProcessorBlob, encode_chunk
 from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import SymbolResult
@@ -60,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["DaskBackend"]
 
+_log = logging.getLogger(__name__)
 _CANCEL_REASON = "stopped by procengine_nb"
 _CALL_STACK_TIMEOUT = 2.0  # seconds a Stop waits to learn which tasks already run
 
@@ -73,6 +77,8 @@ class DaskClientClosed(RuntimeError):
 
 
 _WATCH_INTERVAL = 0.2  # seconds between two looks at the client's status during a batch
+_KEEP_ENDED_EVENT = 60.0  # seconds an ended batch's stop event stays on the scheduler at least (a worker
+# whose chunk started just before the Stop may look at it only now: cleared, it would wait in vain)
 
 
 def _complete(task: RemoteTask, future: Any) -> None:
@@ -97,65 +103,113 @@ def _complete(task: RemoteTask, future: Any) -> None:
 class _DaskBatch(BatchExecutor):
     """One batch on a Dask client.
 
-    A closed client never completes its futures (no done-callback, no error), so the batch keeps the
-    chunks in flight (``_outstanding``) and a watcher thread looks at the client's status every
-    0.2 s while the batch is open: once the client is closing or closed (the user's ``client.close()``,
-    or the engine's own LocalCluster going away), every chunk in flight ends as per-symbol ERRORs with
-    :class:`DaskClientClosed` and the batch returns. ``engine.close()`` does the same at once.
+    Its :class:`~procengine_nb.backends._dask_channel.ClientChannel` carries the Stop to the workers and
+    each chunk's started reports back (``_index``: the index of the symbol each started chunk runs,
+    -1 once none runs any more), over the scheduler. A closed client never completes its futures (no
+    done-callback, no error) and silently drops what is submitted while it closes, so a watcher thread
+    looks at the client's status every 0.2 s while the batch is open: once it is no longer ``running``
+    (the user's ``client.close()``, the cluster or the engine's own LocalCluster going away, a lost
+    scheduler), every chunk in flight ends as per-symbol ERRORs with :class:`DaskClientClosed`, and so
+    does any chunk submitted after (``submit_chunk`` refuses: the batch is cancelled with that reason).
+    ``engine.close()`` does the same at once.
     """
 
+    reports_running = True
+
     def __init__(self, backend: DaskBackend, token: CancellationToken) -> None:
-        self._client = backend._ensure_client()
-        self._marker = BatchMarker()
+        client = backend._ensure_client()
+        status = getattr(client, "status", "closed")
+        if status != "running":
+            raise DaskClientClosed(f"Client is {status}: the Dask client must be running to start a batch")
+        self._client = client
+        self._id = uuid.uuid4().hex
         self._blob = _ProcessorBlob()
-        self._registration = token.register(self._marker.cancel)
-        self.worker_token = None  # the engine's token cannot be pickled; workers get a MarkerToken
-        # On a LocalCluster (workers on this machine) a chunk marks its start with a started file, so
-        # timeout= counts from there; elsewhere the start cannot be seen and counts from submission.
-        self._local = isinstance(getattr(self._client, "cluster", None), distributed.LocalCluster)
+        self._numbers = itertools.count()
+        self._by_number: dict[int, tuple[RemoteTask, Chunk]] = {}  # chunks in flight by their number
+        self._index: dict[RemoteTask, int] = {}  # started chunks: the symbol running (-1: none any more)
         self._outstanding: set[RemoteTask] = set()
+        self._ended: str | None = None  # why the client can take no more chunks (it closed)
+        self.worker_token = None  # the engine's token cannot be pickled; workers get a WorkerToken
+        self._channel = ClientChannel(client, self._id, self._on_started)
+        self._registration = token.register(self._channel.stop)
         self._backend = backend
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="procengine-dask-watch", daemon=True)
         self._watcher.start()
         backend._batches.add(self)
 
+    def _on_started(self, number: int, index: int) -> None:  # on the client's event loop
+        """A chunk's report: symbol ``index`` starts (-1: none runs any more); passed on to the chunk's
+        hooks (``on_start`` at its first report, ``on_symbol``)."""
+        found = self._by_number.get(number)
+        if found is None:
+            return
+        task, chunk = found
+        if task.done():
+            return
+        first = task not in self._index
+        self._index[task] = index
+        try:
+            if first and chunk.on_start is not None:
+                chunk.on_start()
+            if chunk.on_symbol is not None:
+                chunk.on_symbol(index if index >= 0 else len(chunk.symbols))
+        except Exception:  # the hooks are the engine's and trivial; never let one break the client's loop
+            _log.exception("a chunk's start hook failed")
+
+    def _forget(self, number: int, task: RemoteTask) -> None:
+        self._outstanding.discard(task)
+        self._by_number.pop(number, None)
+        self._index.pop(task, None)
+
     def _watch(self) -> None:
         client = self._client
         while not self._stop.wait(_WATCH_INTERVAL):
-            if getattr(client, "status", "closed") in ("closing", "closed"):
-                self.fail_outstanding(DaskClientClosed(
-                    "the Dask client was closed while this chunk was in flight (client.close()?)"))
-                return
+            status = getattr(client, "status", "closed")
+            if status != "running":
+                self.end(DaskClientClosed(
+                    f"Client is {status}: the Dask client was closed (or lost its scheduler) while this chunk "
+                    "was in flight"))
 
-    def fail_outstanding(self, error: BaseException) -> None:
-        """End every chunk still in flight with ``error`` (one ERROR per symbol)."""
+    def end(self, error: BaseException) -> None:
+        """The client can run nothing more for this batch: end every chunk in flight with ``error`` (one
+        ERROR per symbol) and refuse new ones."""
+        self._ended = str(error)
         for task in list(self._outstanding):
             task.complete_with_error(error)
 
     def started(self, future: Future[Any]) -> bool:
-        started_file = getattr(future, "started_file", None)
-        return future.done() or started_file is None or os.path.exists(started_file)
+        return future.done() or future in self._index
+
+    def running_index(self, future: Future[Any]) -> int | None:
+        if future.done():
+            return None
+        index = self._index.get(future, -1)  # type: ignore[call-overload]
+        return index if index >= 0 else None
 
     def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
         client = self._client
         status = getattr(client, "status", "closed")
-        if status in ("closing", "closed"):
+        if self._ended is not None or status != "running":
             # A closing client still takes a submit and never completes it (a client that owns its
             # cluster stays "closing" for seconds, after the watcher has failed what was in flight)
-            raise DaskClientClosed(f"Client is {status}: the Dask client takes no new chunk")
-        payload, task = encode_chunk(self._blob, chunk.processor, chunk.symbols, chunk.pass_token,
-                                     self._marker.marker)
+            raise DaskClientClosed(self._ended or f"Client is {status}: the Dask client takes no new chunk")
+        pass_token = chunk.pass_token
+        payload, task = encode_chunk(self._blob, chunk.processor, chunk.symbols, pass_token, None)
         if payload is None:
             return task
-        key = f"procengine-chunk-{uuid.uuid4().hex}"
-        started_file = self._marker.started_file() if self._local else None
-        task.started_file = started_file
-        inner = client.submit(run_encoded, *payload, started_file, key=key, pure=False)
+        number = next(self._numbers)
+        key = f"procengine-chunk-{self._id}-{number}"
+        processor_blob, symbols_blob, _, _ = payload
+        inner = client.submit(run_chunk_task, self._id, number, processor_blob, symbols_blob, pass_token,
+                              key=key, pure=False)
         task.inner, task.key = inner, key
+        self._by_number[number] = (task, chunk)
         self._outstanding.add(task)
-        task.add_done_callback(self._outstanding.discard)
+        task.add_done_callback(lambda t, number=number: self._forget(number, t))
         inner.add_done_callback(lambda f, task=task: _complete(task, f))
+        if self._ended is not None:  # the client closed while this was submitted (a close drops it)
+            task.complete_with_error(DaskClientClosed(self._ended))
         return task
 
     def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
@@ -168,16 +222,25 @@ class _DaskBatch(BatchExecutor):
                 future.cancel()
         if not tasks:
             return
+        index = self._index
+        # what already runs on a worker cannot be stopped by Dask: leave it be. Known from the started
+        # reports; a chunk that started in the last milliseconds (its report still on its way) is found
+        # with client.call_stack, bounded: a worker stuck in GIL-holding C code must not delay the Stop
+        # by the comm timeouts
+        unknown = [t for t in tasks if t not in index]
+        executing: set[Any] = set()
         client = self._client
-        try:  # which of them already execute on a worker (those cannot be stopped; leave them be)
-            # client.call_stack(keys=...), bounded: a worker stuck in GIL-holding C code must not
-            # delay the Stop by the comm timeouts
-            stacks = client.sync(client.scheduler.call_stack, keys=[t.key for t in tasks],
-                                 callback_timeout=_CALL_STACK_TIMEOUT)
-            executing = {key for per_worker in stacks.values() for key in per_worker}
-        except Exception:  # cannot tell (a worker just died, timeout): count them all as possibly running
-            executing = {t.key for t in tasks}
-        stop = [t for t in tasks if t.key not in executing]
+        if unknown and self._ended is None:
+            try:
+                stacks = client.sync(client.scheduler.call_stack, keys=[t.key for t in unknown],
+                                     callback_timeout=_CALL_STACK_TIMEOUT)
+                executing = {key for per_worker in stacks.values() for key in per_worker}
+            except Exception:  # cannot tell (a worker just died, timeout): count them all as possibly running
+                executing = {t.key for t in unknown}
+        for task in unknown:
+            if task.key in executing:
+                index.setdefault(task, 0)  # running; which symbol of it, its report will say
+        stop = [t for t in unknown if t.key not in executing]
         if stop:
             try:
                 client.cancel([t.inner for t in stop], reason=_CANCEL_REASON)
@@ -189,11 +252,10 @@ class _DaskBatch(BatchExecutor):
     def close(self, *, cancelled: bool) -> None:
         self._stop.set()
         self._registration.unregister()
-        if cancelled:
-            self._marker.cancel()
-        # The batch is over: its directory goes, and any chunk of it still queued or running on a
-        # worker of this machine sees its token cancelled (a late chunk runs no symbol).
-        self._marker.close()
+        # The batch is over: its stop event is set, so any chunk of it still queued or running on a
+        # worker (on any host) sees its token cancelled and runs no further symbol.
+        self._channel.close()
+        self._backend._batch_ended(self._channel.event_name)
         self._backend._batches.discard(self)
         if self._watcher is not threading.current_thread():
             self._watcher.join()
@@ -251,6 +313,7 @@ class DaskBackend(Backend):
         self._lock = threading.Lock()
         self._closed = False
         self._batches: weakref.WeakSet[_DaskBatch] = weakref.WeakSet()  # open batches (see close())
+        self._ended: deque[tuple[float, str]] = deque()  # (when, name) of ended batches' stop events
 
     @property
     def client(self) -> distributed.Client | None:
@@ -302,7 +365,25 @@ class DaskBackend(Backend):
             return client
 
     def open(self, token: CancellationToken) -> BatchExecutor:
-        return _DaskBatch(self, token)
+        batch = _DaskBatch(self, token)
+        self._clear_ended(_KEEP_ENDED_EVENT)
+        return batch
+
+    def _batch_ended(self, event_name: str) -> None:
+        self._ended.append((time.monotonic(), event_name))
+
+    def _clear_ended(self, older_than: float) -> None:
+        """Remove from the scheduler the stop events of batches that ended ``older_than`` seconds ago
+        (a set event stays there until cleared; a chunk of an ended batch that still ran has seen it)."""
+        client, ended = self._client, self._ended
+        if client is None or not ended:
+            return
+        names: list[str] = []
+        limit = time.monotonic() - older_than
+        while ended and ended[0][0] <= limit:
+            names.append(ended.popleft()[1])
+        if names:
+            clear_events(client, names)
 
     def close(self) -> None:
         """Close the client and the LocalCluster the engine started (never a client you passed).
@@ -311,13 +392,16 @@ class DaskBackend(Backend):
         (:class:`DaskClientClosed`), the symbols never submitted are unprocessed."""
         with self._lock:
             self._closed = True
-            finalizer, self._finalizer = self._finalizer, None
-            if finalizer is not None:
-                self._client, self._cluster = None, None
-        if finalizer is not None:
-            for batch in list(self._batches):
-                batch.fail_outstanding(DaskClientClosed("the engine was closed while this chunk was in flight"))
-            finalizer()
+            finalizer = self._finalizer
+        if finalizer is None:  # a client you passed: only the stop events of batches ended a while ago go
+            self._clear_ended(_KEEP_ENDED_EVENT)  # (a worker may be about to look at a newer one)
+            return
+        with self._lock:
+            self._finalizer = None
+            self._client, self._cluster = None, None
+        for batch in list(self._batches):
+            batch.end(DaskClientClosed("the engine was closed while this chunk was in flight"))
+        finalizer()
 
     def __repr__(self) -> str:
         where = "LocalCluster" if self._given is None else repr(self._given)
