@@ -13,13 +13,15 @@ result as a whole, where one bad object fails (or, for loky, breaks) everything 
 - what the engine sees is a plain :class:`concurrent.futures.Future` (:class:`RemoteTask`) whose
   result is the chunk's ``list[SymbolResult]``, completed from the backend's own future.
 
-The token a processor gets (when it declares ``cancellation_token``) is a worker-local
-:class:`MarkerToken`: it turns cancelled when the batch's *cancel marker* — a file in the batch's
-temporary directory on this machine — appears, or when that directory is removed (the batch is over).
-Workers on this machine (loky, a LocalCluster) therefore see Stop within a few milliseconds and a
-chunk stops between two symbols, even one that only starts after the batch returned; workers
-on other hosts (told apart by host name) cannot see the file, so there the token stays uncancelled
-(Stop still drops every task not started).
+The Stop and the "started" news travel per backend. Processes (loky, workers on this machine by
+nature) use files: the token a processor gets (when it declares ``cancellation_token``) is a
+worker-local :class:`MarkerToken` that turns cancelled when the batch's *cancel marker* — a file in the
+batch's temporary directory on this machine — appears, or when that directory is removed (the batch is
+over), so workers see Stop within a few milliseconds and a chunk stops between two symbols, even one
+that only starts after the batch returned; a chunk's started file (:func:`run_encoded`) tells a started
+chunk from a queued one. Dask does not use these files (its workers may be on other hosts): its channel
+is the scheduler, see :mod:`~procengine_nb.backends._dask_channel`, which reuses only :func:`load_task`,
+:func:`run_columns` and :func:`encode_results` from here.
 """
 
 from __future__ import annotations
@@ -405,28 +407,23 @@ def run_encoded(
     pass_token: bool,
     marker: tuple[str, str] | None,
     started_file: str | None = None,
-    claimed_by_parent: bool = False,
 ) -> Payload:
-    """The task a worker process runs: unpickle, :func:`run_columns`, :func:`encode_results`.
+    """The task a worker process (processes) runs: unpickle, :func:`run_columns`, :func:`encode_results`.
 
     With ``started_file`` (a path next to the marker, on the engine's machine), the chunk creates that
-    file as it starts and leaves it there (the parent removes it once it has the result, or with the
-    batch's directory), so the engine can tell a chunk that started from one still queued in the pool
-    — also after a pool broke and lost both. With ``claimed_by_parent`` (processes), whoever creates
-    it first owns the chunk: when the parent did (it sent the chunk again elsewhere), this runs no
-    symbol. Without it (Dask, which reruns a task whose worker died), a file already there is an
-    earlier attempt's.
+    file as it starts (memory-mapped, see :class:`_Progress`) and leaves it there (the parent removes it
+    once it has the result, or with the batch's directory), so the engine can tell a chunk that started
+    from one still queued in the pool — also after a pool broke and lost both. Whoever creates it first
+    owns the chunk: when the parent did (it sent the chunk again elsewhere), this runs no symbol.
     """
     if started_file is not None and (marker is None or marker[0] != _HOSTNAME):
         started_file = None
     progress = None
     if started_file is not None:
         try:
-            progress = _Progress(started_file) if claimed_by_parent else _touch(started_file)
-        except FileExistsError:
-            if claimed_by_parent:  # the parent claimed it (its pool broke, it was sent again): not ours
-                return encode_results([])
-            # else an earlier attempt of this task created it (Dask reruns a task whose worker died)
+            progress = _Progress(started_file)
+        except FileExistsError:  # the parent claimed it (its pool broke, it was sent again): not ours
+            return encode_results([])
         except OSError:  # the batch is over (no directory): the token stops the chunk anyway
             pass
     try:
@@ -437,11 +434,6 @@ def run_encoded(
     finally:
         if progress is not None:
             progress.close()
-
-
-def _touch(path: str) -> None:
-    with open(path, "x"):
-        return None
 
 
 class _Progress:
@@ -500,7 +492,6 @@ class RemoteTask(Future):  # type: ignore[type-arg]
         self.local: dict[int, SymbolResult] = {}  # results made here (symbols that could not be sent)
         self.inner: Any = None  # the backend's future
         self.key: Any = None  # Dask: the task's key; processes: the chunk's started-file path
-        self.started_file: str | None = None  # Dask on a LocalCluster: the chunk's started-file path
         self.payload: tuple[Any, ...] = ()  # processes: what the worker is sent (kept to send it again)
         self.resends = 0  # processes: times it was sent again after a broken pool lost it unstarted
         self.deaths: dict[int, int] = {}  # processes: index -> breaks of a pool while it was running

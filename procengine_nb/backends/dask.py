@@ -17,18 +17,40 @@ Which cluster:
   exits. Its logs below ERROR are silenced (they would land in the cell). ``cluster_options={...}``
   adds or overrides ``LocalCluster`` arguments.
 
-Each chunk is one Dask task with a unique key (``procengine-chunk-<uuid>``), submitted with
+Each chunk is one Dask task with a unique key (``procengine-chunk-<batch id>-<n>``), submitted with
 ``client.submit`` and followed with the Dask future's own ``add_done_callback``; at most the engine's
 bounded window of tasks is on the cluster at once. Workers must be able to import ``procengine_nb``.
+
+The Stop and each chunk's progress travel over the scheduler (see
+:mod:`~procengine_nb.backends._dask_channel`), so they work the same on a LocalCluster, through your
+own ``Client()`` and with workers on other hosts; nothing is written to the client's disk:
+
+- Stop sets the batch's ``distributed.Event``; on every worker running a chunk of the batch, the
+  processors' token (a worker-local :class:`~procengine_nb.backends._dask_channel.WorkerToken`) turns
+  cancelled within a few milliseconds (measured: median ~1.5 ms, a worker on another host included),
+  so a chunk stops before its next symbol and a cooperative processor can stop mid-symbol. The same
+  happens when the batch ends (a chunk still running then runs no further symbol).
+- Each chunk reports on the scheduler's ``procengine-nb`` topic when it starts, which symbol it runs
+  and when it ends, so ``timeout=`` counts from each symbol's own start (a symbol queued behind
+  abandoned tasks never times out while it waits) and ``handle.running_symbols()`` /
+  ``ProcessingProgress.running_symbols`` show only what runs, never queued work.
+- Closing what the batch runs on ends the batch within about a second, every symbol accounted: the
+  client is watched every 0.2 s while a batch is open, and once it is no longer ``running`` (your
+  ``client.close()``, also of a ``Client()`` that owns its cluster; the cluster or scheduler closed
+  under it; ``engine.close()`` on the engine's own cluster) the chunks in flight end as ERRORs
+  (:class:`DaskClientClosed`), and the rest is unprocessed (the batch is cancelled with that reason).
 
 Honest limits:
 
 - Stop cancels (``client.cancel``) every task not running yet. A task already executing on a worker
-  cannot be stopped by Dask (distributed#2617): it is left to finish, and the final snapshot counts it in
-  ``running`` (found with ``client.call_stack``; a task that starts in the few milliseconds between
-  that query and the cancel is missed). On workers of this machine (a LocalCluster) the processors'
-  token still turns cancelled within ~5 ms (see :class:`~procengine_nb.backends._remote.MarkerToken`), so
-  a chunk stops at its next symbol; on remote workers that token is never cancelled.
+  cannot be interrupted by Dask (distributed#2617): a processor that ignores its token runs on, and the
+  final snapshot counts it in ``running`` (known from the chunks' reports, and for a task that started
+  in the last milliseconds, from ``client.call_stack``).
+- A chunk's first symbol may start before its worker heard of a Stop that came just before it (the
+  worker's first look at the batch's event takes one scheduler round trip); its token turns cancelled
+  then.
+- When your client closes, the tasks it had running on a cluster that stays up are released by the
+  scheduler but run on to their end (nobody is left to set the stop event).
 - A worker that dies is handled by the scheduler: its tasks run again on another worker, so no symbol
   is lost. A task that keeps killing its workers fails after ``distributed.scheduler.allowed-failures``
   attempts with ``KilledWorker``: that chunk's symbols become ERROR results and the batch goes on.
@@ -284,8 +306,8 @@ class DaskBackend(Backend):
     shares_memory = False
     # Tasks shorter than this are grouped: a Dask task costs ~1-15 ms of scheduling, and each completion
     # is a round trip (scheduler -> client -> next submit) that a worker must not wait for. 0.2 s: 400 tasks
-    # of 5 ms took 0.99x a dask.bag's time (0.05 s: 1.09x). A Stop never waits for a running chunk, and on
-    # workers of this machine the marker token stops it at its next symbol.
+    # of 5 ms took 0.99x a dask.bag's time (0.05 s: 1.09x). A Stop never waits for a running chunk, and the
+    # worker token (on any host) stops it at its next symbol.
     target_task_seconds = 0.2
 
     def __init__(

@@ -319,7 +319,7 @@ class _ProcessBatch(BatchExecutor):
         if payload is None:
             return task
         task.key = self._marker.started_file()
-        task.payload = (*payload, task.key, True)  # the parent may claim it: see _complete
+        task.payload = (*payload, task.key)  # the parent may claim it: see _complete
         self._send(task)
         return task
 
@@ -383,7 +383,7 @@ class _ProcessBatch(BatchExecutor):
         if task.resends > _MAX_RESENDS:
             return False
         task.key = self._marker.started_file()
-        task.payload = (*task.payload[:-2], task.key, True)
+        task.payload = (*task.payload[:-1], task.key)
         try:
             self._send(task)
         except Exception:  # the batch is over, or the fresh pool refused it too: the error stands
