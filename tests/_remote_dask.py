@@ -7,6 +7,8 @@
   ``--user --map-root-user``) after ``hostname remote-worker`` and ``mount -t tmpfs tmpfs /tmp``: it has
   its own host name and a private, empty ``/tmp``, so it cannot see any file of the client's ``/tmp``.
   It imports ``procengine_nb`` from this checkout (``PYTHONPATH``) and nothing else of the client.
+  The deployment's own files (logs, the scheduler file, an exchange directory for tests) are in
+  ``/var/tmp``, which both sides see.
 
 Loopback only. Both processes get ``SIGTERM`` when the process that started them dies (``PR_SET_PDEATHSIG``)
 and the worker gives up 30 s after losing its scheduler, so nothing outlives a crashed test run.
@@ -25,6 +27,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from threadcheck import DEPLOYMENT_MARK
 
 import procengine_nb
 
@@ -65,11 +69,18 @@ def unshare_command() -> list[str]:
 
 @dataclass
 class RemoteDask:
-    """The running deployment: ``address`` is the scheduler's, ``log()`` the processes' output so far."""
+    """The running deployment: ``address`` is the scheduler's, ``log()`` the processes' output so far.
+
+    ``directory`` (its logs, and ``exchange/``, where tests and processors may leave each other files)
+    is outside ``/tmp``, so the worker sees it too."""
 
     address: str
     directory: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def exchange(self) -> Path:
+        return self.directory / "exchange"
 
     def log(self) -> str:
         parts = []
@@ -101,8 +112,10 @@ def start(nthreads: int = 2, timeout: float = 120.0) -> RemoteDask:
     """Start the scheduler and the worker (see the module docstring); returns once the scheduler
     answers. Raises :class:`RemoteDaskUnavailable` when no namespace can be made."""
     prefix = unshare_command()
-    directory = Path(tempfile.mkdtemp(prefix="procengine-remote-dask-"))
+    directory = Path(tempfile.mkdtemp(prefix="procengine-remote-dask-", dir=_shared_root()))
+    (directory / "exchange").mkdir()
     env = dict(os.environ, PYTHONPATH=CHECKOUT)
+    env[DEPLOYMENT_MARK] = "remote-dask"  # not counted as a test's child process (threadcheck)
     scheduler_file = directory / "scheduler.json"
     deployment = RemoteDask(address="", directory=directory)
     try:
@@ -136,6 +149,14 @@ def start(nthreads: int = 2, timeout: float = 120.0) -> RemoteDask:
         deployment.stop()
         raise
     return deployment
+
+
+def _shared_root() -> str:
+    """A directory outside ``/tmp`` (which the worker does not see) for the deployment's files."""
+    for candidate in ("/var/tmp", os.path.expanduser("~")):
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK) and not candidate.startswith("/tmp"):
+            return candidate
+    raise RemoteDaskUnavailable("no writable directory outside /tmp (/var/tmp or the home directory)")
 
 
 def _quote(text: str) -> str:

@@ -39,15 +39,13 @@ def no_thread_leak():
 
 
 @pytest.fixture(scope="session")
-def dask_remote():
+def dask_remote_deployment():
     """A Dask scheduler and a worker on "another host" (own UTS and mount namespaces, a private /tmp),
     started with Dask's CLI by the test session and stopped at its end (see ``tests/_remote_dask.py``).
-    Yields a connected ``distributed.Client``. Skipped where ``unshare`` cannot be used, except under
-    ``CI=true``, where that fails."""
+    Skipped where ``unshare`` cannot be used, except under ``CI=true``, where that fails."""
     import os
-    import socket
 
-    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("distributed")
     import _remote_dask
 
     try:
@@ -58,6 +56,21 @@ def dask_remote():
             pytest.fail(message)
         pytest.skip(message)
     try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def dask_remote(dask_remote_deployment):
+    """A ``distributed.Client`` of :func:`dask_remote_deployment`, its worker up and on another host."""
+    import socket
+
+    distributed = pytest.importorskip("distributed")
+    import _remote_dask
+
+    deployment = dask_remote_deployment
+    try:
         client = distributed.Client(deployment.address, set_as_default=False, timeout=60)
         try:
             client.wait_for_workers(1, timeout=120)
@@ -65,13 +78,10 @@ def dask_remote():
             client.close()
             raise
     except BaseException as exc:
-        log = deployment.log()
-        deployment.stop()
-        pytest.fail(f"the remote-host Dask deployment did not come up ({exc!r}):\n{log}")
+        pytest.fail(f"the remote-host Dask deployment did not come up ({exc!r}):\n{deployment.log()}")
     hosts = set(client.run(socket.gethostname).values())
     assert hosts == {_remote_dask.WORKER_HOSTNAME} != {socket.gethostname()}, hosts
     try:
         yield client
     finally:
         client.close()
-        deployment.stop()

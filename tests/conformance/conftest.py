@@ -9,8 +9,10 @@ selected; the ``executor=`` pool belongs to the test.
 from __future__ import annotations
 
 import functools
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +32,8 @@ class Shape:
 
     def __init__(self, name: str, *, remote: bool, is_async: bool = False,
                  make: Callable[..., ProcessingEngine], close: Callable[[ProcessingEngine], None],
-                 make_closable: Callable[..., ProcessingEngine] | None = None) -> None:
+                 make_closable: Callable[..., ProcessingEngine] | None = None,
+                 shared: Path | None = None) -> None:
         self.name = name
         self.remote = remote
         """True when processors run in other processes (values and exceptions must be pickled)."""
@@ -38,6 +41,14 @@ class Shape:
         self._make = make
         self._close = close
         self._make_closable = make_closable or make
+        self._shared = shared
+
+    def directory(self, tmp_path: Path) -> Path:
+        """Where the test and its processors leave each other files: ``tmp_path``, or on a worker of
+        another host (which sees none of this machine's ``/tmp``), a directory both sides see."""
+        if self._shared is None:
+            return tmp_path
+        return Path(tempfile.mkdtemp(dir=self._shared))
 
     def processor(self, name: str, **bound: Any) -> Callable[..., Any]:
         fn = getattr(conformance_procs, name + ("_async" if self.is_async else ""))
@@ -57,7 +68,7 @@ class Shape:
         return self.name
 
 
-SHAPES = ["threads", "executor", "processes", "asyncio", "dask-localcluster", "dask-user-client"]
+SHAPES = ["threads", "executor", "processes", "asyncio", "dask-localcluster", "dask-user-client", "dask-remote"]
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +170,27 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Shape]:
                         close=lambda engine: engine.backend.client.close())
         finally:
             for c in owned:
+                c.close()
+    elif name == "dask-remote":
+        # a scheduler and a worker started with Dask's CLI, the worker on another host (its own UTS and
+        # mount namespaces: another host name, a /tmp of its own); see tests/_remote_dask.py
+        distributed = pytest.importorskip("distributed")
+        deployment = request.getfixturevalue("dask_remote_deployment")
+        client = request.getfixturevalue("dask_remote")
+        clients: list[Any] = []
+
+        def make_remote(p: Callable[..., Any], **kw: Any) -> ProcessingEngine:
+            return ProcessingEngine(p, backend="dask", client=client, **kw)
+
+        def make_remote_closable(p: Callable[..., Any], **kw: Any) -> ProcessingEngine:
+            clients.append(distributed.Client(deployment.address, set_as_default=False))  # closing it
+            return ProcessingEngine(p, backend="dask", client=clients[-1], **kw)  # leaves the deployment up
+
+        try:
+            yield Shape(name, remote=True, make=make_remote, make_closable=make_remote_closable,
+                        close=lambda engine: engine.backend.client.close(), shared=deployment.exchange)
+        finally:
+            for c in clients:
                 c.close()
     else:  # pragma: no cover
         raise AssertionError(name)

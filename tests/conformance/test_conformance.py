@@ -81,6 +81,7 @@ def test_a_stop_mid_batch_accounts_every_symbol_once(backend):
 # -- Stop ----------------------------------------------------------------------------------------------
 def test_stop_returns_promptly_and_running_processors_see_it_within_100ms(backend, tmp_path):
     symbols = list(range(8))
+    tmp_path = backend.directory(tmp_path)
     with backend.engine("wait_for_stop", bound={"directory": str(tmp_path)}) as engine:
         handle = engine.start(symbols)
         wait_for_files(tmp_path, ".started", 2)
@@ -166,8 +167,9 @@ def test_one_callback_per_symbol_and_a_final_snapshot(backend):
 def test_closing_what_the_batch_runs_on_ends_it_with_every_symbol_accounted(backend, tmp_path):
     """threads, asyncio: ``engine.close()``; ``executor=``: the pool shut down; processes: the engine
     closed and the pools shut down; Dask: the client closed (the user's own ``Client()`` closes its
-    cluster with it)."""
+    cluster with it; on the remote deployment, a client of its scheduler)."""
     symbols = list(range(40))
+    tmp_path = backend.directory(tmp_path)
     engine = backend.closable_engine("note_and_sleep", bound={"directory": str(tmp_path)})
     handle = engine.start(symbols)
     try:
