@@ -153,6 +153,30 @@ def test_running_symbols_never_exceed_the_worker_threads(dask_client):
         assert result.progress.running_symbols == 0
 
 
+def stuck_on_seven(symbol, cancellation_token):
+    cancellation_token.wait(30 if symbol == 7 else 0.01)  # (ends at once when the batch is over)
+    return symbol
+
+
+def test_a_stalled_symbol_is_named_from_the_workers_reports(dask_client):
+    """Symbol 7 of a chunk of quick symbols runs on: ``stalled()`` names it alone (its own start was
+    reported by the worker), never the chunk's other symbols, nor queued ones."""
+    symbols = list(range(40))
+    with ProcessingEngine(stuck_on_seven, backend="dask", client=dask_client, chunk_size=10,
+                          stall_after=0.3) as engine:
+        handle = engine.start(symbols)
+        deadline = time.monotonic() + 60
+        while not handle.stalled():
+            assert time.monotonic() < deadline, "the stuck symbol was never reported as stalled"
+            time.sleep(0.02)
+        stalled = handle.stalled()
+        assert [symbol for symbol, _ in stalled] == [7], stalled
+        assert 7 in handle.running_symbols()
+        handle.cancel()
+        result = handle.result(timeout=60)
+    _accounted(result, symbols)
+
+
 # -- closing what the batch runs on ------------------------------------------------------------------
 def half_second(symbol):
     time.sleep(0.5)
