@@ -27,7 +27,7 @@ own ``Client()`` and with workers on other hosts; nothing is written to the clie
 
 - Stop sets the batch's ``distributed.Event``; on every worker running a chunk of the batch, the
   processors' token (a worker-local :class:`~procengine_nb.backends._dask_channel.WorkerToken`) turns
-  cancelled within a few milliseconds (measured: median ~1.5 ms, a worker on another host included),
+  cancelled within a few milliseconds (measured: median 1-2 ms, a worker on another host included),
   so a chunk stops before its next symbol and a cooperative processor can stop mid-symbol. The same
   happens when the batch ends (a chunk still running then runs no further symbol).
 - Each chunk reports on the scheduler's ``procengine-nb`` topic when it starts, which symbol it runs
