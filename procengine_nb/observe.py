@@ -80,10 +80,15 @@ def check_view(view: object) -> None:
 class _Listener:
     """One listener with its failure count (the guard's bookkeeping)."""
 
-    __slots__ = ("target", "update", "failed", "finish", "waited", "failures", "logged", "every_snapshot")
+    __slots__ = ("target", "update", "failed", "finish", "waited", "failures", "logged", "every_snapshot",
+                 "replay_lock", "ended")
 
     def __init__(self, target: Any, *, callback: bool = False) -> None:
         self.target = target
+        # the replay of earlier failures (on the attaching thread) and the end (on the batch thread) take
+        # it: every replayed failed() comes before finish(), none after
+        self.replay_lock = threading.Lock()
+        self.ended = False
         self.failures = 0
         self.logged: set[str] = set()  # the distinct failures logged (at most MAX_LOGGED_FAILURES)
         self.every_snapshot = callback
@@ -134,7 +139,9 @@ class Publisher:
         """Add a view (``update``/``finish``, optionally ``failed``/``waited``). Before the end it gets
         every failure published so far (``failed``, once each: a view attached a moment after the start
         still lists the symbols that failed at once), then ``latest`` (when given); after the end it
-        gets the outcome at once."""
+        gets the outcome at once. The replay of earlier failures runs on the calling thread and stops
+        when the batch ends meanwhile: a view never gets ``failed`` after its ``finish`` (the result's
+        ``errors`` hold every failure)."""
         check_view(view)
         listener = _Listener(view)
         with self._lock:
@@ -149,7 +156,10 @@ class Publisher:
             self._call(listener, listener.finish, *outcome)
             return
         for result in missed:
-            self._call(listener, listener.failed, result)
+            with listener.replay_lock:
+                if listener.ended:  # the batch ended meanwhile: its result holds these failures
+                    break
+                self._call(listener, listener.failed, result)
         if latest is not None:
             self._call(listener, listener.update, latest)
 
@@ -214,6 +224,9 @@ class Publisher:
         calls: list[tuple[_Listener, Callable[..., Any], tuple[Any, ...]]] = []
         if result is not None:  # the final snapshot (100% unless cancelled) to everyone
             calls.extend((listener, listener.update, (result.progress,)) for listener in listeners)
+        for view in views:  # waits for at most one replayed failed() of a view attached a moment ago
+            with view.replay_lock:
+                view.ended = True
         calls.extend((view, view.finish, (result, error)) for view in views)
         for listener, fn, args in calls:
             try:

@@ -250,3 +250,41 @@ def test_attaching_while_failures_are_published_loses_and_doubles_none():
     thread.join(WAIT)
     for view in views:
         assert sorted(r.symbol for r, _ in view.failures) == list(range(3000))
+
+
+def test_the_end_during_the_replay_of_a_late_view_doubles_no_failure():
+    """Issue 19: a view attached while a fast-failing batch runs gets the earlier failures replayed on the
+    attaching thread; the batch may end in the middle of that replay. No ``failed`` may reach the view
+    after its ``finish`` (the panel rebuilt its log from the result there, so a later one counted twice:
+    "114,896 x PermissionError" for 60,000 failures)."""
+    from procengine_nb.models import BatchResult, SymbolResult
+
+    failures = [SymbolResult(i, ResultStatus.ERROR, error=PermissionError(i)) for i in range(200)]
+    publisher = Publisher()
+    for result in failures:
+        publisher.failed(result)
+    parked, finishing = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    class Late(Recording):
+        def failed(self, result):
+            order.append("failed")
+            if result.symbol == 10:  # the replay is parked here while the batch ends on another thread
+                parked.set()
+                finishing.wait(0.5)  # fixed: the end waits for this call (bounded: it never arrives then)
+            super().failed(result)
+
+        def finish(self, result, error):
+            order.append("finish")
+            finishing.set()
+            super().finish(result, error)
+
+    view = Late()
+    attach = threading.Thread(target=publisher.add, args=(view,))
+    attach.start()
+    assert parked.wait(WAIT)
+    publisher.finish(BatchResult(failures, unprocessed=[]), None)
+    attach.join(WAIT)
+    assert order.count("finish") == 1
+    assert "failed" not in order[order.index("finish"):], "a failure was replayed after the end"
+    assert len(view.failures) == len({r.symbol for r, _ in view.failures}) <= 200

@@ -333,8 +333,13 @@ class ProgressPanel(widgets.Box):
         self._throttle.offer()
 
     def failed(self, result: Any) -> None:
-        """A symbol failed (a :class:`~procengine_nb.SymbolResult`): counted and listed, throttled."""
-        self._failures.record(result)
+        """A symbol failed (a :class:`~procengine_nb.SymbolResult`): counted and listed, throttled.
+        Ignored after :meth:`finish`: the result's ``errors`` are the count from then on."""
+        with self._lock:
+            if self._outcome is not None:
+                return
+            log = self._failures  # a record racing with finish() goes to the log finish() replaced
+        log.record(result)
         self._throttle.offer()
 
     def finish(self, result: BatchResult | None, error: BaseException | None) -> None:

@@ -333,3 +333,33 @@ def test_an_unknown_total_draws_no_share_of_the_bar_and_no_eta(comms, fake_clock
     fake_clock.advance(1)
     panel.tick()
     assert panel.progress_bar.value == 37 and panel.progress_bar.max == 40
+
+
+def test_a_failure_arriving_after_the_end_is_not_counted_again(fake_clock):
+    panel = ProgressPanel(CancellationToken(), clock=fake_clock, ticker=False)
+    errors = [failure(f"S{i}", PermissionError("no")) for i in range(30)]
+    for result in errors[:10]:
+        panel.failed(result)
+    panel.finish(BatchResult(errors, unprocessed=[]), None)  # attached late: rebuilt from the result
+    for result in errors[10:]:  # the rest of a replay still running on the attaching thread
+        panel.failed(result)
+    assert panel._failures.total == 30 and "30 x PermissionError: no" in panel.failures.value
+
+
+def test_a_panel_attached_while_a_fast_failing_job_runs_counts_each_failure_once(no_thread_leak):
+    """Issue 19: attached mid-run (as run() does while ipywidgets imports), the panel said
+    "114,896 x PermissionError" for 60,000 failures: the end rebuilt its log while the replay of the
+    earlier failures still wrote into it (about 1 run in 8 here; the two tests above pin both halves of
+    the fix deterministically)."""
+    total = 20_000
+
+    def deny(symbol):
+        raise PermissionError("no")
+
+    handle = ProcessingEngine(deny, max_workers=2).start(range(total))
+    while handle.progress.errors_count < total * 0.6 and not handle.done():
+        pass  # attach while thousands of failures wait to be replayed and the rest still arrive
+    panel = ProgressPanel.for_handle(handle, ticker=False)
+    handle.result(timeout=60)
+    assert panel._failures.total == total, panel._failures.total
+    assert f"{total} x PermissionError: no" in panel.failures.value
