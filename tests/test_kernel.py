@@ -7,6 +7,7 @@ loop runs."""
 from __future__ import annotations
 
 import queue
+import re
 import sys
 import textwrap
 import time
@@ -106,6 +107,16 @@ class Kernel:
                 if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == comm_id
                 and key in m["content"]["data"].get("state", {})]
 
+    def bar_values(self, comm_id: str) -> list[tuple[int, int]]:
+        """(message index, completed count) of every update of the panel's bar: the live text (comm
+        ``comm_id``, class ``procengine-text``) draws it, its ``aria-valuenow`` is the count."""
+        found = []
+        for index, value in self.updates(comm_id, "value"):
+            match = re.search(r'aria-valuenow="(\d+)"', value)
+            if match:
+                found.append((index, int(match.group(1))))
+        return found
+
     def click(self, comm_id: str) -> None:
         """What the browser sends when the button is clicked."""
         msg = self.kc.session.msg("comm_msg", {"comm_id": comm_id,
@@ -135,10 +146,10 @@ def test_background_thread_updates_the_panel_and_worker_prints_stay_in_their_cel
     """)
     ended_at = len(kernel.messages)  # the cell has returned: the job is still waiting on the gate
     assert not kernel.stdout(cell)
-    (bar,) = kernel.comm_ids("procengine-bar", start)
+    (bar,) = kernel.comm_ids("procengine-text", start)
     other = kernel.execute("gate.set(); time.sleep(1.0); print('other cell')")
     kernel.execute("final = handle.result(timeout=30)")
-    values = kernel.updates(bar, "value")
+    values = kernel.bar_values(bar)
     assert values and values[-1][1] == 20
     assert any(index > ended_at for index, _ in values)  # sent from the job thread after the cell ended
     # worker output goes to the cell that called run(), even though another cell was running
@@ -153,8 +164,8 @@ def test_interrupt_during_result_cancels_the_job_and_leaves_no_thread(kernel):
     start = len(kernel.messages)
     cell = kernel.execute("handle = run(stubborn, range(1000), max_workers=2, name='interrupted')\n"
                           "handle.result()", wait=False)
-    kernel.pump(lambda: any(v > 0 for _, v in kernel.updates(kernel.comm_ids("procengine-bar", start)[0], "value"))
-                if kernel.comm_ids("procengine-bar", start) else False)
+    kernel.pump(lambda: any(v > 0 for _, v in kernel.bar_values(kernel.comm_ids("procengine-text", start)[0]))
+                if kernel.comm_ids("procengine-text", start) else False)
     kernel.km.interrupt_kernel()
     reply = kernel.reply(cell)
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
@@ -185,7 +196,7 @@ def test_interrupt_during_await_cancels_the_job(kernel):
     start = len(kernel.messages)
     cell = kernel.execute("handle = run(stubborn, range(1000), max_workers=2, name='await-interrupted')\n"
                           "await handle", wait=False)
-    kernel.pump(lambda: bool(kernel.comm_ids("procengine-bar", start)))
+    kernel.pump(lambda: bool(kernel.comm_ids("procengine-text", start)))
     time.sleep(0.5)
     kernel.km.interrupt_kernel()
     reply = kernel.reply(cell)
@@ -210,7 +221,7 @@ def test_async_processor_via_run_shows_the_panel_prints_in_its_cell_and_is_await
         print(handle.job.name, type(handle.panel).__name__)
     """)
     assert kernel.stdout(cell) == "async-kernel ProgressPanel\n", kernel.errors(cell)
-    (bar,) = kernel.comm_ids("procengine-bar", start)
+    (bar,) = kernel.comm_ids("procengine-text", start)
     other = kernel.execute("async_gate.set(); time.sleep(0.5); print('other cell')")
     waited = kernel.execute("""
         r = await handle
@@ -221,7 +232,7 @@ def test_async_processor_via_run_shows_the_panel_prints_in_its_cell_and_is_await
         kernel.errors(waited)
     assert kernel.stdout(other) == "other cell\n"
     assert kernel.stdout(cell).count("async-print") == 30
-    assert kernel.updates(bar, "value")[-1][1] == 30
+    assert kernel.bar_values(bar)[-1][1] == 30
 
 
 def test_stop_click_cancels_running_coroutines_while_a_cell_awaits_the_handle(kernel):
@@ -253,8 +264,8 @@ def test_interrupt_during_result_cancels_running_coroutines_and_leaves_no_thread
         handle = run(slow, range(50), max_workers=3, name='async-interrupted')
         handle.result()
     """, wait=False)
-    kernel.pump(lambda: any(v >= 6 for _, v in kernel.updates(kernel.comm_ids("procengine-bar", start)[0], "value"))
-                if kernel.comm_ids("procengine-bar", start) else False)
+    kernel.pump(lambda: any(v >= 6 for _, v in kernel.bar_values(kernel.comm_ids("procengine-text", start)[0]))
+                if kernel.comm_ids("procengine-text", start) else False)
     kernel.km.interrupt_kernel()
     reply = kernel.reply(cell)
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"

@@ -60,7 +60,13 @@ def panels(nb: nbformat.NotebookNode) -> list[dict[str, Any]]:
         for ref in s["children"]:
             child = state[ref.removeprefix("IPY_MODEL_")]["state"]
             parts[child["_dom_classes"][0]] = child
-        bar, stop, text = parts["procengine-bar"], parts["procengine-stop"], parts["procengine-text"]
+        stop, text = parts["procengine-stop"], parts["procengine-text"]
+        # the bar is drawn in the live text: its figures are the progressbar's aria values
+        bar = {
+            "description": html.unescape(re.search(r'class="procengine-title"><b>([^<]*)<', text["value"]).group(1)),
+            "value": int(re.search(r'aria-valuenow="(\d+)"', text["value"]).group(1)),
+            "max": int(re.search(r'aria-valuemax="(\d+)"', text["value"]).group(1)),
+        }
         status = html.unescape(re.search(r'class="procengine-status">([^<]*)<', text["value"]).group(1))
         # "12 / 20 (60%)", or for a lazy input without total=: "12 done (total unknown)"
         counts = re.search(r'class="procengine-counts">(\d+)(?: / (\d+)| done \(total unknown\))', text["value"])

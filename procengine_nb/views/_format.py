@@ -181,6 +181,7 @@ class JobState(enum.Enum):
     """What a view shows a job as; the value is the start of the status text."""
 
     RUNNING = "Running"
+    PAUSED = "Paused"
     STOPPING = "Stopping…"
     DONE = "Done"
     DONE_WITH_ERRORS = "Done with errors"
@@ -190,6 +191,7 @@ class JobState(enum.Enum):
 
 _BAR_STYLES = {
     JobState.RUNNING: "info",
+    JobState.PAUSED: "info",
     JobState.STOPPING: "warning",
     JobState.DONE: "success",
     JobState.DONE_WITH_ERRORS: "warning",
@@ -205,17 +207,25 @@ def bar_style(state: JobState) -> str:
 
 def job_state(
     progress: ProcessingProgress, *, cancel_requested: bool = False, ended: bool = False,
-    cancelled: bool | None = None, error: BaseException | None = None,
+    cancelled: bool | None = None, error: BaseException | None = None, paused: bool | None = None,
 ) -> JobState:
     """The state of a job from its latest snapshot and what the view knows about its end.
 
     ``cancel_requested``: the token is cancelled; ``ended``: the job returned (or crashed with
-    ``error``); ``cancelled``: the result's ``cancelled`` flag (defaults to the snapshot's).
+    ``error``); ``cancelled``: the result's ``cancelled`` flag (defaults to the snapshot's); ``paused``:
+    the handle says it is paused (defaults to the snapshot's ``paused``). A Stop while paused is a Stop.
+
+    >>> job_state(ProcessingProgress(total_symbols=4), paused=True)
+    <JobState.PAUSED: 'Paused'>
     """
     if error is not None:
         return JobState.FAILED
     if not ended:
-        return JobState.STOPPING if (cancel_requested or progress.cancelled) else JobState.RUNNING
+        if cancel_requested or progress.cancelled:
+            return JobState.STOPPING
+        if getattr(progress, "paused", False) if paused is None else paused:
+            return JobState.PAUSED
+        return JobState.RUNNING
     if progress.cancelled if cancelled is None else cancelled:
         return JobState.CANCELLED
     return JobState.DONE_WITH_ERRORS if progress.errors_count else JobState.DONE
@@ -233,6 +243,8 @@ def status_text(state: JobState, progress: ProcessingProgress, *, error: BaseExc
     'Cancelled: 37 of 100 processed, 63 not processed'
     >>> status_text(JobState.STOPPING, ProcessingProgress(total_symbols=9, running_symbols=2))
     'Stopping… 2 still running'
+    >>> status_text(JobState.PAUSED, ProcessingProgress(total_symbols=9))
+    'Paused'
     """
     done, total = progress.completed_symbols, progress.total_symbols
     if state is JobState.FAILED:
@@ -241,6 +253,9 @@ def status_text(state: JobState, progress: ProcessingProgress, *, error: BaseExc
         return f"Failed: {kind}: {message}" if message else f"Failed: {kind}"
     if state is JobState.STOPPING:
         return f"Stopping… {progress.running_symbols} still running"
+    if state is JobState.PAUSED:  # those running finish; nothing new starts until Continue
+        running = progress.running_symbols
+        return f"Paused: {running} still running" if running else "Paused"
     if state is JobState.CANCELLED:
         return f"Cancelled: {done} of {total} processed, {total - done} not processed"
     if state is JobState.DONE_WITH_ERRORS:

@@ -40,8 +40,9 @@ def shown_times(progress: ProcessingProgress, state: JobState, *, since_snapshot
                 ended: bool) -> tuple[float, float | None]:
     """``(elapsed_ms, eta_ms)`` to show ``since_snapshot`` seconds after ``progress`` arrived.
 
-    While the job runs, both move with the clock (the ETA never below 0); once it ended (or the
-    snapshot is the final one) the snapshot's figures stand; a cancelled or failed job has no ETA.
+    While the job runs, both move with the clock (the ETA never below 0; while paused only the elapsed
+    time moves); once it ended (or the snapshot is the final one) the snapshot's figures stand; a
+    cancelled or failed job has no ETA.
 
     >>> p = ProcessingProgress(total_symbols=4, completed_symbols=1, elapsed_time_ms=1000,
     ...                        estimated_remaining_ms=3000)
@@ -57,6 +58,8 @@ def shown_times(progress: ProcessingProgress, state: JobState, *, since_snapshot
     if ended or progress.finished:
         return elapsed_ms, eta_ms
     drift = max(0.0, since_snapshot) * 1000.0
+    if state is JobState.PAUSED:  # paused time counts in elapsed, not in the time remaining
+        return elapsed_ms + drift, eta_ms
     return elapsed_ms + drift, None if eta_ms is None else max(0.0, eta_ms - drift)
 
 

@@ -26,24 +26,18 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from procengine_nb.models import BatchResult
 from procengine_nb.progress import ProcessingProgress
-from procengine_nb.views._format import (
-    clean_text,
-    describe_error,
-    format_counts,
-    format_duration,
-    format_rate,
-    job_state,
-    status_text,
-)
+from procengine_nb.views._format import JobState, clean_text, describe_error, job_state, status_text
 from procengine_nb.views._live import Throttle, check_interval, shown_times
 from procengine_nb.views._loglines import LogLineGuard
+from procengine_nb.views._render import JobFacts, render
 
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.cancellation import CancellationToken
+    from procengine_nb.handle import JobHandle
 
 __all__ = ["ConsoleProgress", "progress_line"]
 
@@ -52,20 +46,18 @@ _SHOWN_ERRORS = 5
 
 def progress_line(name: str, progress: ProcessingProgress, *, status: str = "",
                   elapsed_ms: float | None = None, eta_ms: float | None = None) -> str:
-    """The figures of one snapshot as one plain line (no control characters).
+    """The figures of one snapshot as one plain line (no control characters), from the renderer every
+    view shares (:func:`procengine_nb.views._render.render`).
 
     >>> p = ProcessingProgress(total_symbols=10, completed_symbols=4, errors_count=1, elapsed_time_ms=2000,
     ...                        estimated_remaining_ms=3000, rate_per_second=2.0)
     >>> progress_line("prices", p)
     'prices: 4 / 10 (40%) | errors 1 | elapsed 2.0s | ETA 3.0s | 2.0/s'
     """
-    elapsed = progress.elapsed_time_ms if elapsed_ms is None else elapsed_ms
     eta = progress.estimated_remaining_ms if eta_ms is None else eta_ms
-    line = (
-        f"{clean_text(name, 60)}: {format_counts(progress)} | errors {progress.errors_count} | "
-        f"elapsed {format_duration(elapsed)} | ETA {format_duration(eta)} | {format_rate(progress.rate_per_second)}"
-    )
-    return f"{line} | {status}" if status else line
+    text = render(JobFacts(name, progress, JobState.RUNNING, elapsed_ms=elapsed_ms, eta_ms=eta))
+    line = f"{text.name}: {text.counts} | errors {text.errors} | {text.elapsed} | {text.eta} | {text.rate}"
+    return f"{line} | {clean_text(status, 500)}" if status else line
 
 
 class ConsoleProgress:
@@ -80,6 +72,7 @@ class ConsoleProgress:
         clock: the time source in seconds (injectable for tests).
         ticker: on a TTY, redraw every ``min_interval`` while nothing completes (elapsed moves).
         redirect_logging: on a TTY, keep log records written to the same terminal off the line.
+        handle: the job's handle, to show "Paused" at once and the stalled symbols (optional).
     """
 
     def __init__(
@@ -93,6 +86,7 @@ class ConsoleProgress:
         clock: Callable[[], float] = time.monotonic,
         ticker: bool = True,
         redirect_logging: bool = True,
+        handle: JobHandle | None = None,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
@@ -102,6 +96,7 @@ class ConsoleProgress:
         if min_interval is not None:
             min_interval = check_interval(min_interval, "min_interval")
         self._token = token
+        self._handle = handle
         self._name = name
         self._stream = stream
         self._tty = self._isatty() if tty is None else bool(tty)
@@ -189,9 +184,10 @@ class ConsoleProgress:
         if p is None or self._ended:
             return
         cancelling = self._token is not None and self._token.is_cancelled
-        state = job_state(p, cancel_requested=cancelling)
+        state = job_state(p, cancel_requested=cancelling, paused=self._paused(p))
         elapsed, eta = shown_times(p, state, since_snapshot=now - self._received_at, ended=False)
-        line = progress_line(self._name, p, status=status_text(state, p), elapsed_ms=elapsed, eta_ms=eta)
+        stalled = _read_stalled(self._handle)
+        line = render(JobFacts(self._name, p, state, elapsed_ms=elapsed, eta_ms=eta, stalled=stalled)).line()
         self.lines_written += 1
         if self._tty:
             if self._redirect_logging and self._guard is None:
@@ -201,6 +197,13 @@ class ConsoleProgress:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def _paused(self, progress: ProcessingProgress) -> bool:
+        try:
+            paused = getattr(self._handle, "paused", None)
+        except Exception:  # read racily from the job: never let it break a line
+            paused = None
+        return bool(getattr(progress, "paused", False) if paused is None else paused)
 
     def _redraw(self, line: str) -> None:
         columns = shutil.get_terminal_size((100, 20)).columns
@@ -230,3 +233,14 @@ class ConsoleProgress:
 
     def __repr__(self) -> str:
         return f"ConsoleProgress(name={clean_text(self._name)!r})"
+
+
+def _read_stalled(handle: Any) -> list[tuple[Any, float]]:
+    """``handle.stalled()``, or [] when there is no handle or it fails (never breaks a line)."""
+    stalled = getattr(handle, "stalled", None)
+    if not callable(stalled):
+        return []
+    try:
+        return list(stalled())
+    except Exception:
+        return []

@@ -48,15 +48,16 @@ def panel(fake_clock):
 
 
 def test_parts_carry_stable_css_classes(panel):
+    assert panel.progress_bar.value == 0 and panel.progress_bar.description == "prices"
     assert not panel.widgets_built  # nothing is built before the panel is shown or a widget is read
     assert "procengine-panel" in panel.widget._dom_classes
-    assert "procengine-bar" in panel.progress_bar._dom_classes
     assert "procengine-stop" in panel.stop_button._dom_classes
-    assert panel.stop_button.description == "Stop" and panel.progress_bar.description == "prices"
-    text = panel._widgets.text.value
+    assert "procengine-pause" in panel.pause_button._dom_classes
+    assert "procengine-retry" in panel.retry_button._dom_classes
+    assert panel.stop_button.description == "Stop"
+    text = panel._widgets.live.value
     for css in CSS:
-        if css not in ("procengine-title", "procengine-bar", "procengine-stop", "procengine-running",
-                       "procengine-error-table"):
+        if css not in ("procengine-stop", "procengine-running", "procengine-error-table"):
             assert f'class="{css}' in text, css
 
 
@@ -69,6 +70,7 @@ def test_repr_is_stable_and_the_mimebundle_carries_text_fallbacks(panel, fake_cl
     assert "42 / 100 (42%)" in bundle["text/html"] and "Running" in bundle["text/html"]
     assert "<style" not in bundle["text/html"] and "<script" not in bundle["text/html"]
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id
+    assert bundle["application/vnd.jupyter.widget-view+json"]["version_major"] == 2
 
 
 def test_running_snapshot_shows_every_figure(panel):
@@ -88,7 +90,7 @@ def test_unknown_eta_and_highlighted_errors(panel):
     panel.update(snap(done=3, errors=2, eta=None))
     assert panel.eta.value == "ETA —"
     assert panel.errors.value == "errors: 2"
-    assert 'class="procengine-errors procengine-err"' in panel.widget.children[2].value  # marked
+    assert 'class="procengine-errors procengine-err"' in panel.widget.children[0].value  # marked
 
 
 def test_updates_are_throttled_and_the_pending_one_is_rendered_by_tick(panel, fake_clock):
