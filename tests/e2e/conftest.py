@@ -295,9 +295,7 @@ class LabPage:
         return self.output(cell).locator(".procengine-panel")
 
     def part(self, cell: int, name: str) -> Any:
-        """A part of the panel by its stable class (``title``: the job name, the bar's label)."""
-        if name == "title":
-            return self.panel(cell).locator(".procengine-bar .widget-label")
+        """A part of the panel by its stable class (``title``: the job name beside the bar)."""
         return self.panel(cell).locator(f".procengine-{name}")
 
     def contrast(self, locator: Any) -> list[dict[str, Any]]:
@@ -316,15 +314,11 @@ class LabPage:
         return locator.evaluate(LAYOUT_JS)
 
     def bar_percent(self, cell: int) -> float:
-        """The bar's width in percent (ipywidgets puts the value only in the inline style)."""
-        bar = self.part(cell, "bar").locator(".progress-bar")
-        return float(bar.evaluate("e => parseFloat(e.style.width) || 0"))
+        """The bar's completed share in percent (done + failed), from its ``aria-valuenow``/``aria-valuemax``."""
+        return bar_percent(self.panel(cell))
 
     def wait_bar_above(self, cell: int, percent: float, timeout: float = 30_000) -> float:
-        handle = self.part(cell, "bar").locator(".progress-bar").element_handle(timeout=timeout)
-        self.page.wait_for_function("([e, p]) => (parseFloat(e.style.width) || 0) > p", arg=[handle, percent],
-                                    timeout=timeout)
-        return self.bar_percent(cell)
+        return wait_bar_above(self.page, self.panel(cell), percent, timeout)
 
     def screenshot(self, locator: Any, name: str) -> Path:
         """Screenshot ``locator`` into the artifacts folder (and into $PROCENGINE_SCREENSHOT_DIR when set)."""
@@ -336,6 +330,26 @@ class LabPage:
             Path(extra).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, Path(extra) / name)
         return path
+
+
+# The panel's bar is HTML re-rendered with the live text: read it through the panel (a stable element).
+BAR_JS = """(root) => {
+  const bar = root.querySelector(".procengine-bar");
+  if (!bar) return -1;
+  return 100 * Number(bar.getAttribute("aria-valuenow")) / Math.max(1, Number(bar.getAttribute("aria-valuemax")));
+}"""
+
+
+def bar_percent(panel: Any) -> float:
+    """The completed share the bar of ``panel`` (a locator) draws, in percent (-1: no bar yet)."""
+    return float(panel.first.evaluate(BAR_JS))
+
+
+def wait_bar_above(page: Any, panel: Any, percent: float, timeout: float = 30_000) -> float:
+    """Wait until the bar of ``panel`` draws more than ``percent``; return what it draws then."""
+    root = panel.first.element_handle(timeout=timeout)
+    page.wait_for_function(f"([root, p]) => ({BAR_JS})(root) > p", arg=[root, percent], timeout=timeout)
+    return bar_percent(panel)
 
 
 @contextlib.contextmanager
@@ -450,7 +464,8 @@ LAYOUT_JS = """
   const cut = (el, what) => {
     if (el && el.scrollWidth > el.clientWidth + 1) problems.push(`${what} cut: ${el.textContent.trim()}`);
   };
-  root.querySelectorAll(".procengine-stop, .procengine-bar .widget-label").forEach(e => cut(e, "label"));
+  root.querySelectorAll(".procengine-panel > .jupyter-button:not(.procengine-hidden), .procengine-title")
+    .forEach(e => cut(e, "label"));
   const lines = (el) => {
     const r = document.createRange(); r.selectNodeContents(el);
     return new Set(Array.from(r.getClientRects()).map(x => Math.round(x.top))).size;
@@ -459,7 +474,8 @@ LAYOUT_JS = """
     if (lines(e) > 1) problems.push(`item wraps inside itself: ${e.textContent.trim()}`);
   });
   const right = root.getBoundingClientRect().right;
-  root.querySelectorAll(".procengine-text *, .procengine-stop, .procengine-bar").forEach(e => {
+  root.querySelectorAll(".procengine-text *, .procengine-failures-text *, .procengine-panel > .jupyter-button")
+    .forEach(e => {
     if (e.tagName !== "STYLE" && e.getBoundingClientRect().right > right + 1)
       problems.push(`overflows the panel: ${e.textContent.trim().slice(0, 60)}`);
   });

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import bar_percent, wait_bar_above
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -69,14 +70,11 @@ def _panel(lp: Any) -> Any:
 
 
 def _bar_percent(lp: Any) -> float:
-    return float(_panel(lp).locator(".progress-bar").evaluate("e => parseFloat(e.style.width) || 0"))
+    return bar_percent(_panel(lp))
 
 
 def _wait_bar_above(lp: Any, percent: float) -> float:
-    bar = _panel(lp).locator(".progress-bar").element_handle(timeout=30_000)
-    lp.page.wait_for_function("([e, p]) => (parseFloat(e.style.width) || 0) > p", arg=[bar, percent],
-                              timeout=30_000)
-    return _bar_percent(lp)
+    return wait_bar_above(lp.page, _panel(lp), percent)
 
 
 def _start(lp: Any, server: Any, theme: str, name: str, write_nb: Any) -> Any:
@@ -130,7 +128,7 @@ def test_bar_errors_stop_and_partial_result_in_every_front_end(make_page, server
     output = _start(lp, server, theme, f"frontend-{theme}.ipynb", write_nb)
     panel = _panel(lp)
     expect(panel).to_be_visible(timeout=30_000)
-    expect(panel.locator(".procengine-bar .widget-label")).to_have_text("prices")
+    expect(panel.locator(".procengine-title")).to_have_text("prices")
     expect(panel.locator(".procengine-status")).to_have_text(re.compile(r"^\s*Running"), timeout=15_000)
     first = _wait_bar_above(lp, 2.0)
     assert _wait_bar_above(lp, first) > first  # the bar moves
