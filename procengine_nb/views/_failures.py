@@ -61,7 +61,8 @@ class Failure(NamedTuple):
 
 class FailureGroup(NamedTuple):
     """``count`` failures of type ``kind`` with ``message`` (None: several messages of that type), and the
-    traceback of the latest one (raw text, at most ``TRACEBACK_LIMIT`` characters; None if it had none)."""
+    traceback of the latest one (raw text as the result holds it, None if it had none; views show its
+    last ``TRACEBACK_LIMIT`` characters, see :func:`bound_traceback`)."""
 
     count: int
     kind: str
@@ -118,8 +119,7 @@ class FailureLog:
         order = sorted(range(len(items)), key=lambda i: -items[i][1])
         if limit is not None:
             order = order[:limit]
-        return [FailureGroup(items[i][1], items[i][0][0], items[i][0][1], bound_traceback(traces.get(items[i][0])))
-                for i in order]
+        return [FailureGroup(items[i][1], items[i][0][0], items[i][0][1], traces.get(items[i][0])) for i in order]
 
     def __len__(self) -> int:
         return self.total
