@@ -160,7 +160,8 @@ class JobsView:
     def close(self) -> None:
         """Close the container (the panels stay: they belong to their jobs)."""
         if self._widget is not None:
-            for model in (*self._widget.children[-1:], self._widget.layout, self._widget):
+            lines = self._widget.children[-1]
+            for model in (lines, lines.style, self._widget.layout, self._widget):
                 model.close()
             self._widget = None
 

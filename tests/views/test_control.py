@@ -338,6 +338,7 @@ def test_the_jobs_widget_holds_a_live_panel_per_running_job_and_a_line_per_ended
     assert len(opened(comms)) <= MAX_MODELS + 4  # one panel; the VBox, its lines, their layout and style
     view.close()
     panel.close()
+    assert opened(comms) == closed(comms)  # the view's own models and the panel's, all released
 
 
 def test_jobs_reuses_the_panel_already_showing_a_job(comms, fake_clock):
