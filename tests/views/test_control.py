@@ -381,3 +381,73 @@ def test_a_panel_with_every_button_stays_within_the_model_budget(comms, fake_clo
     assert len(models) == MAX_MODELS and set(_instances) - before == models
     panel.close()
     assert closed(comms) == models and not set(_instances) & models
+
+
+# -- with the real engine ---------------------------------------------------------------------------------
+def test_the_panel_pauses_continues_and_stops_a_real_job(comms, no_thread_leak):
+    import threading
+
+    from procengine_nb import ProcessingEngine
+
+    gate = threading.Event()
+    started: list[str] = []
+
+    def work(symbol):
+        started.append(symbol)
+        gate.wait(10)
+        return symbol
+
+    handle = ProcessingEngine(work, max_workers=2, chunk_size=1).start([f"S{i}" for i in range(20)])
+    panel = ProgressPanel.for_handle(handle, ticker=False)
+    panel.pause_button.click()
+    assert handle.paused and panel.pause_button.description == "Continue"
+    assert panel.status.value.startswith("Paused")
+    gate.set()  # the running symbols finish; nothing new starts while paused
+    for _ in range(500):
+        if handle.progress.running_symbols == 0 and handle.progress.completed_symbols == len(started):
+            break
+        threading.Event().wait(0.01)
+    done = handle.progress.completed_symbols
+    assert done < 20 and handle.progress.paused
+    panel.tick()
+    panel.stop_button.click()  # Stop while paused: an ordinary Stop
+    result = handle.result(timeout=10)
+    assert result.cancelled and len(result) + len(result.unprocessed) == 20
+    assert panel.status.value.startswith("Cancelled") and panel.stop_button.description == "Stopped"
+    assert panel.resume_button.description == "Resume" and HIDDEN not in panel.resume_button._dom_classes
+    panel.resume_button.click()
+    follow = panel.successor_panel
+    assert follow is not None and handle.successor is not None and follow._handle is handle.successor
+    rest = handle.successor.result(timeout=10)
+    assert sorted(r.symbol for r in [*result, *rest]) == sorted(f"S{i}" for i in range(20))  # each once
+    assert follow.status.value == f"Done: {len(rest)} processed"
+    panel.close()
+
+
+def test_a_snapshot_that_says_paused_shows_paused_without_a_handle(fake_clock):
+    panel = ProgressPanel(CancellationToken(), clock=fake_clock, ticker=False)
+    panel.update(ProcessingProgress(total_symbols=4, completed_symbols=1, paused=True))
+    assert panel.status.value == "Paused" and panel.state is JobState.PAUSED
+
+
+def test_jobs_lists_real_jobs_with_their_panels(comms):
+    import threading
+
+    from procengine_nb import ProcessingEngine, ProcessingJob, jobs
+
+    gate = threading.Event()
+    engine = ProcessingEngine(lambda s: gate.wait(10) and s, max_workers=1)
+    running = engine.start(ProcessingJob(["x", "y"], name="live one"))
+    try:
+        listed = jobs()
+        assert listed[0] is running
+        view = jobs_view(listed)
+        (panel,) = view.panels if view.widget else ()
+        assert panel._handle is running and running.panel is panel
+        assert view.as_text().splitlines()[1].startswith("  live one: ")
+    finally:
+        gate.set()
+    running.result(timeout=10)
+    assert panel.status.value == "Done: 2 processed"
+    view.close()
+    panel.close()
