@@ -154,14 +154,14 @@ def run(
     show_panel = display if display is not None else kernel
     try:
         if display is None and not kernel:  # the terminal: show progress before importing widgets
-            handle.attach(ConsoleProgress(handle.token, name=job.display_name))
+            handle.attach(ConsoleProgress(handle.token, name=job.display_name, handle=handle))
         panel = _make_panel(handle)
         if show_panel and panel is not None:
             from IPython.display import display as ipython_display
 
             ipython_display(panel)
         elif display is None and kernel:  # a kernel without ipywidgets
-            handle.attach(ConsoleProgress(handle.token, name=job.display_name))
+            handle.attach(ConsoleProgress(handle.token, name=job.display_name, handle=handle))
     except BaseException:  # e.g. Ctrl-C while importing the widgets: leave nothing running
         handle.cancel("interrupted while showing the progress")
         handle.wait()
@@ -181,7 +181,7 @@ def show_job(handle: JobHandle) -> None:
         show_in_view(handle)
         return
     if in_jupyter_kernel():
-        panel = handle.panel if handle.panel is not None else _make_panel(handle)
+        panel = handle.panel if handle.panel is not None and not handle.panel.closed else _make_panel(handle)
         if panel is not None:
             from IPython.display import display as ipython_display
 

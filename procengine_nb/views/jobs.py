@@ -1,12 +1,12 @@
-"""Every job of the kernel within reach: the ``jobs()`` widget and ``handle.show()``.
+"""Every job of the kernel within reach: the ``jobs()`` widget.
 
 ``procengine_nb.jobs()`` lists the jobs of this process (running ones and the last that ended); in a
 notebook its display is :func:`jobs_view`: one widget holding a live panel (Pause, Stop) per running job
 and one summary line per ended job. It is the way back to a job after a page reload or a lost variable:
 the panel of a running job is the one already showing it (``handle.panel``) when there is one, so its
 figures, failures and buttons are the same, or a new one attached now (it still lists every failure).
-:func:`show_job` is ``handle.show()``: that job's live panel in the current cell, or outside a kernel its
-terminal line, once. Every line comes from the renderer every view shares (``_render.render``).
+``handle.show()`` (``one_liner.show_job``) displays the same panel in the current cell. Every line comes
+from the renderer every view shares (``_render.render``).
 
 >>> from procengine_nb import ProcessingEngine
 >>> from procengine_nb import ProcessingJob
@@ -20,7 +20,6 @@ jobs: 0 running, 1 ended
 from __future__ import annotations
 
 import html
-import sys
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ from procengine_nb.views.panel import WIDGET_VIEW, ProgressPanel
 if TYPE_CHECKING:  # pragma: no cover
     from procengine_nb.handle import JobHandle
 
-__all__ = ["JobsView", "job_text", "jobs_view", "panel_of", "show_job"]
+__all__ = ["JobsView", "job_text", "jobs_view", "panel_of"]
 
 
 def job_text(handle: JobHandle) -> JobText:
@@ -66,7 +65,7 @@ def panel_of(handle: JobHandle) -> ProgressPanel:
     """The live panel of ``handle``: the one already showing it (``handle.panel``) unless it was closed,
     else a new one attached now (it gets every failure so far, then each new one)."""
     panel = getattr(handle, "panel", None)
-    if isinstance(panel, ProgressPanel) and not panel._closed:
+    if isinstance(panel, ProgressPanel) and not panel.closed:
         return panel
     return ProgressPanel.for_handle(handle)
 
@@ -173,21 +172,6 @@ class JobsView:
 def jobs_view(handles: Iterable[JobHandle]) -> JobsView:
     """The display of ``procengine_nb.jobs()`` (``JobList`` calls it): a :class:`JobsView` of ``handles``."""
     return JobsView(handles)
-
-
-def show_job(handle: JobHandle) -> ProgressPanel | None:
-    """``handle.show()``: display the job's live panel in the current cell under a Jupyter kernel and return
-    it; elsewhere print its terminal line once (to stdout) and return None."""
-    from procengine_nb.one_liner import in_jupyter_kernel
-
-    if not in_jupyter_kernel():
-        print(job_text(handle).line(), file=sys.stdout, flush=True)
-        return None
-    from IPython.display import display
-
-    panel = panel_of(handle)
-    display(panel)
-    return panel
 
 
 def _read(handle: Any, method: str, *args: Any) -> list[Any]:

@@ -408,6 +408,11 @@ class ProgressPanel:
         return self._successor
 
     @property
+    def closed(self) -> bool:
+        """True once :meth:`close` released the widgets (the panel still renders its text)."""
+        return self._closed
+
+    @property
     def render_count(self) -> int:
         """How many times the panel was rendered (throttled updates plus forced ones)."""
         return self._throttle.renders
@@ -535,7 +540,7 @@ class ProgressPanel:
                 self._render(self._clock())
             return
         panel = successor.panel if isinstance(getattr(successor, "panel", None), ProgressPanel) else None
-        if panel is None or panel._closed:
+        if panel is None or panel.closed:
             panel = type(self).for_handle(successor, **self._options)
         self.adopt(panel)
 
