@@ -174,3 +174,49 @@ def test_narrow_output_keeps_items_and_labels_whole(make_page, server, write_nb)
     assert lp.layout_problems(panel) == []
     lp.assert_contrast(panel, "narrow stopped")
     lp.screenshot(output, "panel-narrow-cancelled.png")
+
+
+CONTROL = """\
+import time
+from procengine_nb import run
+
+attempts = {}
+
+def flaky(symbol):
+    attempts[symbol] = attempts.get(symbol, 0) + 1
+    time.sleep(0.1)
+    if symbol.endswith("7") and attempts[symbol] == 1:
+        raise ConnectionError("429")
+    return symbol
+
+handle = run(flaky, [f"S{i:03d}" for i in range(400)], max_workers=4, name="prices")"""
+
+
+def test_pause_continue_and_retry_from_the_panel_in_every_front_end(make_page, server, write_nb):
+    """Pause, Continue, then at the end Retry from the panel's button: the follow-up job's panel shows in
+    the same output, in JupyterLab, Notebook 7 and Voilà (where the notebook ran on page load)."""
+    lp = make_page(server)
+    write_nb(server.root, "control.ipynb", [CONTROL])
+    lp.open("control.ipynb")
+    if server.kind != "voila":
+        lp.run_cell(0, until_done=True)
+    panel = _panel(lp)
+    status = panel.locator(".procengine-status")
+    expect(status).to_have_text(re.compile(r"^\s*Running"), timeout=30_000)
+    pause = panel.locator(".procengine-pause")
+    pause.click()
+    expect(status).to_have_text(re.compile(r"^\s*Paused"), timeout=5_000)
+    expect(pause).to_have_text(re.compile(r"Continue"))
+    held = _bar_percent(lp)
+    lp.page.wait_for_timeout(600)
+    assert _bar_percent(lp) <= held + 2.5 and held < 100  # at most the 4 running symbols finish
+    pause.click()
+    expect(pause).to_have_text(re.compile(r"Pause"), timeout=5_000)
+    expect(status).to_have_text("Done with errors: 40 of 400 failed", timeout=60_000)
+    retry = panel.locator(".procengine-retry")
+    expect(retry).to_have_text(re.compile(r"Retry 40 failed"))
+    retry.click()
+    follow = lp.page.locator(".procengine-host .procengine-panel")
+    expect(follow.locator(".procengine-title")).to_have_text("prices (retry)", timeout=15_000)
+    expect(follow.locator(".procengine-status")).to_have_text("Done: 40 processed", timeout=30_000)
+    lp.assert_contrast(follow, f"{server.kind}: the follow-up's panel")
