@@ -237,10 +237,15 @@ def _bar(p: ProcessingProgress, state: JobState, ended: bool) -> Bar:
     return Bar(p.completed_symbols - failed, failed, p.total_symbols, style)
 
 
+def _name(symbol: Any) -> str:
+    """A symbol as shown in a list: one clean line, ``''`` when nothing printable is left of it."""
+    return clean_text(symbol, 40) or "''"
+
+
 def _symbols(symbols: Sequence[Any], shown: int) -> str:
     if not symbols:
         return ""
-    names = ", ".join(clean_text(s, 40) for s in list(symbols)[:shown])
+    names = ", ".join(_name(s) for s in list(symbols)[:shown])
     return names + (", …" if len(symbols) > shown else "")
 
 
@@ -248,7 +253,7 @@ def _stalled(stalled: Sequence[tuple[Any, float]]) -> str:
     if not stalled:
         return ""
     items = list(stalled)
-    text = ", ".join(f"{clean_text(symbol, 40)} (running {format_duration(_ms(seconds))})"
+    text = ", ".join(f"{_name(symbol)} (running {format_duration(_ms(seconds))})"
                      for symbol, seconds in items[:SHOWN_STALLED])
     more = len(items) - SHOWN_STALLED
     return f"{text}, +{more} more" if more > 0 else text

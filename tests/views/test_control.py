@@ -440,3 +440,13 @@ def test_jobs_lists_real_jobs_with_their_panels(comms):
     assert panel.status.value == "Done: 2 processed"
     view.close()
     panel.close()
+
+
+def test_a_symbol_with_nothing_printable_still_shows_as_running_and_stalled(fake_clock):
+    handle = FakeHandle()
+    handle.running_symbols = lambda limit=8: ["\x1b[2J"]
+    handle.stalls = [("\u202e", 12.0)]
+    panel = panel_for(handle, fake_clock)
+    panel.update(snap(done=1, running=1))
+    assert panel.running.value == "running: &#x27;&#x27;"
+    assert panel.stalled.value == "stalled: &#x27;&#x27; (running 12s)"
