@@ -309,3 +309,29 @@ def test_lone_surrogates_in_symbols_names_and_messages_show_as_replacement_chara
     assert any("\ufffd" in t and "job" in t for t in texts)
     assert any("broken \ufffd message" in t for t in texts), "the failure is shown with U+FFFD"
     assert "callback \ufffd failed" in out  # the callback's error was logged, encodable
+
+
+def test_jobs_gives_back_a_running_job_whose_variable_is_gone_with_its_live_panel_and_stop(kernel):
+    """What a page reload with the handle lost comes to on the kernel's side: ``jobs()`` displays one widget
+    holding the same live panel (the same models, so the same Stop), and a click on it stops the job."""
+    start = len(kernel.messages)
+    kernel.execute("handle = run(stubborn, range(1000), max_workers=2, name='lost')\ndel handle")
+    (panel_box,) = kernel.comm_ids("procengine-panel", start)
+    (stop,) = kernel.comm_ids("procengine-stop", start)
+    shown = kernel.execute("from procengine_nb import jobs\njobs()")
+    views = [m["content"]["data"] for m in kernel.messages
+             if m["msg_type"] in ("display_data", "execute_result") and m["parent_header"].get("msg_id") == shown]
+    (view,) = views
+    # the ended jobs of the earlier tests are listed too
+    assert re.match(r"jobs: 1 running, \d+ ended\n  lost: ", view["text/plain"]), view["text/plain"]
+    (container,) = kernel.comm_ids("procengine-jobs", start)
+    assert view["application/vnd.jupyter.widget-view+json"]["model_id"] == container
+    state = next(m["content"]["data"]["state"] for m in kernel.messages
+                 if m["msg_type"] == "comm_open" and m["content"]["comm_id"] == container)
+    assert state["children"][0] == f"IPY_MODEL_{panel_box}"  # the panel run() displayed, not a copy
+    kernel.click(stop)
+    check = kernel.execute("""
+        r = jobs()[0].result(timeout=30)
+        print(r.cancelled, jobs()[0].token.reason, job_threads())
+    """)
+    assert kernel.stdout(check) == "True stopped from the panel []\n", kernel.errors(check)
