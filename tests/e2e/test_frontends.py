@@ -220,3 +220,32 @@ def test_pause_continue_and_retry_from_the_panel_in_every_front_end(make_page, s
     expect(follow.locator(".procengine-title")).to_have_text("prices (retry)", timeout=15_000)
     expect(follow.locator(".procengine-status")).to_have_text("Done: 40 processed", timeout=30_000)
     lp.assert_contrast(follow, f"{server.kind}: the follow-up's panel")
+
+
+@pytest.mark.parametrize("server", ["notebook"], indirect=True)
+def test_notebook7_reload_with_the_handle_lost_then_jobs_gives_back_the_live_panel(make_page, server, write_nb):
+    """Notebook 7 (JupyterLab: tests/e2e/test_lab_control.py): the page reloaded, the notebook never saved
+    and the variable deleted; ``jobs()`` shows the running job's live panel, and its Stop stops it."""
+    lp = make_page(server)
+    write_nb(server.root, "reload.ipynb", [SETUP, START, "del handle", "from procengine_nb import jobs\njobs()",
+                                           "print(jobs()[0].result(timeout=30).summary())"])
+    lp.open("reload.ipynb")
+    lp.run_cell(0, until_done=True)
+    lp.run_cell(1)
+    expect(_panel(lp).locator(".procengine-status")).to_have_text(re.compile(r"^\s*Running"), timeout=30_000)
+    lp.run_cell(2, until_done=True)
+    lp.page.reload()
+    lp.page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', state="attached",
+                              timeout=90_000)
+    assert lp.page.locator(".procengine-panel").count() == 0  # nothing of the old output is left
+    lp.run_cell(3)
+    panel = lp.output(3).locator(".procengine-jobs .procengine-panel").first
+    expect(panel.locator(".procengine-title")).to_have_text("prices", timeout=30_000)
+    status = panel.locator(".procengine-status")
+    expect(status).to_have_text(re.compile(r"^\s*Running"), timeout=15_000)
+    first = wait_bar_above(lp.page, panel, 0.0)
+    assert wait_bar_above(lp.page, panel, first) > first  # live
+    panel.locator(".procengine-stop").click()
+    expect(status).to_have_text(CANCELLED, timeout=10_000)
+    lp.run_cell(4)
+    expect(lp.output(4)).to_contain_text("(cancelled)", timeout=15_000)
