@@ -21,13 +21,31 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from procengine_nb._validation import check_seconds
 from procengine_nb.progress import ProcessingProgress
 from procengine_nb.views._format import JobState
 from procengine_nb.views._ticker import Ticker
 
-__all__ = ["Throttle", "check_interval", "shown_times"]
+__all__ = ["Throttle", "check_interval", "read_handle", "shown_times"]
+
+
+def read_handle(handle: Any, method: str, *args: Any) -> list[Any]:
+    """``handle.method(*args)`` as a list (the running or stalled symbols), or [] when there is no handle,
+    it lacks the method, or the call fails: it reads the batch's bookkeeping racily, and a render must
+    never break on it.
+
+    >>> read_handle(None, "stalled")
+    []
+    """
+    fn = getattr(handle, method, None)
+    if not callable(fn):
+        return []
+    try:
+        return list(fn(*args))
+    except Exception:
+        return []
 
 
 def check_interval(value: object, label: str) -> float:

@@ -26,12 +26,12 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from procengine_nb.models import BatchResult
 from procengine_nb.progress import ProcessingProgress
 from procengine_nb.views._format import JobState, clean_text, describe_error, job_state, status_text
-from procengine_nb.views._live import Throttle, check_interval, shown_times
+from procengine_nb.views._live import Throttle, check_interval, read_handle, shown_times
 from procengine_nb.views._loglines import LogLineGuard
 from procengine_nb.views._render import JobFacts, render
 
@@ -186,7 +186,7 @@ class ConsoleProgress:
         cancelling = self._token is not None and self._token.is_cancelled
         state = job_state(p, cancel_requested=cancelling, paused=self._paused(p))
         elapsed, eta = shown_times(p, state, since_snapshot=now - self._received_at, ended=False)
-        stalled = _read_stalled(self._handle)
+        stalled = read_handle(self._handle, "stalled")
         line = render(JobFacts(self._name, p, state, elapsed_ms=elapsed, eta_ms=eta, stalled=stalled)).line()
         self.lines_written += 1
         if self._tty:
@@ -233,14 +233,3 @@ class ConsoleProgress:
 
     def __repr__(self) -> str:
         return f"ConsoleProgress(name={clean_text(self._name)!r})"
-
-
-def _read_stalled(handle: Any) -> list[tuple[Any, float]]:
-    """``handle.stalled()``, or [] when there is no handle or it fails (never breaks a line)."""
-    stalled = getattr(handle, "stalled", None)
-    if not callable(stalled):
-        return []
-    try:
-        return list(stalled())
-    except Exception:
-        return []

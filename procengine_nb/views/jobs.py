@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from procengine_nb.views._format import job_state
+from procengine_nb.views._live import read_handle
 from procengine_nb.views._render import JobFacts, JobText, render
 from procengine_nb.views.panel import WIDGET_VIEW, ProgressPanel
 
@@ -52,8 +53,8 @@ def job_text(handle: JobHandle) -> JobText:
     running: list[Any] = []
     stalled: list[Any] = []
     if not ended:
-        running = _read(handle, "running_symbols", 6)
-        stalled = _read(handle, "stalled")
+        running = read_handle(handle, "running_symbols", 6)
+        stalled = read_handle(handle, "stalled")
     return render(JobFacts(
         name=handle.job.display_name, progress=progress, state=state, error=error,
         eta_ms=progress.estimated_remaining_ms, running=running, stalled=stalled,
@@ -172,13 +173,3 @@ class JobsView:
 def jobs_view(handles: Iterable[JobHandle]) -> JobsView:
     """The display of ``procengine_nb.jobs()`` (``JobList`` calls it): a :class:`JobsView` of ``handles``."""
     return JobsView(handles)
-
-
-def _read(handle: Any, method: str, *args: Any) -> list[Any]:
-    fn = getattr(handle, method, None)
-    if not callable(fn):
-        return []
-    try:
-        return list(fn(*args))
-    except Exception:  # read racily from the batch: never let it break a line
-        return []

@@ -56,7 +56,7 @@ from procengine_nb.models import BatchResult
 from procengine_nb.progress import ProcessingProgress
 from procengine_nb.views._failures import FailureLog
 from procengine_nb.views._format import JobState, clean_text, job_state
-from procengine_nb.views._live import Throttle, check_interval, shown_times
+from procengine_nb.views._live import Throttle, check_interval, read_handle, shown_times
 from procengine_nb.views._render import Bar, JobFacts, JobText, render
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -594,8 +594,8 @@ class ProgressPanel:
         running: list[Any] = []
         stalled: list[tuple[Any, float]] = []
         if not ended and self._handle is not None:
-            running = _read(self._handle, "running_symbols", 6)
-            stalled = _read(self._handle, "stalled")
+            running = read_handle(self._handle, "running_symbols", 6)
+            stalled = read_handle(self._handle, "stalled")
         return JobFacts(
             name=self._name, progress=p, state=state, error=error, elapsed_ms=elapsed_ms, eta_ms=eta_ms,
             running=running, stalled=stalled, groups=self._failures.groups() if self._failures.total else (),
@@ -729,16 +729,3 @@ class ProgressPanel:
 def _can(handle: Any, method: str) -> bool:
     """True when the handle offers ``method`` (the engine side may not have it on every handle)."""
     return callable(getattr(handle, method, None))
-
-
-def _read(handle: Any, method: str, *args: Any) -> list[Any]:
-    """``handle.method(*args)`` as a list, or [] when it is missing or fails (read racily from the batch's
-    bookkeeping: never let it break a render)."""
-    fn = getattr(handle, method, None)
-    if not callable(fn):
-        return []
-    try:
-        return list(fn(*args))
-    except Exception:
-        return []
-
