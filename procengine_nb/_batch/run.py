@@ -12,9 +12,8 @@ from __future__ import annotations
 import heapq
 import queue
 import random
-import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
 from functools import partial
 from itertools import repeat
@@ -25,14 +24,18 @@ from procengine_nb._chunking import ChunkSizer
 from procengine_nb._safe import describe, guarded, logger, safe_repr, safe_str
 from procengine_nb._tracebacks import detach, format_text
 from procengine_nb._validation import MAX_SECONDS
-from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
+from procengine_nb.backends.base import BatchExecutor, Chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import BatchResult, ProcessingJob, ResultStatus, SymbolResult, UnprocessedView
 from procengine_nb.observe import Publisher
 from procengine_nb.progress import ProcessingProgress, ProgressTracker
 from procengine_nb.store import StoreSession
 
-__all__ = ["BatchRun", "BatchSettings"]
+from .pause import Pause
+from .settings import BatchSettings
+from .task import Task, mark_start, mark_started, mark_symbol
+
+__all__ = ["BatchRun"]
 
 _log = logger("procengine_nb.engine")  # never raises (see procengine_nb._safe.GuardedLogger)
 _WAKE = object()  # put in the completion queue by a cancel
@@ -46,84 +49,6 @@ _DURATIONS_SAMPLED = 8  # of a chunk's durations, at most about this many are ke
 _STALL_FACTOR = 5.0  # stall_after=None: this many times the median duration...
 _STALL_MIN_SECONDS = 10.0  # ...and at least this long
 _duration_of = attrgetter("duration_ms")
-
-
-class _Task:
-    """One chunk in flight: what it covers and what the loop knows of it (the loop's only record of it).
-
-    ``start:stop`` are the input positions it covers (a retry covers one), ``symbols`` its symbols.
-    ``timed`` when ``timeout=`` times it from its start, and ``started_at`` that start in the engine's
-    clock (None: not seen yet; also recorded, for ``stalled()``, where workers share memory).
-    ``attempts`` counts the calls of its (single) symbol that already failed
-    (a retry; 0 for a first try) and ``last`` is that symbol's last ERROR result (None for a first try).
-    """
-
-    __slots__ = ("start", "stop", "symbols", "timed", "started_at", "attempts", "last", "running")
-
-    def __init__(self, start: int, stop: int, symbols: Any, timed: bool, attempts: int,
-                 last: SymbolResult | None) -> None:
-        self.start = start
-        self.stop = stop
-        self.symbols = symbols
-        self.timed = timed
-        self.started_at: float | None = None
-        self.attempts = attempts
-        self.last = last
-        self.running: tuple[int, float] | None = None
-        """``(index, since)`` of the symbol running, where the backend reports each symbol (coroutines)."""
-
-
-def _mark_started(task: _Task, clock: Callable[[], float], wake: Callable[[Any], None]) -> None:
-    """``Chunk.on_start`` of a timed task on a backend whose workers share memory: record the start (in
-    the engine's clock) and wake the loop to time it."""
-    task.started_at = clock()
-    wake(_WAKE)
-
-
-def _mark_start(task: _Task, clock: Callable[[], float]) -> None:
-    """``Chunk.on_start`` of an untimed task where workers share memory: record its start (in the engine's
-    clock) for :meth:`BatchRun.stalled`, without waking the loop."""
-    task.started_at = clock()
-
-
-def _mark_symbol(task: _Task, clock: Callable[[], float], index: int) -> None:
-    """``Chunk.on_symbol`` where symbols are coroutines (each an await: the hook costs nothing next to it):
-    which symbol of the task runs, and since when, for :meth:`BatchRun.stalled`."""
-    task.running = (index, clock())
-
-
-class _Pause:
-    """Whether the batch hands out symbols (``handle.pause()`` / ``unpause()``), settable from any thread.
-
-    Invariants: ``paused`` changes only under ``_lock``; each change calls ``_wake`` (the loop's
-    completion queue), so the loop reacts without polling; the loop alone applies the change to the
-    tracker and publishes it (the tracker keeps a single writer). A change made before the loop starts
-    is seen when it starts (``attach`` reads the flag under the same lock).
-    """
-
-    __slots__ = ("_lock", "paused", "_wake")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.paused = False
-        """True while no new symbol may be handed out."""
-        self._wake: Callable[[], None] | None = None
-
-    def set(self, paused: bool) -> bool:
-        """Pause (True) or continue (False); True when this call changed the state."""
-        with self._lock:
-            if self.paused is paused:
-                return False
-            self.paused = paused
-            wake = self._wake
-        if wake is not None:
-            wake()
-        return True
-
-    def attach(self, wake: Callable[[], None] | None) -> None:
-        """Wake the loop with ``wake()`` on every change from now on (None: the loop is over)."""
-        with self._lock:
-            self._wake = wake
 
 
 class _Drawn:
@@ -141,36 +66,6 @@ class _Drawn:
 
     def __getitem__(self, index: int) -> Any:
         return self._symbols[index]
-
-
-class BatchSettings:
-    """The engine's knobs, validated by ``ProcessingEngine`` and shared by its batches."""
-
-    __slots__ = ("processor", "pass_token", "backend", "clock", "eta_smoothing", "max_errors",
-                 "timeout", "chunk_size", "target_chunk_seconds", "window_per_worker",
-                 "retries", "retry_on", "backoff", "stall_after")
-
-    def __init__(self, processor: Callable[..., Any], pass_token: bool, backend: Backend,
-                 clock: Callable[[], float], eta_smoothing: float | None, max_errors: int | None,
-                 timeout: float | None, chunk_size: int | None, target_chunk_seconds: float = 0.002,
-                 window_per_worker: int = 2, retries: int = 0,
-                 retry_on: tuple[type[BaseException], ...] = (Exception,), backoff: float = 0.0,
-                 stall_after: float | None = None) -> None:
-        self.processor = processor
-        self.pass_token = pass_token
-        self.backend = backend
-        self.clock = clock
-        self.eta_smoothing = eta_smoothing
-        self.max_errors = max_errors
-        self.timeout = timeout
-        self.chunk_size = chunk_size
-        self.target_chunk_seconds = target_chunk_seconds
-        self.window_per_worker = window_per_worker
-        self.retries = retries
-        self.retry_on = retry_on
-        self.backoff = backoff
-        self.stall_after = stall_after
-        """Seconds after which a running symbol counts as stalled (None: from the median duration)."""
 
 
 class BatchRun:
@@ -200,7 +95,7 @@ class BatchRun:
         else:
             self.tracker = ProgressTracker(len(job.symbols), clock=settings.clock,  # type: ignore[arg-type]
                                            smoothing=settings.eta_smoothing)
-        self._inflight: dict[Future[Any], _Task] = {}
+        self._inflight: dict[Future[Any], Task] = {}
         self._executor: BatchExecutor | None = None  # the batch's executor once open (running_symbols)
         self._abandoned: set[Future[Any]] = set()
         self._dropped: list[tuple[int, Any]] = []  # (position, symbol) that a cancel left never run
@@ -221,9 +116,9 @@ class BatchRun:
         self._unkeyed: list[SymbolResult] = []  # ERROR results of symbols whose key raised, not yet counted
         self._stored_drawn = 0  # lazy input: symbols drawn never handed out (from the store, or unkeyed)
         self._retry_on_failed = False  # retry_on's instance check raised (logged once)
-        self._pause = _Pause()
+        self._pause = Pause()
         # spans a pause took back from the pool before they started, by descending start (pop(): the first)
-        self._requeued: list[_Task] = []
+        self._requeued: list[Task] = []
         # the latest completed symbols' durations (ms), for the median that stall_after=None uses
         self._durations: deque[float] = deque(maxlen=_DURATIONS_KEPT)
 
@@ -369,7 +264,8 @@ class BatchRun:
         token = self.token
         tracker = self.tracker
         completions: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        wake = token.register(lambda: completions.put(_WAKE))
+        wake_loop = partial(completions.put, _WAKE)
+        wake = token.register(wake_loop)
         pause = self._pause
         pause.attach(lambda: completions.put(_WAKE))
         requeued = self._requeued
@@ -442,15 +338,15 @@ class BatchRun:
                             start = next_index
                             stop = start + sizer.size(total - start)
                             chunk = symbols[start:stop]
-                    task = _Task(start, stop, chunk, timed, attempts, last)
+                    task = Task(start, stop, chunk, timed, attempts, last)
                     try:
                         if pushed:
-                            on_start = partial(_mark_started, task, clock, completions.put)
+                            on_start = partial(mark_started, task, clock, wake_loop)
                         elif stamped:
-                            on_start = partial(_mark_start, task, clock)
+                            on_start = partial(mark_start, task, clock)
                         else:
                             on_start = None
-                        on_symbol = partial(_mark_symbol, task, clock) if per_symbol else None
+                        on_symbol = partial(mark_symbol, task, clock) if per_symbol else None
                         future = executor.submit_chunk(Chunk(chunk, processor, pass_token, on_start, on_symbol))
                     except KeyboardInterrupt:
                         raise
