@@ -467,12 +467,12 @@ def test_stalled_with_stall_after_lists_longest_first():
                               clock=lambda: now[0])
     handle = engine.start(["x"])
     try:
-        until(lambda: handle._batch._inflight and all(task.started_at is not None
-                                                      for task in handle._batch._inflight.values()))
+        until(lambda: handle._batch.window.inflight and all(task.started_at is not None
+                                                      for task in handle._batch.window.inflight.values()))
         now[0] = 1.0
         second = engine.start(["y"])
-        until(lambda: second._batch._inflight and all(task.started_at is not None
-                                                      for task in second._batch._inflight.values()))
+        until(lambda: second._batch.window.inflight and all(task.started_at is not None
+                                                      for task in second._batch.window.inflight.values()))
         now[0] = 2.0
         assert handle.stalled() == [("x", 2.0)] and second.stalled() == []
         now[0] = 3.0

@@ -31,10 +31,12 @@ PLUGIN = """
 import os
 from pathlib import Path
 
-from procengine_nb import _batch, models, observe, progress
+from procengine_nb import models, observe, progress
+from procengine_nb._batch import retries, source
 
 NAME = os.environ.get("PROCENGINE_MUTATION", "")
 RAN = Path(os.environ.get("PROCENGINE_MUTATION_RAN", os.devnull))
+MUTATED = []  # the batches' parts already mutated (once each; they have __slots__: no flag on them)
 
 
 def ran():
@@ -96,26 +98,28 @@ elif NAME == "skip the final callback":
         return mutated
     patch(observe.Publisher, "finish", make)
 elif NAME == "keep a failed attempt that is retried":
-    def make(schedule):
-        def mutated(self, index, last, calls, delay):
-            if not getattr(self, "_mutated", False):
+    def make(sift):
+        def mutated(self, results, start, attempts):
+            finals = sift(self, results, start, attempts)
+            kept = [r for r in results if not any(r is f for f in finals)]  # scheduled for another attempt
+            if kept and self not in MUTATED:
                 ran()
-                self._mutated = True
-                self._results.append(last)
-            schedule(self, index, last, calls, delay)
+                MUTATED.append(self)
+                return [*finals, kept[0]]  # ...and recorded as final too
+            return finals
         return mutated
-    patch(_batch.BatchRun, "_schedule", make)
+    patch(retries.RetryQueue, "sift", make)
 elif NAME == "draw one symbol the batch never accounts for":
     def make(draw):
         def mutated(self, size):
             chunk = draw(self, size)
-            if len(chunk) > 1 and not getattr(self, "_mutated", False):
+            if len(chunk) > 1 and self not in MUTATED:
                 ran()
-                self._mutated = True
+                MUTATED.append(self)
                 return chunk[1:]
             return chunk
         return mutated
-    patch(_batch.BatchRun, "_draw", make)
+    patch(source.LazySource, "draw", make)
 elif NAME:
     raise RuntimeError(f"unknown mutation {NAME!r}")
 """

@@ -182,11 +182,11 @@ def test_the_backoff_doubles_with_jitter():
 
     batch = BatchRun(engine._settings, ProcessingJob(["a"]), Publisher(), CancellationToken())
     for calls in range(1, 6):
-        delays = [batch._delay(calls) for _ in range(200)]
+        delays = [batch._retries.delay(calls) for _ in range(200)]
         nominal = 2.0 ** (calls - 1)
         assert all(0.5 * nominal <= d <= nominal for d in delays)
         assert len(set(delays)) > 100  # jittered
-    assert batch._delay(10**6) <= 1e10  # never an overflow
+    assert batch._retries.delay(10**6) <= 1e10  # never an overflow
     assert ProcessingEngine(str, retries=1)._settings.backoff == 0.0
 
 

@@ -7,11 +7,12 @@ reports); each writes one field of its own task, read by the batch's thread and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from procengine_nb.models import SymbolResult
 
-__all__ = ["Task", "mark_start", "mark_started", "mark_symbol"]
+__all__ = ["Hooks", "Task", "mark_start", "mark_started", "mark_symbol"]
 
 
 class Task:
@@ -58,3 +59,32 @@ def mark_symbol(task: Task, clock: Callable[[], float], index: int) -> None:
     """``Chunk.on_symbol`` where symbols are coroutines (each an await: the hook costs nothing next to it):
     which symbol of the task runs, and since when, for ``stalled()``."""
     task.running = (index, clock())
+
+
+class Hooks:
+    """Which of the marking functions a batch's tasks carry, decided once per batch.
+
+    ``pushed``: the start of a timed task is pushed by its worker (and wakes the loop); else ``stamped``:
+    its start is recorded for ``stalled()`` only; ``per_symbol``: each symbol's start is reported too.
+    None of them (a backend that cannot report): the task carries no hook (nothing on the hot path).
+    """
+
+    __slots__ = ("clock", "wake", "pushed", "stamped", "per_symbol")
+
+    def __init__(self, clock: Callable[[], float], wake: Callable[[], None], *, pushed: bool, stamped: bool,
+                 per_symbol: bool) -> None:
+        self.clock = clock
+        self.wake = wake
+        self.pushed = pushed
+        self.stamped = stamped
+        self.per_symbol = per_symbol
+
+    def of(self, task: Task) -> tuple[Callable[[], None] | None, Callable[[int], None] | None]:
+        """``(on_start, on_symbol)`` for ``task``'s chunk."""
+        if self.pushed:
+            on_start: Callable[[], None] | None = partial(mark_started, task, self.clock, self.wake)
+        elif self.stamped:
+            on_start = partial(mark_start, task, self.clock)
+        else:
+            on_start = None
+        return on_start, (partial(mark_symbol, task, self.clock) if self.per_symbol else None)
