@@ -176,19 +176,18 @@ class BatchRun:
         return result
 
     def _loop(self) -> BatchResult:
-        settings, token, tracker = self.settings, self.token, self.tracker
+        settings, token = self.settings, self.token
         source, window, retries, reruns, pause = self._source, self.window, self._retries, self._reruns, self._pause
         if reruns is not None:
             reruns.open(source)
         wake = token.register(window.wake)
         pause.attach(window.wake)
         inflight, requeued = window.inflight, window.requeued
-        timeout = settings.timeout
         backend = settings.backend
         # timeout= counts from each symbol's own start: the worker records it (shared memory) or reports
         # it (reports_running: Dask), or the watch asks the backend whether a task started (a backend that
         # times symbols itself: neither)
-        timed = timeout is not None and not getattr(backend, "times_symbols", False)
+        timed = settings.timeout is not None and not getattr(backend, "times_symbols", False)
         clock = settings.clock
         executor: BatchExecutor | None = None
         try:
@@ -201,58 +200,22 @@ class BatchRun:
             pushed = timed and (backend.shares_memory or reports)
             hooks = Hooks(clock, window.wake, pushed=pushed, stamped=backend.shares_memory or reports,
                           per_symbol=(backend.shares_memory and backend.runs_coroutines) or reports)
-            watch = TimeoutWatch(timeout, pushed, window, self._outcomes,  # type: ignore[arg-type]
+            watch = TimeoutWatch(settings.timeout, pushed, window, self._outcomes,  # type: ignore[arg-type]
                                  retries.sift if settings.retries else None) if timed else None
-            pass_token = settings.pass_token
-            processor = settings.processor
             while True:
-                paused = pause.paused
-                if paused is not tracker.paused:  # a pause or a continue: the views hear it at once
-                    if paused:
-                        window.take_back()
-                    self.publisher.state(tracker.set_paused(paused, drained=not inflight))
-                elif paused and tracker.idle is bool(inflight):  # paused, and its last running task ended
-                    tracker.set_paused(True, drained=not inflight)
-                # 1. keep the window full (unless paused): tasks taken back first, then retries that are
-                # due, then new symbols
-                while len(inflight) < window.size and not token.is_cancelled and not paused:
-                    task, origin = self._next_task(timed)
-                    if task is None:
-                        break
-                    on_start, on_symbol = hooks.of(task)
-                    try:
-                        window.submit(task, Chunk(task.symbols, processor, pass_token, on_start, on_symbol))
-                    except KeyboardInterrupt:
-                        raise
-                    except BaseException as exc:  # e.g. an executor that was shut down (an executor= is user code)
-                        self._refused(task, origin, exc)
-                        break
-                    if origin is _NEW:
-                        source.handed_out(task.stop)
+                paused = self._apply_pause()
+                self._fill(hooks, timed, paused)  # 1. keep the window full (unless paused)
                 if not inflight and not retries.heap and not (paused and (requeued or source.more())):
-                    break
+                    break  # nothing in flight, waiting to retry, or held back by a pause: the end
                 if token.is_cancelled:
                     # let a backend that stops running tasks (asyncio) unwind them, keep what
                     # already finished (its completion is queued), then stop waiting
                     executor.stop_running(list(inflight))
                     window.drain(self._take)
                     break
-                # 2. wait for a completion (or a cancel, a task's start, a deadline, a retry's due time)
-                wait = None
-                # a retry's due time matters only while the window has room for it: with the window
-                # full, only a completion frees a slot (waiting for the due time would spin)
-                retry_due = bool(retries.heap) and len(inflight) < window.size and not paused
-                if watch is not None or retry_due:
-                    now = clock()
-                    if watch is not None:
-                        wait = watch.next_wait(now, executor)
-                    if retry_due:
-                        due = retries.due_in(now)
-                        wait = due if wait is None else min(wait, due)
-                    if wait is not None:
-                        wait = min(wait, _MAX_WAIT)
+                # 2. wait for a completion (or a cancel, a pause, a task's start, a deadline, a retry's due time)
                 try:
-                    item = window.completions.get(timeout=wait)
+                    item = window.completions.get(timeout=self._wait(watch, paused))
                 except queue.Empty:
                     if watch is not None:
                         watch.expire(clock())
@@ -273,6 +236,56 @@ class BatchRun:
                 if reruns is not None:  # however the batch ended: the writer writes the rest (never waited for)
                     reruns.close()
         return self._results
+
+    def _apply_pause(self) -> bool:
+        """Apply a pause or a continue asked since the last turn (the views hear it at once; a pause takes
+        back what has not started); return whether the batch is paused."""
+        paused = self._pause.paused
+        tracker, inflight = self.tracker, self.window.inflight
+        if paused is not tracker.paused:
+            if paused:
+                self.window.take_back()
+            self.publisher.state(tracker.set_paused(paused, drained=not inflight))
+        elif paused and tracker.idle is bool(inflight):  # paused, and its last running task ended
+            tracker.set_paused(True, drained=not inflight)
+        return paused
+
+    def _fill(self, hooks: Hooks, timed: bool, paused: bool) -> None:
+        """Hand out tasks while the window has room and the batch is neither cancelled nor paused: tasks
+        taken back first, then retries that are due, then new symbols."""
+        window, token, settings = self.window, self.token, self.settings
+        inflight, size = window.inflight, window.size
+        processor, pass_token = settings.processor, settings.pass_token
+        while len(inflight) < size and not token.is_cancelled and not paused:
+            task, origin = self._next_task(timed)
+            if task is None:
+                return
+            on_start, on_symbol = hooks.of(task)
+            try:
+                window.submit(task, Chunk(task.symbols, processor, pass_token, on_start, on_symbol))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # e.g. an executor that was shut down (an executor= is user code)
+                self._refused(task, origin, exc)
+                return
+            if origin is _NEW:
+                self._source.handed_out(task.stop)
+
+    def _wait(self, watch: TimeoutWatch | None, paused: bool) -> float | None:
+        """How long to wait for a completion: until the next deadline or retry due time (at most
+        ``_MAX_WAIT``, so a fake clock works), else None (until a completion or a wake-up)."""
+        retries, window = self._retries, self.window
+        # a retry's due time matters only while the window has room for it: with the window
+        # full, only a completion frees a slot (waiting for the due time would spin)
+        retry_due = bool(retries.heap) and len(window.inflight) < window.size and not paused
+        if watch is None and not retry_due:
+            return None
+        now = self.settings.clock()
+        wait = None if watch is None else watch.next_wait(now, window.executor)  # type: ignore[arg-type]
+        if retry_due:
+            due = retries.due_in(now)
+            wait = due if wait is None else min(wait, due)
+        return None if wait is None else min(wait, _MAX_WAIT)
 
     def _next_task(self, timed: bool) -> tuple[Task | None, int]:
         """The next task to hand out and where it comes from: a task a pause took back, else a retry that
