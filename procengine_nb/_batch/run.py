@@ -268,7 +268,7 @@ class BatchRun:
             except BaseException as exc:  # e.g. an executor that was shut down (an executor= is user code)
                 self._refused(task, origin, exc)
                 return
-            if origin is _NEW:
+            if origin == _NEW:
                 self._source.handed_out(task.stop)
 
     def _wait(self, watch: TimeoutWatch | None, paused: bool) -> float | None:
@@ -317,7 +317,7 @@ class BatchRun:
         self.token.cancel(f"the executor refused new tasks: {describe(exc, 500)}")
         if task.last is not None:  # back to waiting: it ends as its last ERROR result
             self._retries.schedule(task.start, task.last, task.attempts, 0.0)
-        elif origin is _BACK:  # taken back, never run
+        elif origin == _BACK:  # taken back, never run
             self._source.drop(task.start, task.stop, task.symbols)
         else:
             self._source.refused(task.start, task.stop, task.symbols)
