@@ -16,6 +16,7 @@ from procengine_nb import (
     ProcessingJob,
     ResultStatus,
     ResultStore,
+    SymbolResult,
     load_results,
     run,
 )
@@ -198,6 +199,7 @@ def test_a_store_of_another_version_is_refused_before_anything_runs(path, no_thr
     processor = Counting()
     engine = ProcessingEngine(processor)
     engine.process_batch(ProcessingJob([1, 2], name="v"), store=path)
+    assert ResultStore(path).flush(timeout=30)  # the writer thread may still be writing them
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 99")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -208,6 +210,26 @@ def test_a_store_of_another_version_is_refused_before_anything_runs(path, no_thr
         engine.start(ProcessingJob([1, 2, 3], name="v"), store=path)
     assert processor.calls == []
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_a_writer_whose_file_became_another_version_gives_up_at_once_and_says_so(path, caplog, no_thread_leak):
+    """The file turned into a store of another version while a batch's writer still had results to write:
+    trying again cannot help, so the writer logs what it could not write and ends at once (it used to
+    retry for busy_timeout, 10 s, after the batch)."""
+    engine = ProcessingEngine(Counting())
+    engine.process_batch(ProcessingJob([1], name="v"), store=path)
+    assert ResultStore(path).flush(timeout=30)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    from procengine_nb.store.writer import Writer
+
+    writer = Writer(path, "v2", str, None, commit_seconds=0.0, commit_results=1, give_up=60.0)
+    began = time.monotonic()
+    writer.add([SymbolResult("x", ResultStatus.SUCCESS, 1)])
+    writer.close()
+    assert writer.flush(30)
+    assert time.monotonic() - began < 5
+    assert writer.lost == 1 and "another version" in caplog.text and "could not be written" in caplog.text
 
 
 def named_processor(symbol):

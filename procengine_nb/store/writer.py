@@ -34,7 +34,7 @@ from procengine_nb._safe import describe, logger, safe_repr, safe_str
 from procengine_nb.models import SymbolResult
 from procengine_nb.store.codec import encode, write
 from procengine_nb.store.keys import KeyFunction, shown_name
-from procengine_nb.store.schema import connect, transaction
+from procengine_nb.store.schema import StoreVersionError, connect, transaction
 
 __all__ = ["Writer", "log_line", "wait_for_writers", "writers_of"]
 
@@ -217,7 +217,7 @@ class Writer:
                     if conn is not None and not _is_locked(exc):
                         conn.close()
                         conn = None
-                    if self._failed(rows, exc):
+                    if self._failed(rows, exc, permanent=isinstance(exc, StoreVersionError)):
                         return
                     continue
                 self._written(len(rows))
@@ -278,8 +278,10 @@ class Writer:
             log_line(logging.INFO, "store %s: writing again (%d result(s) of batch %r written)", self.path, count,
                      shown_name(self.batch))
 
-    def _failed(self, rows: list[tuple[Any, ...]], exc: Exception) -> bool:
-        """Keep ``rows`` for the next attempt; True when it is time to give up (then it logged)."""
+    def _failed(self, rows: list[tuple[Any, ...]], exc: Exception, *, permanent: bool = False) -> bool:
+        """Keep ``rows`` for the next attempt; True when it is time to give up (then it logged): after
+        ``give_up`` seconds past the batch's end, or at once for a ``permanent`` failure (the file became a
+        store of another version: trying again cannot help)."""
         with self._cond:
             now = self._clock()
             first = self.failing is None
@@ -290,6 +292,10 @@ class Writer:
             waiting = self._handed - self._settled
             closed_at = self._closed_at
             self._cond.notify_all()  # a flush waiting with skip_failing looks again
+        if permanent:
+            log_line(logging.ERROR, "store %s: %d result(s) of batch %r could not be written (%s); they are only in "
+                     "the returned BatchResult", self.path, waiting, shown_name(self.batch), self.failing)
+            return True
         if closed_at is not None and now - closed_at >= self._give_up:
             log_line(logging.ERROR, "store %s: %d result(s) of batch %r could not be written (%s; tried for %.0f s "
                      "after the batch ended); they are only in the returned BatchResult", self.path, waiting,
