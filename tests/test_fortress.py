@@ -432,3 +432,141 @@ def test_a_pickled_result_keeps_every_exception_or_a_faithful_stand_in(monkeypat
         assert by_symbol[symbol].status is ResultStatus.ERROR and by_symbol[symbol].traceback == error.traceback
     assert isinstance(back.input_error, ErrorStandIn) and back.input_error.message == "the input"
     assert pickle.loads(pickle.dumps(back))[0].symbol == back[0].symbol  # and it round-trips again
+
+
+# -- 8. nothing on a batch's event loop can end it: a coroutine's BaseException costs its symbol -----------
+def _bounded(call, *args, **kwargs):
+    """``call(*args, **kwargs)`` on a daemon thread, at most WAIT seconds (a hang fails the test, never the run)."""
+    out: dict[str, object] = {}
+
+    def target():
+        try:
+            out["value"] = call(*args, **kwargs)
+        except BaseException as exc:  # reported below
+            out["raised"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(WAIT)
+    assert not thread.is_alive(), f"{call} still running after {WAIT}s (a hang)"
+    if "raised" in out:
+        raise AssertionError(f"{call} raised {out['raised']!r}")
+    return out["value"]
+
+
+class _AwaitRaises:
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __await__(self):
+        raise self.kind("from __await__")
+        yield  # pragma: no cover - makes __await__ a generator
+
+
+@pytest.mark.parametrize("kind", [SystemExit, KeyboardInterrupt])
+@pytest.mark.parametrize("where", ["threads", "executor", "asyncio", "threads __await__"])
+def test_a_coroutine_raising_systemexit_or_keyboardinterrupt_costs_only_its_symbol(where, kind, no_thread_leak):
+    async def work(s):
+        await asyncio.sleep(0)
+        if s == 3:
+            raise kind("from the coroutine")
+        return s
+
+    def sync(s):  # a sync processor returning the awaitable: the worker awaits it on the batch's loop
+        return _AwaitRaises(kind) if where.endswith("__await__") and s == 3 else work(s)
+
+    symbols = list(range(12))
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(4) if where == "executor" else None
+    try:
+        for timeout in (None, 5.0):  # with timeout= too: the loop lives on, the others are not timed out
+            if where == "asyncio":
+                engine = ProcessingEngine(work, max_workers=4, timeout=timeout)
+            else:
+                engine = ProcessingEngine(sync, max_workers=4, timeout=timeout, executor=pool)
+            result = _bounded(engine.process_batch, symbols)
+            assert_accounted(symbols, result)
+            failed = [r for r in result if r.status is not ResultStatus.SUCCESS]
+            assert [(r.symbol, r.status, type(r.error)) for r in failed] == [(3, ResultStatus.ERROR, kind)]
+            assert not result.cancelled
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _exit_callback():
+    raise SystemExit("from a loop callback")
+
+
+_left: list[asyncio.Task[None]] = []  # the tasks a rogue processor leaves on its loop
+
+
+async def _interrupt_later():
+    await asyncio.sleep(0.01)
+    raise KeyboardInterrupt("from a leftover task")
+
+
+@pytest.mark.parametrize("how", ["loop.stop()", "callback SystemExit", "leftover KeyboardInterrupt"])
+@pytest.mark.parametrize("backend", ["asyncio", "threads"])
+def test_a_coroutine_sabotaging_the_loop_costs_a_logged_line_and_the_batch_goes_on(backend, how, no_thread_leak,
+                                                                                    caplog):
+    async def rogue(s):
+        loop = asyncio.get_running_loop()
+        if s == 3:
+            if how == "loop.stop()":
+                loop.stop()
+            elif how == "callback SystemExit":
+                loop.call_soon(_exit_callback)
+            else:
+                _left.append(loop.create_task(_interrupt_later()))
+        await asyncio.sleep(0.03)
+        return s
+
+    symbols = list(range(20))
+    processor = rogue if backend == "asyncio" else (lambda s: rogue(s))
+    engine = ProcessingEngine(processor, backend=backend, max_workers=4, chunk_size=1)
+    with caplog.at_level(logging.WARNING, logger="procengine_nb"):
+        result = _bounded(engine.process_batch, symbols)
+    assert_accounted(symbols, result)
+    assert not result.cancelled and result.cancel_reason is None
+    assert sorted(r.value for r in result) == symbols  # every symbol, the saboteur's own included, a SUCCESS
+    lines = [r.getMessage() for r in caplog.records if "event loop" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert ("stopped the batch's event loop" if how == "loop.stop()" else how.split()[-1]) in lines[0]
+
+
+def test_a_worker_waiting_on_a_loop_that_ends_under_it_fails_at_once(no_thread_leak):
+    """The loop ends with the awaitable still on it (it swallowed every cancel and was abandoned): the worker
+    waiting for it gets an ERROR when the loop thread ends, never waits forever."""
+    from procengine_nb.backends._loop import Awaiter
+
+    awaiter = Awaiter(None)
+    started = threading.Event()
+    release = threading.Event()
+
+    async def stubborn():
+        started.set()
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass
+
+    waiting = threading.Thread(target=lambda: outcome.append(_raised(awaiter.wait, stubborn())), daemon=True)
+    outcome: list[BaseException | None] = []
+    waiting.start()
+    assert started.wait(WAIT)
+    awaiter.close(wait=True)  # the batch ends: cancelled, re-cancelled for 0.5 s, abandoned with the loop
+    waiting.join(WAIT)
+    release.set()
+    assert not waiting.is_alive()
+    assert isinstance(outcome[0], RuntimeError) and "event loop has ended" in str(outcome[0])
+
+
+def _raised(call, *args):
+    try:
+        call(*args)
+    except BaseException as exc:  # what the test looks at
+        return exc
+    return None

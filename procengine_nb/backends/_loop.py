@@ -23,14 +23,14 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
 from procengine_nb._safe import describe, guarded, logger
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
 
-__all__ = ["Awaiter", "LoopThread", "awaiter_for", "cannot_await", "is_awaitable", "register_awaiter",
-           "unregister_awaiter"]
+__all__ = ["Awaiter", "Escaped", "LoopThread", "awaiter_for", "cannot_await", "is_awaitable", "register_awaiter",
+           "resolve", "unregister_awaiter"]
 
 LEFTOVER_GRACE_SECONDS = 0.5
 """How long the end of a batch waits for the tasks still on its loop (a task a processor spawned and
@@ -66,13 +66,38 @@ def is_awaitable(value: object) -> bool:
 _NOT_AWAITABLE: set[type] = {str, int, float, bool, bytes, type(None), tuple, list, dict}
 
 
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
+class Escaped(Exception):
+    """Carries a ``SystemExit`` or ``KeyboardInterrupt`` an awaitable raised across the loop.
+
+    asyncio re-raises those two out of ``run_forever`` (a task's as well as a callback's), which would
+    end the loop under every other coroutine on it. Wrapped in this, the task ends with an ordinary
+    exception; the side that waits for it re-raises the original (``exception``), so it is that
+    symbol's ERROR as from a sync processor.
+    """
+
+    def __init__(self, exception: BaseException) -> None:
+        super().__init__(type(exception).__name__)
+        self.exception = exception
+
+
+async def resolve(awaitable: Awaitable[Any]) -> Any:
+    """Await ``awaitable`` (and what it resolves to, while that is awaitable too); a ``SystemExit`` or
+    ``KeyboardInterrupt`` it raises comes out wrapped in :class:`Escaped` (see there)."""
+    value: Any = awaitable
+    try:
+        while is_awaitable(value):
+            value = await value
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise Escaped(exc) from None
+    return value
 
 
 class LoopThread:
     """A daemon thread running a fresh asyncio event loop until :meth:`stop`.
 
+    Nothing else ends it: a processor's ``loop.stop()`` (the loop is started again), a ``SystemExit`` or
+    ``KeyboardInterrupt`` out of a callback or a task left on it (asyncio re-raises those two out of
+    ``run_forever``) cost a logged line each and the loop goes on.
     ``stop()`` cancels every task still on the loop and waits for them, re-cancelling a task that
     swallows the cancel, for at most ``LEFTOVER_GRACE_SECONDS`` (then they are abandoned); shuts down
     the loop's async generators and default executor (``asyncio.to_thread`` threads), each bounded
@@ -97,30 +122,52 @@ class LoopThread:
     def _main(self) -> None:
         loop = self.loop
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(_exception_handler)
         try:
-            loop.run_forever()  # until stop(), or a processor that stopped the running loop itself
+            self._run_until_stopped(loop)
             self._refuse_new_work()
-            pending = asyncio.all_tasks(loop)
             deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
-            while pending:
+            while True:
+                pending = asyncio.all_tasks(loop)
+                if not pending:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     _abandon(pending)
                     break
                 for task in pending:
                     task.cancel()
-                _, pending = loop.run_until_complete(asyncio.wait(pending, timeout=min(_RECANCEL_SECONDS, remaining)))
-            loop.run_until_complete(_bounded(loop.shutdown_asyncgens(), _CLEANUP_SECONDS))
+                _run_guarded(loop, asyncio.wait(pending, timeout=min(_RECANCEL_SECONDS, remaining)))
+            _run_guarded(loop, _bounded(loop.shutdown_asyncgens(), _CLEANUP_SECONDS))
             _shutdown_default_executor(loop, _CLEANUP_SECONDS)
-        except RuntimeError:  # a processor stopped the loop again during the clean-up: close it as it is
-            _log.debug("the loop was stopped during its clean-up", exc_info=True)
+        except BaseException:  # our own clean-up failed: close the loop as it is
+            _log.debug("the batch's event loop could not be cleaned up; closed as it is", exc_info=True)
         finally:
             self._refuse_new_work()
             asyncio.set_event_loop(None)
-            loop.close()
+            try:
+                loop.close()
+            except BaseException:  # a loop closed by a processor, or one still marked running
+                _log.debug("the batch's event loop could not be closed", exc_info=True)
             if self._on_exit is not None:  # e.g. fail what was handed over and never ran
                 guarded(self._on_exit, on_error=lambda exc: _log.error("loop exit hook %r raised %s",
                                                                        self._on_exit, describe(exc, 500)))
+
+    def _run_until_stopped(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the loop until :meth:`stop`. What would end it earlier costs a logged line and the loop
+        goes on: a ``SystemExit``/``KeyboardInterrupt`` out of a callback or a task a processor left on
+        it (asyncio re-raises those two out of ``run_forever``), or a processor's own ``loop.stop()``."""
+        while not loop.is_closed():
+            try:
+                loop.run_forever()
+            except BaseException as exc:
+                _log_escape(exc)
+                del exc
+                continue
+            if self._stopping:
+                return
+            _log.warning("a processor stopped the batch's event loop (loop.stop()); it was started again and "
+                         "the batch goes on")
 
     def _refuse_new_work(self) -> None:
         with self._lock:
@@ -166,6 +213,37 @@ class LoopThread:
     def is_alive(self) -> bool:
         """True while the loop's thread runs."""
         return self._thread.is_alive()
+
+
+def _log_escape(exc: BaseException) -> None:
+    try:
+        text = describe(exc, 500)
+    except BaseException:  # describe() lets a KeyboardInterrupt out of a hostile __str__ through
+        text = type(exc).__name__
+    _log.error("a callback or a task on the batch's event loop raised %s; ignored, the loop goes on", text)
+
+
+def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's handler, less the second report of a ``SystemExit``/``KeyboardInterrupt`` a task raised:
+    it escaped ``run_forever`` and was logged then (:meth:`LoopThread._run_until_stopped`)."""
+    if isinstance(context.get("exception"), (SystemExit, KeyboardInterrupt)):
+        return
+    loop.default_exception_handler(context)
+
+
+def _run_guarded(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[Any]) -> None:
+    """``loop.run_until_complete`` for the clean-up steps: a leftover task's ``SystemExit`` or a
+    ``loop.stop()`` ends only this step (logged; the caller's deadline bounds the clean-up)."""
+    future = asyncio.ensure_future(awaitable, loop=loop)
+    try:
+        loop.run_until_complete(future)
+    except BaseException as exc:
+        if isinstance(exc, RuntimeError) and not future.done():  # stopped before it finished
+            _log.debug("a clean-up step of the batch's loop was stopped by a processor")
+        else:
+            _log_escape(exc)
+        del exc
+        future.cancel()
 
 
 def _abandon(tasks: set[asyncio.Task[Any]]) -> None:
@@ -219,37 +297,57 @@ class Awaiter:
         self._lock = threading.Lock()
         self._loop: LoopThread | None = None
         self._closed = False
+        self._waiting: set[Future[Any]] = set()  # the futures worker threads wait on now
 
     def wait(self, awaitable: Awaitable[Any]) -> Any:
-        """Await ``awaitable`` on the batch's loop and return its value (raises what it raises)."""
+        """Await ``awaitable`` on the batch's loop and return its value (raises what it raises, a
+        ``SystemExit`` or ``KeyboardInterrupt`` included: on this worker's thread, never on the loop's)."""
         loop = self._get_loop()
         if loop is None:
             _close(awaitable)
             raise ProcessingCancelledException("the batch ended before this awaitable could run")
         if loop.stopping:
             _close(awaitable)
-            raise RuntimeError("the batch's event loop has stopped (did a processor stop the running loop?)")
-        future = self._context.copy().run(loop.submit, _await(awaitable))
+            raise RuntimeError(_LOOP_ENDED)
+        future = self._context.copy().run(loop.submit, resolve(awaitable))
+        with self._lock:
+            self._waiting.add(future)
+        if not loop.is_alive():  # it ended between the two: its exit hook may have missed this one
+            _fail(future)
         token = self._token
         registration = token.register(future.cancel) if token is not None else None
+        escaped: BaseException | None = None
         try:
             return future.result()
+        except Escaped as carrier:
+            escaped = carrier.exception
         except CancelledError:
             reason = token.reason if token is not None else None
             raise ProcessingCancelledException(
                 "processing was cancelled" + (f": {reason}" if reason else ""), reason=reason,
             ) from None
         finally:
+            with self._lock:
+                self._waiting.discard(future)
             if registration is not None:
                 registration.unregister()
+        raise escaped  # outside the except clause: no "during handling of Escaped" context on it
 
     def _get_loop(self) -> LoopThread | None:
         with self._lock:
             if self._closed:
                 return None
             if self._loop is None:
-                self._loop = LoopThread(self._name)
+                self._loop = LoopThread(self._name, on_exit=self._loop_ended)
             return self._loop
+
+    def _loop_ended(self) -> None:
+        """The loop thread ends: a worker still waiting for its awaitable (abandoned on the loop, or the
+        loop ended some other way) gets an ERROR at once rather than waiting forever."""
+        with self._lock:
+            waiting = list(self._waiting)
+        for future in waiting:
+            _fail(future)
 
     def close(self, *, wait: bool) -> None:
         """End of the batch: stop the loop if one was started (cancelling what still runs on it)."""
@@ -258,6 +356,16 @@ class Awaiter:
             loop = self._loop
         if loop is not None:
             loop.stop(wait=wait)
+
+
+_LOOP_ENDED = "the batch's event loop has ended before this awaitable finished"
+
+
+def _fail(future: Future[Any]) -> None:
+    try:
+        future.set_exception(RuntimeError(_LOOP_ENDED))
+    except InvalidStateError:  # finished or cancelled meanwhile
+        pass
 
 
 def _close(awaitable: object) -> None:

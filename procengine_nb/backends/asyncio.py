@@ -114,8 +114,7 @@ class _AsyncBatch(BatchExecutor):
         future.add_done_callback(self._resolved)
         if not self._loop_thread.call_soon(self._loop_start, future, chunk):
             future.cancel()
-            raise RuntimeError("the batch's event loop has stopped (did a processor stop or close the running "
-                               "loop?)")
+            raise RuntimeError("the batch's event loop has ended (its thread could not go on)")
         return future
 
     def take_back(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
@@ -143,12 +142,11 @@ class _AsyncBatch(BatchExecutor):
             self._unresolved.discard(future)
 
     def _loop_ended(self) -> None:
-        """The loop thread is ending: a chunk handed over and never finished (a processor stopped the
-        running loop, or a chunk swallowed every cancel until the end) fails rather than hangs."""
+        """The loop thread is ending: a chunk handed over and never finished (it swallowed every cancel
+        until the end, or the loop ended some other way) fails rather than hangs."""
         with self._unresolved_lock:
             futures = list(self._unresolved)
-        error = RuntimeError("the batch's event loop stopped before this chunk finished (did a processor "
-                             "stop the running loop?)")
+        error = RuntimeError("the batch's event loop ended before this chunk finished")
         for future in futures:
             try:
                 future.set_exception(error)
