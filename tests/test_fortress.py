@@ -570,3 +570,33 @@ def _raised(call, *args):
     except BaseException as exc:  # what the test looks at
         return exc
     return None
+
+
+def test_timeout_ends_a_coroutine_that_swallows_the_cancel_at_its_timeout(no_thread_leak, caplog):
+    """asyncio backend: past its ``timeout=`` the symbol is a TimeoutError even when its coroutine swallows
+    every cancel; that coroutine is abandoned on the loop (one warning), never waited for."""
+    release = threading.Event()
+
+    async def stubborn(s):
+        if s == 0:
+            while not release.is_set():  # released only once the batch has returned: a wait would hang
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    pass
+            return "late"
+        await asyncio.sleep(0)
+        return s
+
+    symbols = list(range(6))
+    try:
+        with caplog.at_level(logging.WARNING, logger="procengine_nb"):
+            result = _bounded(ProcessingEngine(stubborn, max_workers=2, timeout=0.2).process_batch, symbols)
+    finally:
+        release.set()
+    assert_accounted(symbols, result)
+    first = next(r for r in result if r.symbol == 0)
+    assert first.status is ResultStatus.ERROR and isinstance(first.error, TimeoutError), first
+    assert "0.2s of starting" in str(first.error) and first.duration_ms < WAIT * 1000 / 2
+    assert sorted(r.value for r in result if r.symbol != 0) == symbols[1:]
+    assert any("ignored cancellation" in r.getMessage() for r in caplog.records)

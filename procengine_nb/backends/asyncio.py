@@ -15,7 +15,8 @@ notebook whose kernel loop is already running.
   which abandons it ``LEFTOVER_GRACE_SECONDS`` later). Tasks a processor spawned and never awaited never
   hold the batch either: see :class:`~procengine_nb.backends._loop.LoopThread`.
 - ``timeout=`` counts from the moment the symbol's own coroutine starts (never while it waits for a
-  slot): past it the coroutine is cancelled and the symbol is an ERROR with a ``TimeoutError``.
+  slot): past it the coroutine is cancelled and the symbol is an ERROR with a ``TimeoutError`` at once
+  (a coroutine that swallows the cancel is left on the loop, never waited for).
 
 Blocking (non-``await``) code inside a coroutine holds the whole loop, as in any asyncio program.
 Objects bound to another loop (say an ``aiohttp.ClientSession`` made in a notebook cell) cannot be

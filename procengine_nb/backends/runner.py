@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from procengine_nb._tracebacks import detach, release
-from procengine_nb.backends._loop import _NOT_AWAITABLE, awaiter_for, cannot_await, is_awaitable
+from procengine_nb.backends._loop import _NOT_AWAITABLE, Escaped, awaiter_for, cannot_await, is_awaitable, resolve
 from procengine_nb.cancellation import CancellationToken, ProcessingCancelledException
 from procengine_nb.models import ResultStatus, SymbolResult
 
@@ -103,11 +103,10 @@ async def run_symbol_async(processor: Callable[..., Any], symbol: Any, token: Ca
                            pass_token: bool, timeout: float | None = None) -> SymbolResult:
     """:func:`call_symbol` on an event loop, returning the symbol's result: the awaitable the call
     returns is awaited here, within ``timeout`` seconds of the symbol's own start (past it: ERROR, a
-    ``TimeoutError``). The running task's own cancellation (a Stop) makes the symbol CANCELLED; a
-    ``CancelledError`` the processor raises of its own (an awaited future it cancelled) is an ERROR
-    like any exception."""
+    ``TimeoutError``, even when the coroutine swallows the cancel: see :func:`_within`). The running
+    task's own cancellation (a Stop) makes the symbol CANCELLED; a ``CancelledError`` the processor raises
+    of its own (an awaited future it cancelled) is an ERROR like any exception."""
     start = _clock()
-    scope = None
     try:
         value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)
         if is_awaitable(value):
@@ -115,15 +114,13 @@ async def run_symbol_async(processor: Callable[..., Any], symbol: Any, token: Ca
                 while is_awaitable(value):
                     value = await value
             else:
-                scope = asyncio.timeout(timeout)
-                async with scope:
-                    while is_awaitable(value):
-                        value = await value
+                value = await _within(value, timeout - (_clock() - start))
     except BaseException as exc:
         error: BaseException = exc
-        if isinstance(exc, TimeoutError) and scope is not None and scope.expired():
-            release(exc)
+        if isinstance(exc, _TimedOut):
             error = TimeoutError(f"did not finish within {timeout:g}s of starting")
+        elif isinstance(exc, Escaped):
+            error = exc.exception
         elif isinstance(exc, asyncio.CancelledError) and _being_cancelled():
             release(exc)
             reason = token.reason if token is not None else None
@@ -132,6 +129,37 @@ async def run_symbol_async(processor: Callable[..., Any], symbol: Any, token: Ca
             )
         return failed_result(symbol, error, (_clock() - start) * 1000.0)
     return SymbolResult(symbol, _SUCCESS, value, None, (_clock() - start) * 1000.0)
+
+
+class _TimedOut(Exception):
+    """The symbol's own ``timeout=`` ran out (told apart from a ``TimeoutError`` the processor raises)."""
+
+
+async def _within(awaitable: Any, seconds: float) -> Any:
+    """Await ``awaitable`` as a task of its own for at most ``seconds``; past them it is cancelled and
+    :class:`_TimedOut` raised at once: the symbol ends at its timeout, and a coroutine that swallows the
+    cancel is never waited for (it is left on the loop, which cancels it again at the end of the batch
+    and then abandons it: ``LoopThread``), like the thread a sync symbol past its timeout keeps. A cancel
+    of the awaiting task (a Stop) cancels it and waits for it to unwind, as a coroutine awaited directly
+    would."""
+    inner = asyncio.get_running_loop().create_task(resolve(awaitable))
+    try:
+        done, _ = await asyncio.wait((inner,), timeout=max(0.0, seconds))
+    except asyncio.CancelledError:
+        inner.cancel()
+        await asyncio.wait((inner,))  # a second cancel of this task ends the wait (it propagates)
+        _retrieve(inner)
+        raise
+    if done:
+        return inner.result()
+    inner.cancel()
+    inner.add_done_callback(_retrieve)  # whatever it ends with later is no "never retrieved" report
+    raise _TimedOut
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def run_chunk_async(
