@@ -510,3 +510,36 @@ def test_fixing_a_helper_the_processor_calls_computes_again(path):
     exec("def helper(s):\n    return s * 2\n", namespace)  # only the helper's cell is fixed and rerun
     again = ProcessingEngine(f).process_batch(ProcessingJob([1, 2], name="helpers"), store=path)
     assert not any(r.from_store for r in again) and sorted(r.value for r in again) == [3, 5]
+
+
+# -- a store is a regular file: anything else is refused at once, before anything opens it ----------------------
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+@pytest.mark.parametrize("entry", ["ResultStore", "start", "process_batch", "load_results"])
+def test_a_fifo_or_device_as_a_store_is_refused_at_once_naming_the_path(entry, tmp_path, no_thread_leak):
+    fifo = tmp_path / "results.db"
+    os.mkfifo(fifo)  # opening it to read would block until a writer comes: nothing may open it
+    engine = ProcessingEngine(abs, max_workers=2)
+    calls = {
+        "ResultStore": lambda target: ResultStore(target),
+        "start": lambda target: engine.start(ProcessingJob([1, -2], name="n"), store=target),
+        "process_batch": lambda target: engine.process_batch(ProcessingJob([1, -2], name="n"), store=target),
+        "load_results": lambda target: load_results(target, "n"),
+    }
+    outcome: list[BaseException] = []
+
+    def attempt(target):
+        try:
+            calls[entry](target)
+        except BaseException as exc:  # what the test looks at
+            outcome.append(exc)
+
+    for target, kind in ((fifo, "a FIFO"), ("/dev/null", "a character device")):
+        outcome.clear()
+        thread = threading.Thread(target=attempt, args=(target,), daemon=True)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive(), f"{entry} on {kind} blocked (a hang)"
+        assert len(outcome) == 1 and isinstance(outcome[0], ValueError), outcome
+        assert str(target) in str(outcome[0]) and kind in str(outcome[0])
+        assert "a result store is a regular file" in str(outcome[0])
+    engine.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,10 +92,7 @@ def connect(path: Path, timeout: float, *, create: bool = True, deadline: float 
     """A new connection to a checked store: the schema created in a new (or empty) file when ``create``,
     a format 1 store upgraded. ``timeout`` is SQLite's busy timeout for this connection; ``deadline``
     (monotonic) bounds the retries of a file another connection is creating at the same moment."""
-    if path.is_dir():
-        raise ValueError(f"store path {str(path)!r} is a folder, not a file")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"store path {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+    _check_kind(path)
     _check_magic(path)
     limit = deadline if deadline is not None else time.monotonic() + timeout
     pause = 0.002
@@ -118,6 +116,31 @@ def connect(path: Path, timeout: float, *, create: bool = True, deadline: float 
             conn.close()
             raise
         return conn
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_kind(path: Path) -> None:
+    """Refuse at once, by ``os.stat`` and before anything opens it, a path that is not a regular file (a
+    folder, a FIFO, a device such as ``/dev/null``, a socket: opening a FIFO to read blocks until a writer
+    comes), or a path in a missing folder. A path that does not exist yet is fine (a new store)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise FileNotFoundError(
+                f"store path {str(path)!r}: the folder {str(path.parent)!r} does not exist") from None
+        return
+    except OSError as exc:
+        raise ValueError(f"cannot read the store {str(path)!r}: {exc}") from exc
+    if stat.S_ISDIR(mode):
+        raise ValueError(f"store path {str(path)!r} is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise ValueError(f"store path {str(path)!r} is {kind}: a result store is a regular file (pass the path of "
+                         "a store, or of a file to create)")
 
 
 def _check_magic(path: Path) -> None:
