@@ -543,3 +543,36 @@ def test_a_fifo_or_device_as_a_store_is_refused_at_once_naming_the_path(entry, t
         assert str(target) in str(outcome[0]) and kind in str(outcome[0])
         assert "a result store is a regular file" in str(outcome[0])
     engine.close()
+
+
+@pytest.mark.parametrize("entry", ["start", "process_batch"])
+def test_a_store_path_locked_at_the_start_runs_the_batch_without_reuse_and_says_so(entry, path, caplog,
+                                                                                 no_thread_leak):
+    """``store="path"`` (no ResultStore made before the lock): the call returns at once and the batch runs as
+    with a ResultStore object, without reuse, then writes once the lock is gone."""
+    engine = ProcessingEngine(str.upper, max_workers=2)
+    engine.process_batch(ProcessingJob(["a", "b"], name="x"), store=str(path))
+    written(path)
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("PRAGMA locking_mode = EXCLUSIVE")  # in WAL mode, the one lock that stops readers too
+    blocker.execute("BEGIN EXCLUSIVE")
+    blocker.execute("DELETE FROM procengine_meta WHERE name = 'none'")
+    blocker.execute("COMMIT")  # exclusive mode keeps the lock until the connection closes
+    try:
+        started = time.monotonic()
+        job = ProcessingJob(["a", "b", "c"], name="x")
+        if entry == "start":
+            handle = engine.start(job, store=str(path))
+            returned = time.monotonic() - started
+            result = handle.result(timeout=60)
+        else:
+            result = engine.process_batch(job, store=str(path))
+            returned = time.monotonic() - started
+        assert returned < 5.0, f"{entry} waited {returned:.1f} s for a locked store (its busy timeout is 10 s)"
+        assert len(result) == 3 and not any(r.from_store for r in result)  # it ran without reuse
+        assert "running without reusing them" in caplog.text and str(path) in caplog.text
+    finally:
+        blocker.close()
+    written(path)
+    assert sorted(r.value for r in load_results(path, "x")) == ["A", "B", "C"]
+    engine.close()

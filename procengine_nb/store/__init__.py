@@ -73,5 +73,5 @@ def resolve_store(store: object) -> ResultStore | None:
     if store is None or isinstance(store, ResultStore):
         return store
     if isinstance(store, (str, os.PathLike)):
-        return ResultStore(store)
+        return ResultStore._for_batch(store)  # never waits for a lock (a locked file: run without reuse)
     raise TypeError(f"store must be a path (str or os.PathLike) or a ResultStore, not {type(store).__name__}")

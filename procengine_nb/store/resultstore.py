@@ -11,7 +11,7 @@ from procengine_nb._validation import check_seconds
 from procengine_nb.models import BatchResult
 from procengine_nb.store import reader
 from procengine_nb.store.keys import KeyFunction, storable
-from procengine_nb.store.schema import check_name, check_path, connect, transaction
+from procengine_nb.store.schema import StoreBusy, check_name, check_path, connect, transaction
 from procengine_nb.store.session import StoreSession
 from procengine_nb.store.writer import wait_for_writers
 
@@ -96,6 +96,21 @@ class ResultStore:
         store.path = checked
         store.commit_seconds, store.commit_results, store.busy_timeout, store.reuse = 0.5, 1000, 10.0, "same_code"
         store._connect(create=False).close()
+        return store
+
+    @classmethod
+    def _for_batch(cls, path: str | os.PathLike[str]) -> ResultStore:
+        """``store="path"``: the store of that file, checked at once (a missing folder, not a regular file,
+        not a store, another version: refused), never waiting for a lock. A file another connection keeps
+        locked is taken as it is, as a ``ResultStore`` made before the lock would be: the batch runs
+        without reuse (its session logs that) and its writer stores the results once the lock is gone."""
+        store = cls.__new__(cls)
+        store.path = check_path(path)
+        store.commit_seconds, store.commit_results, store.busy_timeout, store.reuse = 0.5, 1000, 10.0, "same_code"
+        try:
+            connect(store.path, 0.0, deadline=time.monotonic()).close()
+        except StoreBusy:
+            pass  # the batch's session says so (WARNING "... running without reusing them")
         return store
 
     # -- reading ------------------------------------------------------------------------------------

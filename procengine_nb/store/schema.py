@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["FORMAT_VERSION", "StoreVersionError", "check_name", "check_path", "connect", "transaction"]
+__all__ = ["FORMAT_VERSION", "StoreBusy", "StoreVersionError", "check_name", "check_path", "connect", "transaction"]
 
 FORMAT_VERSION = 2
 """The store's schema version (``PRAGMA user_version``); format 1 files are upgraded, others refused."""
@@ -49,6 +49,10 @@ _UPGRADES = {1: "ALTER TABLE procengine_results ADD COLUMN code TEXT"}  # from f
 
 class StoreVersionError(ValueError):
     """The file is a result store written by another version of procengine_nb (nothing was changed)."""
+
+
+class StoreBusy(ValueError):
+    """Another connection kept the store file locked for as long as this one would wait (it names the file)."""
 
 
 class Busy(Exception):
@@ -108,7 +112,7 @@ def connect(path: Path, timeout: float, *, create: bool = True, deadline: float 
             # "database is locked" (SQLite skips the busy handler where waiting could deadlock).
             conn.close()
             if time.monotonic() >= limit:
-                raise ValueError(f"cannot use {str(path)!r} as a result store: {busy.__cause__}") from busy
+                raise StoreBusy(f"cannot use {str(path)!r} as a result store: {busy.__cause__}") from busy
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
             continue
