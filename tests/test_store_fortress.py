@@ -576,3 +576,43 @@ def test_a_store_path_locked_at_the_start_runs_the_batch_without_reuse_and_says_
     written(path)
     assert sorted(r.value for r in load_results(path, "x")) == ["A", "B", "C"]
     engine.close()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder this process cannot write to: chmod for a normal user; as root (permissions do not stop
+    root) a tmpfs remounted read-only."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        yield folder, lambda: folder.chmod(0o555)
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "none", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"root without the right to mount a tmpfs: {mounted.stderr!r}")
+    try:
+        def remount():  # refused while a file there is still open for writing (a writer closing): retried
+            for _ in range(100):
+                if subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True).returncode == 0:
+                    return
+                time.sleep(0.1)
+            raise AssertionError(f"{folder} could not be remounted read-only")
+
+        yield folder, remount
+    finally:
+        subprocess.run(["umount", "-l", str(folder)])
+
+
+def test_a_store_on_read_only_media_loads(read_only_folder, no_thread_leak):
+    folder, make_read_only = read_only_folder
+    store_path = folder / "results.db"
+    engine = ProcessingEngine(str.upper, max_workers=2)
+    engine.process_batch(ProcessingJob(["a", "b", "c"], name="x"), store=store_path)
+    written(store_path)
+    engine.close()
+    make_read_only()
+    assert sorted(load_results(store_path, "x").values) == [("a", "A"), ("b", "B"), ("c", "C")]
+    store = ResultStore._existing(store_path)
+    assert store.batches() == ["x"] and store.count("x") == 3
+    assert sorted(os.listdir(folder)) == ["results.db"]  # nothing was (or could be) written there

@@ -95,7 +95,7 @@ class ResultStore:
         store = cls.__new__(cls)
         store.path = checked
         store.commit_seconds, store.commit_results, store.busy_timeout, store.reuse = 0.5, 1000, 10.0, "same_code"
-        store._connect(create=False).close()
+        store._connect(read_only=True).close()
         return store
 
     @classmethod
@@ -180,15 +180,17 @@ class ResultStore:
         """One batch's session (its reads on the batch's thread, its writes on a writer thread)."""
         return StoreSession(self, name, key, code)
 
-    def _connect(self, *, create: bool = True) -> sqlite3.Connection:
-        """A new connection to a checked store (the schema created if the file is new and ``create``)."""
-        return connect(self.path, self.busy_timeout, create=create, deadline=time.monotonic() + self.busy_timeout)
+    def _connect(self, *, create: bool = True, read_only: bool = False) -> sqlite3.Connection:
+        """A new connection to a checked store (the schema created if the file is new and ``create``;
+        ``read_only``: one that never writes, for reads, so a store on read-only media loads)."""
+        return connect(self.path, self.busy_timeout, create=create, deadline=time.monotonic() + self.busy_timeout,
+                       read_only=read_only)
 
     def _reading(self) -> reader.Reading:
         """``with self._reading() as conn``: this process's writes to the file first (bounded), then a
         connection closed at the end; SQLite errors become a ValueError naming the file."""
         wait_for_writers(self.path, _READ_WAIT, skip_failing=True)
-        return reader.Reading(self.path, lambda: self._connect(create=False))
+        return reader.Reading(self.path, lambda: self._connect(read_only=True))
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.path)!r})"

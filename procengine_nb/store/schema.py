@@ -14,10 +14,15 @@ import os
 import sqlite3
 import stat
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+from procengine_nb._safe import logger
+
 __all__ = ["FORMAT_VERSION", "StoreBusy", "StoreVersionError", "check_name", "check_path", "connect", "transaction"]
+
+_log = logger("procengine_nb.store")  # never raises (see procengine_nb._safe.GuardedLogger)
 
 FORMAT_VERSION = 2
 """The store's schema version (``PRAGMA user_version``); format 1 files are upgraded, others refused."""
@@ -92,21 +97,27 @@ def check_name(name: object) -> None:
         raise ValueError("name must not be empty")
 
 
-def connect(path: Path, timeout: float, *, create: bool = True, deadline: float | None = None) -> sqlite3.Connection:
+def connect(path: Path, timeout: float, *, create: bool = True, deadline: float | None = None,
+            read_only: bool = False) -> sqlite3.Connection:
     """A new connection to a checked store: the schema created in a new (or empty) file when ``create``,
     a format 1 store upgraded. ``timeout`` is SQLite's busy timeout for this connection; ``deadline``
-    (monotonic) bounds the retries of a file another connection is creating at the same moment."""
+    (monotonic) bounds the retries of a file another connection is creating at the same moment.
+    ``read_only``: a connection that never writes (no upgrade either), so a store on read-only media (a
+    read-only mount, a share, a container layer) reads (see :func:`_open_read_only`)."""
     _check_kind(path)
     _check_magic(path)
     limit = deadline if deadline is not None else time.monotonic() + timeout
     pause = 0.002
     while True:
         try:
-            conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+            if read_only:
+                conn = _open_read_only(path, timeout)
+            else:
+                conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise ValueError(f"cannot open the store {str(path)!r}: {exc}") from exc
         try:
-            _prepare(conn, path, create)
+            _prepare(conn, path, create and not read_only, read_only)
         except Busy as busy:
             # Switching a new file to WAL while another connection creates it can fail at once with
             # "database is locked" (SQLite skips the busy handler where waiting could deadlock).
@@ -147,6 +158,30 @@ def _check_kind(path: Path) -> None:
                          "a store, or of a file to create)")
 
 
+def _open_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """A read-only connection (URI ``mode=ro``). Reading a WAL store needs its ``-shm`` file; where it can
+    be neither found nor created (a read-only folder), the file is opened ``immutable=1`` instead: no
+    locks and no WAL, which is right for a store on read-only media (nobody writes it), where a store a
+    batch finished has its WAL merged back (a ``-wal`` file left there is not read: logged)."""
+    uri = "file:" + urllib.parse.quote(str(path))
+    conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=timeout, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "unable to open" not in str(exc):
+            raise
+    wal = Path(str(path) + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        _log.warning(
+            "store %s: read as an immutable file (its folder is read-only); its write-ahead log %s is not "
+            "read, so results written last may be missing", path, wal)
+    return sqlite3.connect(uri + "?immutable=1", uri=True, timeout=timeout, isolation_level=None,
+                           check_same_thread=False)
+
+
 def _check_magic(path: Path) -> None:
     """Refuse (without changing it) an existing non-empty file that is not an SQLite database."""
     try:
@@ -160,9 +195,10 @@ def _check_magic(path: Path) -> None:
         raise ValueError(f"{str(path)!r} is not an SQLite file (not a result store); it was left unchanged")
 
 
-def _prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
+def _prepare(conn: sqlite3.Connection, path: Path, create: bool, read_only: bool = False) -> None:
     """Check that ``conn``'s file is a store of this version (creating the schema in a new file, upgrading
-    an older format) and set the connection up. Never changes a file that is not a store."""
+    an older format) and set the connection up. Never changes a file that is not a store. ``read_only``:
+    an older format is read as it is (the read columns are in every format), never upgraded."""
     try:
         app_id, version, tables = _identity(conn)
         if app_id == 0 and version == 0 and tables == 0 and create:  # a new, empty database: make it a store
@@ -180,7 +216,7 @@ def _prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
                     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
                     app_id, version = APPLICATION_ID, FORMAT_VERSION
-        if app_id == APPLICATION_ID and version in _UPGRADES:
+        if app_id == APPLICATION_ID and version in _UPGRADES and not read_only:
             with transaction(conn):
                 app_id, version, tables = _identity(conn)
                 while version in _UPGRADES:
@@ -198,13 +234,14 @@ def _prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
             f"{str(path)!r} is an SQLite database but not a procengine_nb result store; it was left unchanged "
             "(use another file)"
         )
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION and not (read_only and version in _UPGRADES):
         raise StoreVersionError(
             f"{str(path)!r} is a result store of format {version}, written by another version of "
             f"procengine_nb (this one reads formats 1-{FORMAT_VERSION}); it was left unchanged: read it with "
             "that version, or use another file"
         )
-    conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable when a process dies, fast commits
+    if not read_only:
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable when a process dies, fast commits
 
 
 def _identity(conn: sqlite3.Connection) -> tuple[int, int, int]:
