@@ -93,8 +93,10 @@ def make_key_function(key: Callable[[Any], Any] | None) -> KeyFunction:
     """The key function a batch uses: :func:`default_key` when ``key`` is None, else ``key`` checked at
     each call.
 
-    A key that raises (anything: it costs that symbol, never the batch) or returns something other than
-    a ``str`` is a ``ValueError`` or ``TypeError`` naming the symbol.
+    A key that raises (anything but a ``KeyboardInterrupt``: it costs that symbol, never the batch) or
+    returns something other than a ``str`` is a ``ValueError`` or ``TypeError`` naming the symbol. A
+    ``KeyboardInterrupt`` (a Ctrl-C landing in a slow ``key()``) goes through as it is: the batch takes it
+    as an interrupt, as from a callback.
 
     >>> make_key_function(None)("AAPL")
     'AAPL'
@@ -111,6 +113,8 @@ def make_key_function(key: Callable[[Any], Any] | None) -> KeyFunction:
     def checked(symbol: Any) -> str:
         try:
             value = key(symbol)
+        except KeyboardInterrupt:
+            raise
         except BaseException as exc:
             raise ValueError(f"key= raised {safe_repr(exc, 200)} for the symbol {safe_repr(symbol, 80)}") from exc
         if type(value) is not str:
