@@ -19,7 +19,7 @@ import time
 import pytest
 from test_properties import assert_accounted
 
-from procengine_nb import CancellationToken, ProcessingEngine, ResultStatus
+from procengine_nb import CancellationToken, ProcessingEngine, ProcessingJob, ResultStatus
 
 WAIT = 30  # seconds: a safety net for a broken engine, never reached when it works
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -600,3 +600,65 @@ def test_timeout_ends_a_coroutine_that_swallows_the_cancel_at_its_timeout(no_thr
     assert "0.2s of starting" in str(first.error) and first.duration_ms < WAIT * 1000 / 2
     assert sorted(r.value for r in result if r.symbol != 0) == symbols[1:]
     assert any("ignored cancellation" in r.getMessage() for r in caplog.records)
+
+
+# -- 9. the input and key= are user code on the batch's thread: only a KeyboardInterrupt is an interrupt ----
+def _raising_at(n, kind):
+    for i in range(100):
+        if i == n:
+            raise kind(2)
+        yield i
+
+
+@pytest.mark.parametrize("kind", [SystemExit, GeneratorExit, ValueError])
+@pytest.mark.parametrize("way", ["process_batch", "start"])
+def test_a_lazy_input_raising_systemexit_ends_the_batch_as_an_input_error(kind, way, no_thread_leak, caplog):
+    engine = ProcessingEngine(lambda s: s, max_workers=2)
+    with caplog.at_level(logging.ERROR, logger="procengine_nb"):
+        if way == "process_batch":
+            result = engine.process_batch(_raising_at(37, kind))
+        else:
+            result = engine.start(_raising_at(37, kind)).result(timeout=WAIT)
+    assert isinstance(result.input_error, kind) and result.cancelled
+    assert "the input raised" in result.cancel_reason
+    assert_accounted(list(range(37)), result, lazy=True)
+    assert sum("the input raised" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_lazy_input_raising_keyboardinterrupt_is_an_interrupt_with_the_partial_result(no_thread_leak):
+    engine = ProcessingEngine(lambda s: s, max_workers=2)
+    with pytest.raises(KeyboardInterrupt) as info:
+        engine.process_batch(_raising_at(37, KeyboardInterrupt))
+    partial = info.value.partial_result
+    assert partial.cancelled and partial.input_error is None
+    assert_accounted(list(range(37)), partial, lazy=True)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_keyboardinterrupt_in_key_is_an_interrupt_with_the_partial_result(lazy, tmp_path, no_thread_leak):
+    calls = []
+
+    def key(symbol):
+        if symbol == 3:
+            raise KeyboardInterrupt("a Ctrl-C landing in key=")
+        return f"k{symbol}"
+
+    def processor(symbol):
+        calls.append(symbol)
+        return symbol
+
+    symbols = list(range(8))
+    job = ProcessingJob(iter(symbols) if lazy else symbols, name="keys")
+    engine = ProcessingEngine(processor, max_workers=2, chunk_size=1)
+    with pytest.raises(KeyboardInterrupt, match="landing in key=") as info:
+        engine.process_batch(job, store=tmp_path / "r.db", key=key)
+    partial = info.value.partial_result
+    assert partial.cancelled and partial.cancel_reason == "the batch was interrupted"
+    assert not any(isinstance(r.error, ValueError) for r in partial)  # never swallowed into a symbol's error
+    if lazy:  # what was drawn before it ran (or is unprocessed); symbol 3, taken from the input, unprocessed
+        assert_accounted(symbols[:4], partial, lazy=True)
+        assert 3 in list(partial.unprocessed) and 3 not in calls
+    else:  # keys are computed before anything runs: nothing ran
+        assert calls == [] and len(partial) == 0
+        assert_accounted(symbols, partial)
+    engine.close()

@@ -66,8 +66,8 @@ class Reruns:
                     unkeyed.add(position)
                     self.unkeyed.append(_unkeyed_result(symbol, exc))
             found = store.done(symbols, keys) if store.has_known else {}  # type: ignore[arg-type]
-        except BaseException:
-            self.close()
+        except KeyboardInterrupt:  # a Ctrl-C in key=: the batch's interrupt path (its end closes the store)
+            self.unkeyed.clear()  # nothing ran: every symbol is unprocessed
             raise
         if found or unkeyed:
             self.stored = [found[i] for i in sorted(found)]
@@ -84,6 +84,9 @@ class Reruns:
         for symbol in iterator:
             try:
                 key = store.key(symbol)
+            except KeyboardInterrupt:  # an interrupt: what was taken from the input stays unprocessed
+                source.held.extend((*held_symbols, symbol))
+                raise
             except Exception as exc:  # key= and str() raise nothing else (they wrap it)
                 self.unkeyed.append(_unkeyed_result(symbol, exc))
                 source.skipped += 1

@@ -178,8 +178,6 @@ class BatchRun:
     def _loop(self) -> BatchResult:
         settings, token = self.settings, self.token
         source, window, retries, reruns, pause = self._source, self.window, self._retries, self._reruns, self._pause
-        if reruns is not None:
-            reruns.open(source)
         wake = token.register(window.wake)
         pause.attach(window.wake)
         inflight, requeued = window.inflight, window.requeued
@@ -191,6 +189,8 @@ class BatchRun:
         clock = settings.clock
         executor: BatchExecutor | None = None
         try:
+            if reruns is not None:  # in the try: a Ctrl-C in key= settles a partial result like any interrupt
+                reruns.open(source)
             executor = window.open(backend, token)
             # where workers share memory each task records its start (stalled() reads it); where symbols are
             # coroutines, each symbol's start (the per-symbol hook costs nothing next to an await); a backend

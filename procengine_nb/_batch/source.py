@@ -76,9 +76,11 @@ class LazySource:
     raised: counted by ``reruns.py``); the tracker's total is at least ``drawn + skipped``, and equal to
     it (``total_known``) once ``exhausted``. ``dropped`` as for :class:`SizedSource`, plus a chunk drawn
     and refused. ``input_error`` is what the iterator raised (it ended the input and cancelled the batch).
+    ``held``: symbols taken from the input and not handed out yet when an interrupt came (a Ctrl-C in
+    ``key=``, see ``reruns.py``): unprocessed, with the chunk being drawn.
     """
 
-    __slots__ = ("iterator", "hint", "drawn", "skipped", "exhausted", "input_error", "dropped",
+    __slots__ = ("iterator", "hint", "drawn", "skipped", "exhausted", "input_error", "dropped", "held",
                  "_tracker", "_token", "_job_id")
     lazy = True
 
@@ -91,6 +93,7 @@ class LazySource:
         self.exhausted = False
         self.input_error: BaseException | None = None
         self.dropped: list[tuple[int, Any]] = []
+        self.held: list[Any] = []
         self._tracker = tracker
         self._token = token
         self._job_id = job_id
@@ -111,8 +114,9 @@ class LazySource:
     def draw(self, size: int) -> list[Any]:
         """Draw up to ``size`` symbols. At the input's end, the total becomes known. If the input raises
         (anything but an interrupt), the batch is cancelled with that reason (the exception is kept as
-        ``input_error``), and what was drawn before still counts; an interrupt (``KeyboardInterrupt``,
-        ``SystemExit``) is re-raised after that, with the partial result."""
+        ``input_error``), and what was drawn before still counts; an interrupt (``KeyboardInterrupt``;
+        the input's ``SystemExit`` is an input error like any other) is re-raised after that, with the
+        partial result."""
         iterator = self.iterator
         chunk: list[Any] = []
         append = chunk.append
@@ -123,10 +127,11 @@ class LazySource:
             self.exhausted = True
         except BaseException as exc:
             self.exhausted = True
+            chunk.extend(self.held)
             self.drawn += len(chunk)
             self.dropped.extend(zip(range(self.drawn - len(chunk), self.drawn), chunk, strict=True))
             self.grow_total()
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # an interrupt: run() keeps the partial result
+            if isinstance(exc, KeyboardInterrupt):  # an interrupt: run() keeps the partial result
                 raise
             self.input_error = exc
             _log.error("job %s: the input raised while symbol #%d was drawn: %s", safe_str(self._job_id, 80),
