@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import threading
 import time
 import weakref
@@ -157,6 +158,7 @@ class LoopThread:
         """Run the loop until :meth:`stop`. What would end it earlier costs a logged line and the loop
         goes on: a ``SystemExit``/``KeyboardInterrupt`` out of a callback or a task a processor left on
         it (asyncio re-raises those two out of ``run_forever``), or a processor's own ``loop.stop()``."""
+        restarts = 0
         while not loop.is_closed():
             try:
                 loop.run_forever()
@@ -166,8 +168,10 @@ class LoopThread:
                 continue
             if self._stopping:
                 return
-            _log.warning("a processor stopped the batch's event loop (loop.stop()); it was started again and "
-                         "the batch goes on")
+            restarts += 1
+            _log.log(logging.WARNING if restarts == 1 else logging.DEBUG,  # one line, not one per stop()
+                     "a processor stopped the batch's event loop (loop.stop()); it was started again and the "
+                     "batch goes on")
 
     def _refuse_new_work(self) -> None:
         with self._lock:
