@@ -5,8 +5,10 @@
 - ``python -m dask worker tcp://127.0.0.1:PORT --nthreads 2 --no-dashboard`` started inside
   ``unshare --uts --mount --propagation private`` (as root; otherwise in a user namespace with
   ``--user --map-root-user``) after ``hostname remote-worker`` and ``mount -t tmpfs tmpfs /tmp``: it has
-  its own host name and a private, empty ``/tmp``, so it cannot see any file of the client's ``/tmp``.
-  It imports ``procengine_nb`` from this checkout (``PYTHONPATH``) and nothing else of the client.
+  its own host name and a private ``/tmp``, so it cannot see the client's files there: it holds only this
+  checkout and the interpreter's environment when those live under ``/tmp`` (a CI clone may), bound back
+  at the same paths (see ``_private_tmp``). It imports ``procengine_nb`` from this checkout
+  (``PYTHONPATH``) and nothing else of the client.
   The deployment's own files (logs, the scheduler file, an exchange directory for tests) are in
   ``/var/tmp``, which both sides see.
 
@@ -138,7 +140,7 @@ def start(nthreads: int = 2, timeout: float = 120.0) -> RemoteDask:
         deployment.address = address
         worker = [sys.executable, "-m", "dask", "worker", address, "--nthreads", str(nthreads), "--nworkers", "1",
                   "--no-dashboard", "--host", "127.0.0.1", "--death-timeout", "30", "--local-directory", "/tmp"]
-        script = (f"hostname {WORKER_HOSTNAME} && mount -t tmpfs tmpfs /tmp && cd / && exec "
+        script = (f"hostname {WORKER_HOSTNAME} && {_private_tmp(directory / 'client-tmp')} && cd / && exec "
                   + " ".join(_quote(part) for part in worker))
         with open(directory / "worker.log", "wb") as log:
             deployment.processes.append(subprocess.Popen(
@@ -149,6 +151,25 @@ def start(nthreads: int = 2, timeout: float = 120.0) -> RemoteDask:
         deployment.stop()
         raise
     return deployment
+
+
+def _private_tmp(old: Path) -> str:
+    """Shell commands (run inside the worker's mount namespace) that give it an empty ``/tmp`` of its own,
+    except for this checkout and the interpreter's environment when they live under ``/tmp`` (a CI clone
+    may): the code a real worker host would have installed, bound back at the same paths. The client's
+    other files under ``/tmp`` (pytest's temporary directories among them) stay out of sight."""
+    under_tmp = sorted({p for p in (os.path.realpath(CHECKOUT), os.path.realpath(sys.prefix))
+                        if p.startswith("/tmp/")})
+    keep = [p for p in under_tmp if not any(p.startswith(q + "/") for q in under_tmp if q != p)]
+    if not keep:
+        return "mount -t tmpfs tmpfs /tmp"
+    old.mkdir()
+    steps = [f"mount --bind /tmp {_quote(str(old))}", "mount -t tmpfs tmpfs /tmp"]
+    for path in keep:
+        steps += [f"mkdir -p {_quote(path)}",
+                  f"mount --bind {_quote(str(old) + path[len('/tmp'):])} {_quote(path)}"]
+    steps.append(f"umount -l {_quote(str(old))}")  # the rest of the client's /tmp is gone from view
+    return " && ".join(steps)
 
 
 def _shared_root() -> str:
