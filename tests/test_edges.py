@@ -365,7 +365,7 @@ def _huge_timeout_calls():
     from pathlib import Path
 
     from procengine_nb import CancellationToken, ProgressPanel, run
-    from procengine_nb.backends._remote import MarkerToken
+    from procengine_nb.backends._marker import MarkerToken
     from procengine_nb.backends.asyncio import AsyncBackend
     from procengine_nb.backends.processes import ProcessBackend
     from procengine_nb.store import ResultStore

@@ -41,7 +41,9 @@ from typing import Any
 import distributed
 from distributed.core import Status
 
-from procengine_nb.backends._remote import Payload, encode_results, load_task, run_columns
+from procengine_nb.backends._chunk_codec import load_task
+from procengine_nb.backends._wire import Payload, encode_results
+from procengine_nb.backends._worker import run_columns
 from procengine_nb.cancellation import CancellationToken
 
 __all__ = ["TOPIC", "ClientChannel", "WorkerToken", "run_chunk_task", "stop_event_name"]
@@ -215,7 +217,7 @@ def _flush(state: _BatchState) -> None:
 def run_chunk_task(batch_id: str, chunk: int, processor_blob: bytes, symbols_blob: bytes,
                    pass_token: bool) -> Payload:
     """The Dask task of one chunk: unpickle it, run it with the batch's worker token (reporting each
-    symbol's start), and return the encoded results (see :func:`~procengine_nb.backends._remote.encode_results`).
+    symbol's start), and return the encoded results (see :func:`~procengine_nb.backends._wire.encode_results`).
     A chunk of a batch already stopped here runs no symbol."""
     worker = distributed.get_worker()
     state = _join(worker, batch_id)

@@ -71,8 +71,9 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
+from procengine_nb.backends._chunk_codec import ProcessorBlob, encode_chunk
 from procengine_nb.backends._dask_channel import ClientChannel, clear_events, run_chunk_task
-from procengine_nb.backends._remote import RemoteTask, _ProcessorBlob, encode_chunk
+from procengine_nb.backends._remote_task import RemoteTask
 from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import SymbolResult
@@ -145,7 +146,7 @@ class _DaskBatch(BatchExecutor):
             raise DaskClientClosed(f"Client is {status}: the Dask client must be running to start a batch")
         self._client = client
         self._id = uuid.uuid4().hex
-        self._blob = _ProcessorBlob()
+        self._blob = ProcessorBlob()
         self._numbers = itertools.count()
         self._by_number: dict[int, tuple[RemoteTask, Chunk]] = {}  # chunks in flight by their number
         self._index: dict[RemoteTask, int] = {}  # started chunks: the symbol running (-1: none any more)

@@ -14,7 +14,7 @@ The rules, written once here:
   ``on_symbol(i)`` just before symbol ``i`` runs, then ``on_symbol(len(symbols))`` once none runs any more.
 
 :func:`call_symbol` / :func:`run_chunk` are the sync form (threads, ``executor=``, worker processes:
-see ``_remote.run_columns``, a cheaper collection of :func:`call_symbol`'s outcomes);
+see ``_worker.run_columns``, a cheaper collection of :func:`call_symbol`'s outcomes);
 :func:`run_symbol_async` / :func:`run_chunk_async` the async form (the asyncio backend), which adds what
 only a loop has: a ``timeout=`` around each coroutine from its own start, and the task's own
 cancellation (a Stop) turning the symbol CANCELLED.
@@ -52,7 +52,7 @@ def call_symbol(processor: Callable[..., Any], symbol: Any, token: CancellationT
     """Run one symbol by the rules (see the module docstring); never raises. Returns ``(value,
     duration_ms, None)`` when the call returned ``value``, ``(None, duration_ms, failed)`` when it
     raised (``failed``: its CANCELLED or ERROR result). Callers make the SUCCESS result themselves, or
-    keep only the value and the duration (``_remote.run_columns``: a result object costs ~0.3 µs)."""
+    keep only the value and the duration (``_worker.run_columns``: a result object costs ~0.3 µs)."""
     start = _clock()
     try:
         value = processor(symbol, cancellation_token=token) if pass_token else processor(symbol)

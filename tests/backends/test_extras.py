@@ -18,7 +18,7 @@ def test_a_missing_extra_is_named(monkeypatch, backend, missing):
     # backend modules are dropped so they are imported again.
     monkeypatch.setitem(sys.modules, missing, None)
     for name in list(sys.modules):
-        if name.startswith("procengine_nb.backends.") and name.rsplit(".", 1)[1] in ("processes", "dask", "_remote"):
+        if name.startswith("procengine_nb.backends.") and name.rsplit(".", 1)[1] in ("processes", "dask", "_pool"):
             monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ImportError, match=rf'pip install "procengine_nb\[{backend}\]"') as info:
         ProcessingEngine(str, backend=backend)

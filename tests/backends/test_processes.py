@@ -20,7 +20,8 @@ from threadcheck import child_processes
 
 from procengine_nb import CancellationToken, ProcessingCancelledException, ProcessingEngine, ResultStatus
 from procengine_nb.backends import make_backend
-from procengine_nb.backends._remote import MarkerToken, RemoteSerializationError, RemoteTraceback
+from procengine_nb.backends._marker import MarkerToken
+from procengine_nb.backends._wire import RemoteSerializationError, RemoteTraceback
 
 loky = pytest.importorskip("loky")
 shutdown_pools = pytest.importorskip("procengine_nb.backends.processes").shutdown_pools
@@ -263,7 +264,7 @@ def test_a_killed_worker_fails_only_the_symbol_it_was_running(tmp_path):
 
 
 def test_a_chunk_lost_unstarted_is_sent_again_at_most_a_few_times_and_never_after_a_stop(monkeypatch):
-    from procengine_nb.backends import processes
+    from procengine_nb.backends import _recovery, processes
     from procengine_nb.backends.base import Chunk
 
     token = CancellationToken()
@@ -295,7 +296,7 @@ def test_a_chunk_lost_unstarted_is_sent_again_at_most_a_few_times_and_never_afte
     monkeypatch.setattr(batch, "_pool", BrokenPool())
     try:
         task = batch.submit_chunk(Chunk((1, 2), abs, False))
-        assert task.done() and len(sends) == 1 + processes._MAX_RESENDS  # never an endless loop
+        assert task.done() and len(sends) == 1 + _recovery._MAX_RESENDS  # never an endless loop
         assert type(task.exception()).__name__ == "TerminatedWorkerError"
         token.cancel()
         sends.clear()
@@ -659,23 +660,23 @@ def test_a_dead_worker_is_told_from_a_live_one_by_its_pid():
     a live one is only about to be killed by loky."""
     import subprocess
 
-    from procengine_nb.backends.processes import _process_gone
+    from procengine_nb.backends._recovery import process_gone
 
-    assert not _process_gone(os.getpid())
+    assert not process_gone(os.getpid())
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 30
-    while not _process_gone(child.pid):  # exited, not reaped yet: a zombie
+    while not process_gone(child.pid):  # exited, not reaped yet: a zombie
         assert time.monotonic() < deadline, "the child never exited"
         time.sleep(0.01)
     child.wait()
-    assert _process_gone(child.pid)  # reaped: gone
+    assert process_gone(child.pid)  # reaped: gone
 
 
 def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
-    from procengine_nb.backends._remote import PROGRESS_BYTES, _Progress, read_progress
+    from procengine_nb.backends._started_file import PROGRESS_BYTES, StartedFile, read_progress
 
     path = str(tmp_path / "0.started")
-    progress = _Progress(path)
+    progress = StartedFile(path)
     try:
         assert read_progress(path) == (-1, os.getpid())  # started, no symbol yet
         progress.view[0] = 7
@@ -683,10 +684,10 @@ def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
     finally:
         progress.close()
     # the worker's loop marks the end of its chunk: a later death of that worker is not this chunk's
-    from procengine_nb.backends._remote import MarkerToken, run_columns
+    from procengine_nb.backends._worker import run_columns
 
     path = str(tmp_path / "1.started")
-    progress = _Progress(path)
+    progress = StartedFile(path)
     try:
         run_columns(abs, (1, -2, 3), MarkerToken(None), False, progress.view)
         assert read_progress(path) == (3, os.getpid())

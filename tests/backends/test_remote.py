@@ -9,13 +9,9 @@ import threading
 import pytest
 
 from procengine_nb import ProcessingCancelledException
-from procengine_nb.backends._remote import (
-    MarkerToken,
-    RemoteSerializationError,
-    decode_results,
-    encode_results,
-    run_columns,
-)
+from procengine_nb.backends._marker import MarkerToken
+from procengine_nb.backends._wire import RemoteSerializationError, decode_results, encode_results
+from procengine_nb.backends._worker import run_columns
 from procengine_nb.backends.runner import run_chunk
 from procengine_nb.models import ResultStatus, SymbolResult
 
@@ -27,14 +23,35 @@ def _ok(symbol, value):
 
 
 def test_plain_values_travel_as_one_pickle_and_come_back_with_the_callers_symbols():
-    results = [_ok(i, v) for i, v in enumerate([1, 2.5, "s", b"b", None, True, (1, "x"), [2, 3]])]
-    payload = encode_results(results)
-    assert payload[0] == b"" and payload[2] is None
-    symbols = tuple(object() for _ in results)
+    values = [1, 2.5, "s", b"b", None, True, (1, "x"), [2, 3]]
+    head, rest = run_columns(lambda i: values[i], tuple(range(len(values))), MarkerToken(None), False)
+    assert rest == [] and list(head[0]) == values  # all plain: the head columns, no result object
+    payload = encode_results(rest, head)
+    assert payload[0] != b"" and payload[1:] == (b"", [])
+    symbols = tuple(object() for _ in values)
     back = decode_results(symbols, payload, {})
     assert [r.symbol for r in back] == list(symbols)
-    assert [r.value for r in back] == [r.value for r in results]
-    assert all(r.status is OK and r.duration_ms == 0.5 for r in back)
+    assert [r.value for r in back] == values
+    assert all(r.status is OK for r in back)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_what_follows_the_head_never_starts_with_a_plain_success(seed):
+    """Why results after the head need no format of their own for plain values: the worker's loop puts
+    a result there only from the first symbol that failed or returned a value that is not plain."""
+    rng = random.Random(seed)
+    outcomes = [rng.choice([1, "s", None, {"d": 1}, ValueError("x")]) for _ in range(12)]
+
+    def processor(i):
+        if isinstance(outcomes[i], Exception):
+            raise outcomes[i]
+        return outcomes[i]
+
+    head, rest = run_columns(processor, tuple(range(12)), MarkerToken(None), False)
+    assert len(head[0]) + len(rest) == 12
+    if rest:
+        first = rest[0]
+        assert first.status is ERR or type(first.value) is dict
 
 
 def test_anything_else_goes_one_pickle_per_result_and_a_bad_one_costs_only_its_symbol():
@@ -52,11 +69,16 @@ def test_anything_else_goes_one_pickle_per_result_and_a_bad_one_costs_only_its_s
 
 def test_results_made_here_keep_their_place_and_a_stopped_chunk_gives_a_prefix():
     local = {1: SymbolResult("b", ERR, None, RemoteSerializationError("cannot be sent"), 0.0)}
-    for values in ([1, 3], [{"x": 1}, {"y": 3}]):  # the plain path and the per-result path
-        payload = encode_results([_ok("a", values[0]), _ok("c", values[1])])
+    for plain, values in ((True, [1, 3]), (False, [{"x": 1}, {"y": 3}])):  # the head, one pickle per result
+        if plain:
+            payload = encode_results([], (values, [0.5, 0.5]))
+            alone = encode_results([], (values[:1], [0.5]))
+        else:
+            payload = encode_results([_ok("a", values[0]), _ok("c", values[1])])
+            alone = encode_results([_ok("a", values[0])])
         back = decode_results(("a", "b", "c"), payload, local)
         assert [r.symbol for r in back] == ["a", "b", "c"] and back[1] is local[1]
-        stopped = decode_results(("a", "b", "c", "d"), encode_results([_ok("a", values[0])]), local)
+        stopped = decode_results(("a", "b", "c", "d"), alone, local)
         assert [r.symbol for r in stopped] == ["a", "b"]  # the worker ran "a" only: a prefix
 
 

@@ -1,0 +1,75 @@
+"""A processes chunk's started file: who owns the chunk, and how far it got.
+
+A worker creates the file (exclusively) as the chunk starts and memory-maps it (:class:`StartedFile`);
+the parent reads it (:func:`read_progress`) or creates it itself first (:func:`claim`) so that no
+worker runs the chunk any more. It lives in the batch's directory (:class:`~procengine_nb.backends.
+_marker.BatchMarker`); the parent removes it once it has the result (:func:`forget`), or with the
+directory.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+__all__ = ["PROGRESS_BYTES", "StartedFile", "claim", "forget", "read_progress"]
+
+PROGRESS_BYTES = 16
+
+
+class StartedFile:
+    """A chunk's started file, memory-mapped: ``[0]`` is the index of the symbol running (-1: none yet;
+    the chunk's length: it ended), ``[1]`` this worker's pid. Plain memory writes (~40 ns), read by the
+    parent after a pool broke."""
+
+    __slots__ = ("_map", "view")
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, PROGRESS_BYTES)
+            self._map = mmap.mmap(fd, PROGRESS_BYTES)
+        finally:
+            os.close(fd)
+        self.view = memoryview(self._map).cast("q")
+        self.view[0] = -1
+        self.view[1] = os.getpid()
+
+    def close(self) -> None:
+        self.view.release()
+        self._map.close()
+
+
+
+def read_progress(path: str) -> tuple[int, int] | None:
+    """``(index of the symbol that was running, pid)`` from a chunk's started file; None when it holds
+    no progress (the parent claimed it, or it is gone)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(PROGRESS_BYTES)
+    except OSError:
+        return None
+    if len(data) != PROGRESS_BYTES:
+        return None
+    index, pid = struct.unpack("qq", data)
+    return index, pid
+
+
+
+def claim(path: str) -> bool:
+    """Create a chunk's started file for the parent: True when no worker had started the chunk (and
+    now none will), False when one had (or the batch's directory is gone)."""
+    try:
+        with open(path, "x"):
+            return True
+    except OSError:
+        return False
+
+
+def forget(path: str) -> None:
+    """Remove a chunk's started file (its result is here)."""
+    try:
+        os.unlink(path)
+    except OSError:  # the batch's directory is gone already
+        pass
