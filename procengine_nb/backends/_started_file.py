@@ -41,17 +41,19 @@ class StartedFile:
         self._map.close()
 
 
-
 def read_progress(path: str) -> tuple[int, int] | None:
-    """``(index of the symbol that was running, pid)`` from a chunk's started file; None when it holds
-    no progress (the parent claimed it, or it is gone)."""
+    """``(index of the symbol that was running, pid)`` from a chunk's started file; None when it is gone.
+
+    A file shorter than :data:`PROGRESS_BYTES` reads ``(-1, 0)``: no symbol had begun. A worker creates
+    the file, then sizes it (:class:`StartedFile`), so a worker that was between the two (or was killed
+    there) leaves it empty; so does the parent's :func:`claim`."""
     try:
         with open(path, "rb") as file:
             data = file.read(PROGRESS_BYTES)
     except OSError:
         return None
-    if len(data) != PROGRESS_BYTES:
-        return None
+    if len(data) < PROGRESS_BYTES:
+        return -1, 0
     index, pid = struct.unpack("qq", data)
     return index, pid
 

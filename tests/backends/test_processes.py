@@ -308,6 +308,41 @@ def test_a_chunk_lost_unstarted_is_sent_again_at_most_a_few_times_and_never_afte
         backend.close()
 
 
+def test_a_chunk_whose_started_file_was_being_made_when_the_pool_broke_runs_again(tmp_path):
+    """The flaky failure of test_many_killer_symbols_among_tiny_ones_fail_alone, made deterministic: a
+    worker creates a chunk's started file, then sizes it; a pool that broke in between (another worker
+    died) left an empty file. That chunk had run no symbol: it runs again on the fresh pool (it used to
+    fail whole, each of its symbols a TerminatedWorkerError)."""
+    from procengine_nb.backends import processes
+    from procengine_nb.backends._started_file import read_progress
+    from procengine_nb.backends.base import Chunk
+
+    started, release = tmp_path / "started", tmp_path / "release"
+    started.mkdir()
+    blocked = functools.partial(waits_for_release, started_dir=str(started), release_file=str(release))
+    token = CancellationToken()
+    backend = processes.ProcessBackend(max_workers=1)
+    batch = backend.open(token)
+    try:
+        first = batch.submit_chunk(Chunk((0,), blocked, False))
+        _wait_for_files(started, 1)  # symbol 0 runs; the next chunk waits in the pool
+        second = batch.submit_chunk(Chunk((1, 2), blocked, False))
+        with open(second.key, "x"):  # what a worker leaves between creating the file and sizing it
+            pass
+        running, pid = read_progress(first.key)
+        assert running == 0
+        os.kill(pid, 9)  # the pool breaks while the second chunk's file is still empty
+        assert first.result(timeout=60)[0].status is ResultStatus.ERROR
+        release.touch()
+        ran = second.result(timeout=60)
+        assert [(r.symbol, r.status) for r in ran] == [(1, ResultStatus.SUCCESS), (2, ResultStatus.SUCCESS)]
+    finally:
+        release.touch()
+        batch.close(cancelled=True)
+        backend.close()
+        shutdown_pools()
+
+
 # -- Stop ---------------------------------------------------------------------------------------------
 def wait_for_stop(symbol, cancellation_token, started_dir):
     Path(started_dir, f"{symbol}").touch()
@@ -693,7 +728,7 @@ def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
         assert read_progress(path) == (3, os.getpid())
     finally:
         progress.close()
-    Path(tmp_path / "claimed").touch()  # what the parent's claim leaves: no progress
-    assert read_progress(str(tmp_path / "claimed")) is None
+    Path(tmp_path / "claimed").touch()  # what the parent's claim leaves, or a worker that had not sized it yet
+    assert read_progress(str(tmp_path / "claimed")) == (-1, 0)  # no symbol had begun
     assert read_progress(str(tmp_path / "missing")) is None
     assert PROGRESS_BYTES == 16
