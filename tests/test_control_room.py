@@ -7,12 +7,14 @@ sleep appears only to show that nothing happens while paused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import math
 import pickle
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import pytest
 
@@ -350,6 +352,58 @@ def test_pause_and_unpause_on_processes():
     assert time.monotonic() - began < 5.0 and partial.cancelled and accounted(partial, range(12))
 
 
+def _blocks_until(n, started_dir, gate_file):  # module level: picklable for the processes backend
+    Path(started_dir, str(n)).touch()
+    deadline = time.monotonic() + WAIT
+    while not Path(gate_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return n
+
+
+def test_pause_on_processes_takes_back_the_queued_tasks(tmp_path):
+    """Two workers run a blocked symbol each, more tasks wait in loky's queues (pending and call queue):
+    at the pause those are taken back (claimed), so once the running two are released nothing else
+    starts until unpause; then the full result."""
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    started.mkdir()
+    processor = functools.partial(_blocks_until, started_dir=str(started), gate_file=str(gate))
+    engine = ProcessingEngine(processor, backend="processes", max_workers=2, chunk_size=1)
+    try:
+        handle = engine.start(range(12))
+        until(lambda: len(list(started.iterdir())) == 2)
+        until(lambda: len(handle._batch._inflight) == 4)  # the window: two running, two queued in loky
+        handle.pause()
+        until(lambda: handle.progress.paused)
+        gate.touch()
+        until(lambda: drained(handle))
+        time.sleep(0.3)  # a worker that picks up a claimed task runs nothing
+        ran = sorted(int(p.name) for p in started.iterdir())
+        assert len(ran) == 2 and handle.progress.completed_symbols == 2
+        handle.unpause()
+        result = handle.result(timeout=WAIT)
+        assert sorted(r.value for r in result) == list(range(12)) and not result.cancelled
+        assert sorted(int(p.name) for p in started.iterdir()) == list(range(12))  # each once
+        # a Stop while paused: the taken-back symbols are unprocessed, every symbol accounted for
+        for p in started.iterdir():
+            p.unlink()
+        gate.unlink()
+        stopped = engine.start(range(12))
+        until(lambda: len(list(started.iterdir())) == 2)
+        until(lambda: len(stopped._batch._inflight) == 4)
+        stopped.pause()
+        until(lambda: stopped.progress.paused)
+        gate.touch()
+        until(lambda: drained(stopped))
+        stopped.cancel()
+        partial = stopped.result(timeout=WAIT)
+        assert partial.cancelled and accounted(partial, range(12))
+        assert sorted(r.symbol for r in partial) == sorted(int(p.name) for p in started.iterdir())
+        assert len(partial) == 2
+    finally:
+        gate.touch()
+        engine.close()
+
+
 def test_pause_a_done_job_is_a_no_op():
     handle = ProcessingEngine(str, max_workers=1).start([1])
     handle.result(timeout=WAIT)
@@ -519,6 +573,32 @@ def test_stalled_on_processes_with_a_timeout_names_the_running_chunk():
     handle.cancel()
     result = handle.result(timeout=WAIT)
     assert accounted(result, range(5))
+
+
+def _blocks_on_three(n, gate_file):  # module level: picklable for the processes backend
+    deadline = time.monotonic() + WAIT
+    while n == 3 and not Path(gate_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return n
+
+
+def test_stalled_on_processes_without_a_timeout_names_the_symbol_that_hangs_in_its_chunk(tmp_path):
+    """Symbols 0-7 in one chunk (chunk_size=8): 3 blocks, the others are quick. The worker writes each
+    symbol's index and start in the chunk's started file: stalled() names 3 alone, with its own time."""
+    gate = tmp_path / "gate"
+    processor = functools.partial(_blocks_on_three, gate_file=str(gate))
+    engine = ProcessingEngine(processor, backend="processes", max_workers=1, chunk_size=8, stall_after=0.2)
+    try:
+        handle = engine.start(range(8))
+        until(lambda: handle.stalled())
+        [(symbol, seconds)] = handle.stalled()
+        assert symbol == 3 and 0.2 < seconds < WAIT
+        gate.touch()
+        result = handle.result(timeout=WAIT)
+        assert sorted(r.value for r in result) == list(range(8)) and handle.stalled() == []
+    finally:
+        gate.touch()
+        engine.close()
 
 
 # -- follow-ups ------------------------------------------------------------------------------------

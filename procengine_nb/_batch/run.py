@@ -128,12 +128,13 @@ class BatchRun:
         ``executor=`` thread pool, asyncio), whose chunks report their start (``Chunk.on_start``): a
         chunk of several symbols (tiny symbols are grouped) names each of its symbols with the chunk's
         running time, except where each symbol's start is reported too (``Chunk.on_symbol``, coroutines,
-        and Dask, whose workers report it over the scheduler): then the symbol that runs, with its own
-        time."""
+        and Dask, whose workers report it over the scheduler) or read from the worker
+        (``executor.running_since``: processes, whose workers write it in the chunk's started file):
+        then the symbol that runs, with its own time."""
         settings = self.settings
         if settings is None:  # released: the batch is over
             return []
-        return self._stalls.stalled(self.window.inflight.copy(), settings.clock())
+        return self._stalls.stalled(self.window.inflight.copy(), settings.clock(), self.window.executor)
 
     def release(self) -> None:
         """After the end: drop the settings (the processor, the backend and what it holds, e.g. a cluster)

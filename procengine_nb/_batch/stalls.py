@@ -7,6 +7,7 @@ from concurrent.futures import Future
 from operator import attrgetter
 from typing import Any
 
+from procengine_nb.backends.base import BatchExecutor
 from procengine_nb.models import SymbolResult
 
 from .task import Task
@@ -51,10 +52,12 @@ class StallWatch:
             return _STALL_MIN_SECONDS
         return max(_STALL_MIN_SECONDS, _STALL_FACTOR * durations[len(durations) // 2] / 1000.0)
 
-    def stalled(self, inflight: dict[Future[Any], Task], now: float) -> list[tuple[Any, float]]:
+    def stalled(self, inflight: dict[Future[Any], Task], now: float,
+                executor: BatchExecutor | None = None) -> list[tuple[Any, float]]:
         """``(symbol, seconds_running)`` of the tasks in ``inflight`` (a copy) running longer than the
-        threshold, longest first: the symbol a task reports running (``Task.running``), else each of the
-        task's symbols with the task's running time (``Task.started_at``)."""
+        threshold, longest first: the symbol a task reports running (``Task.running``), else the one the
+        backend reads from its worker (``executor.running_since``: processes), else each of the task's
+        symbols with the task's running time (``Task.started_at``)."""
         threshold = self.threshold()
         found: list[tuple[int, Any, float]] = []
         for future, task in inflight.items():
@@ -65,6 +68,12 @@ class StallWatch:
                 index, at = running
                 if index < len(task.symbols) and now - at > threshold:
                     found.append((task.start + index, task.symbols[index], now - at))
+                continue
+            since = None if executor is None else executor.running_since(future)
+            if since is not None:  # read from the worker (processes): which symbol, for how long
+                index, seconds = since
+                if index < len(task.symbols) and seconds > threshold:
+                    found.append((task.start + index, task.symbols[index], seconds))
             elif task.started_at is not None and now - task.started_at > threshold:  # the chunk's start
                 seconds = now - task.started_at
                 found.extend((task.start + offset, symbol, seconds) for offset, symbol in enumerate(task.symbols))

@@ -31,6 +31,7 @@ class RemoteTask(Future):  # type: ignore[type-arg]
         self.resends = 0  # processes: times it was sent again after a broken pool lost it unstarted
         self.deaths: dict[int, int] = {}  # processes: index -> breaks of a pool while it was running
         self.pool: Any = None  # processes: the pool it was last sent to
+        self.withdrawn = False  # processes: taken back at a pause (claimed before it started): never runs
 
     def _finish(self, results: list[SymbolResult]) -> None:
         try:

@@ -15,13 +15,16 @@ import struct
 
 __all__ = ["PROGRESS_BYTES", "StartedFile", "claim", "forget", "read_progress"]
 
-PROGRESS_BYTES = 16
+PROGRESS_BYTES = 24
 
 
 class StartedFile:
     """A chunk's started file, memory-mapped: ``[0]`` is the index of the symbol running (-1: none yet;
-    the chunk's length: it ended), ``[1]`` this worker's pid. Plain memory writes (~40 ns), read by the
-    parent after a pool broke."""
+    the chunk's length: it ended), ``[1]`` this worker's pid, ``[2]`` the time (``time.monotonic_ns()``,
+    one clock for every process of the machine) at or shortly before which symbol ``[0]`` started (see
+    :func:`~procengine_nb.backends._worker.run_columns`). Plain
+    memory writes (~40 ns each), read by the parent after a pool broke (:func:`read_progress`) and when
+    it is asked which symbol runs (:func:`read_running`)."""
 
     __slots__ = ("_map", "view")
 
@@ -35,6 +38,7 @@ class StartedFile:
         self.view = memoryview(self._map).cast("q")
         self.view[0] = -1
         self.view[1] = os.getpid()
+        self.view[2] = 0
 
     def close(self) -> None:
         self.view.release()
@@ -54,8 +58,25 @@ def read_progress(path: str) -> tuple[int, int] | None:
         return None
     if len(data) < PROGRESS_BYTES:
         return -1, 0
-    index, pid = struct.unpack("qq", data)
+    index, pid, _ = struct.unpack("qqq", data)
     return index, pid
+
+
+def read_running(path: str) -> tuple[int, int] | None:
+    """``(index of the symbol running now, its start in time.monotonic_ns())`` from a chunk's started
+    file (the start at most ~5 ms of quick symbols early); None when no symbol of it runs (not started,
+    gone, or ended)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(PROGRESS_BYTES)
+    except OSError:
+        return None
+    if len(data) < PROGRESS_BYTES:
+        return None
+    index, pid, at = struct.unpack("qqq", data)
+    if index < 0 or pid <= 0 or at <= 0:
+        return None
+    return index, at
 
 
 

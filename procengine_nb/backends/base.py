@@ -28,7 +28,8 @@ class Chunk:
     backend whose workers share this process's memory (threads, a thread-pool ``executor=``, asyncio)
     has the runner call them on the worker; Dask calls them here as its workers' reports arrive (over
     the scheduler, :attr:`BatchExecutor.reports_running`); processes cannot send them there and report
-    a chunk's start through :meth:`BatchExecutor.started` instead.
+    a chunk's start through :meth:`BatchExecutor.started`, and the running symbol and its start through
+    :meth:`BatchExecutor.running_since`, instead.
     """
 
     __slots__ = ("symbols", "processor", "pass_token", "on_start", "on_symbol")
@@ -98,6 +99,12 @@ class BatchExecutor(abc.ABC):
         batches with a timeout, on backends whose workers do not share memory. Default: what the
         future says (``running()`` or ``done()``)."""
         return future.running() or future.done()
+
+    def running_since(self, future: Future[Any]) -> tuple[int, float] | None:
+        """``(index within its chunk of the symbol the task runs now, seconds it has run)``, where the
+        backend reads it from its workers on demand (processes: the chunk's started file), for
+        ``stalled()`` (from any thread). Default: None (not known this way)."""
+        return None
 
     def running_index(self, future: Future[Any]) -> int | None:
         """Asked only when :attr:`reports_running` (from any thread): the index, within its chunk, of the

@@ -21,6 +21,11 @@ What it can and cannot do (honest limits):
   that ignores its token keeps running in its worker process until it returns (loky cannot stop a
   running task without killing the pool); the final snapshot counts exactly the chunks that had
   started (each creates a small "started" file next to the marker as it starts).
+- A pause takes back the chunks no worker started: cancelled in loky's pending queue, or claimed
+  (the parent creates their started file first: the worker that picks one up runs no symbol); only
+  the running chunks go on. ``handle.stalled()`` reads, from each started file, which symbol runs and
+  since when (each worker writes the index before each symbol, and ``time.monotonic_ns()`` at each
+  look at the token, every ~5 ms of symbols: the start to within those 5 ms).
 - A worker process that dies (``os._exit``, a segfault, the OOM killer, ``kill -9``) breaks loky's
   pool, which fails every chunk in flight. Only the symbol the dead worker was running becomes an
   ERROR (loky's ``TerminatedWorkerError``, with the exit code); every other symbol runs on a fresh
@@ -66,7 +71,7 @@ from procengine_nb.backends._pool import (
 )
 from procengine_nb.backends._recovery import LOST_WITH_THE_POOL, PoolRecovery
 from procengine_nb.backends._remote_task import RemoteTask
-from procengine_nb.backends._started_file import forget
+from procengine_nb.backends._started_file import claim, forget, read_running
 from procengine_nb.backends._worker import run_encoded
 from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
 from procengine_nb.cancellation import CancellationToken
@@ -162,7 +167,7 @@ class _ProcessBatch(PoolRecovery, BatchExecutor):
     def _complete(self, task: RemoteTask, future: Any) -> None:
         """Complete the engine's future from loky's (on loky's thread); a chunk its pool lost when it
         broke goes to the recovery (:mod:`~procengine_nb.backends._recovery`)."""
-        if future.cancelled():
+        if future.cancelled() or task.withdrawn:  # (withdrawn: claimed at a pause, it ran nothing)
             task.complete_cancelled()
             return
         error = future.exception()
@@ -178,6 +183,41 @@ class _ProcessBatch(PoolRecovery, BatchExecutor):
         """A chunk started once its started file exists (``timeout=`` counts from then)."""
         key = getattr(future, "key", None)
         return future.done() or key is None or os.path.exists(key)
+
+    def take_back(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
+        """At a pause: withdraw the chunks no worker started: those still in loky's pending queue
+        (cancelled there) and those already in its call queue, claimed as the recovery claims a chunk
+        lost unstarted (the parent creates the started file first, so the worker that picks the chunk
+        up runs no symbol). Whoever creates the file first owns the chunk: never lost, never run twice."""
+        taken: list[Future[Any]] = []
+        for future in futures:
+            inner = getattr(future, "inner", None)
+            if inner is None or inner.done() or future.done():
+                continue  # nothing sent, or being recovered after a broken pool: it stays
+            if inner.cancel() or claim(future.key):
+                future.withdrawn = True  # type: ignore[attr-defined]
+                taken.append(future)
+        return taken
+
+    def running_since(self, future: Future[Any]) -> tuple[int, float] | None:
+        """The symbol a started chunk runs and for how long, from its started file (the worker writes
+        the index and the start of each symbol there)."""
+        key = getattr(future, "key", None)
+        if key is None or future.done():
+            return None
+        running = read_running(key)
+        if running is None:
+            return None
+        index, at = running
+        local = future.local  # type: ignore[attr-defined]
+        if local:  # the worker counts only the symbols that were sent
+            sent = [i for i in range(len(future.symbols)) if i not in local]  # type: ignore[attr-defined]
+            if index >= len(sent):
+                return None
+            index = sent[index]
+        elif index >= len(future.symbols):  # type: ignore[attr-defined]
+            return None
+        return index, max(0.0, (time.monotonic_ns() - at) / 1e9)
 
     def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
         stopping = self._token.is_cancelled

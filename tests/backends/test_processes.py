@@ -708,7 +708,7 @@ def test_a_dead_worker_is_told_from_a_live_one_by_its_pid():
 
 
 def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
-    from procengine_nb.backends._started_file import PROGRESS_BYTES, StartedFile, read_progress
+    from procengine_nb.backends._started_file import PROGRESS_BYTES, StartedFile, read_progress, read_running
 
     path = str(tmp_path / "0.started")
     progress = StartedFile(path)
@@ -716,6 +716,9 @@ def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
         assert read_progress(path) == (-1, os.getpid())  # started, no symbol yet
         progress.view[0] = 7
         assert read_progress(path) == (7, os.getpid())
+        assert read_running(path) is None  # no start written: not told as running
+        progress.view[2] = at = time.monotonic_ns()
+        assert read_running(path) == (7, at)
     finally:
         progress.close()
     # the worker's loop marks the end of its chunk: a later death of that worker is not this chunk's
@@ -724,11 +727,14 @@ def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
     path = str(tmp_path / "1.started")
     progress = StartedFile(path)
     try:
-        run_columns(abs, (1, -2, 3), MarkerToken(None), False, progress.view)
+        before = time.monotonic_ns()
+        run_columns(abs, (1, -2, 3), MarkerToken(None), False, progress.view, True)
         assert read_progress(path) == (3, os.getpid())
+        assert before <= progress.view[2] <= time.monotonic_ns()  # stamped at its look at the token
     finally:
         progress.close()
     Path(tmp_path / "claimed").touch()  # what the parent's claim leaves, or a worker that had not sized it yet
     assert read_progress(str(tmp_path / "claimed")) == (-1, 0)  # no symbol had begun
     assert read_progress(str(tmp_path / "missing")) is None
-    assert PROGRESS_BYTES == 16
+    assert read_running(str(tmp_path / "claimed")) is None
+    assert PROGRESS_BYTES == 24
