@@ -160,9 +160,9 @@ class JobHandle:
         10 s), longest first; ``[]`` once the job is done.
 
         Known on threads (the engine's pool, a ``ThreadPoolExecutor``: each chunk reports its start; a
-        chunk of several tiny symbols names each of them with the chunk's running time) and on asyncio
-        (each symbol's own start); on processes and Dask only with ``timeout=`` (the chunk's start as the
-        batch sees it), else ``[]``.
+        chunk of several tiny symbols names each of them with the chunk's running time), and on asyncio,
+        Dask (the workers' reports) and processes (read from the chunk's started file, to within ~5 ms)
+        with each symbol's own start.
 
         >>> import threading
         >>> from procengine_nb import ProcessingEngine
@@ -219,9 +219,9 @@ class JobHandle:
         """Stop handing out symbols: the ones running finish and are reported, no new one starts until
         :meth:`unpause`. Returns True if this call paused the job (False: already paused, or done).
 
-        Works on every backend: the batch withholds its submissions, and on threads and asyncio it takes
-        back the tasks still waiting for a worker (on processes and Dask those already handed over, at
-        most two per worker, still run). The paused time counts in the elapsed time but not in the rate
+        Works on every backend: the batch withholds its submissions, and on threads, asyncio and
+        processes it takes back the tasks still waiting for a worker (on Dask those already handed over,
+        at most two per worker, still run). The paused time counts in the elapsed time but not in the rate
         or the ETA; ``progress.paused`` says it. A Stop (``cancel()``) while paused is an ordinary Stop
         and returns at once.
 
