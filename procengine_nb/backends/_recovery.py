@@ -83,7 +83,7 @@ class PoolRecovery:
         fresh pool (those that had run lost their results with the pool: they may run twice). Returns
         False when the chunk cannot be told apart (the error then stands for all of it)."""
         progress = read_progress(task.key)
-        if progress is None:  # its started file is gone: the batch is over
+        if progress is None:  # its started file is gone (the batch is over), or the parent claimed it
             return False
         running, pid = progress
         sent = [i for i in range(len(task.symbols)) if i not in task.local]

@@ -9,13 +9,16 @@ directory.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
+import threading
 
 __all__ = ["PROGRESS_BYTES", "StartedFile", "claim", "forget", "read_progress"]
 
 PROGRESS_BYTES = 24
+_CLAIMED = b"parent"  # what the parent's claim holds (shorter than a worker's file)
 
 
 class StartedFile:
@@ -48,13 +51,15 @@ class StartedFile:
 def read_progress(path: str) -> tuple[int, int] | None:
     """``(index of the symbol that was running, pid)`` from a chunk's started file; None when it is gone.
 
-    A file shorter than :data:`PROGRESS_BYTES` reads ``(-1, 0)``: no symbol had begun. A worker creates
-    the file, then sizes it (:class:`StartedFile`), so a worker that was between the two (or was killed
-    there) leaves it empty; so does the parent's :func:`claim`."""
+    A worker's file shorter than :data:`PROGRESS_BYTES` reads ``(-1, 0)``: no symbol had begun. A worker
+    creates the file, then sizes it (:class:`StartedFile`), so a worker that was between the two (or was
+    killed there) leaves it empty. The parent's own :func:`claim` reads None: no worker has the chunk."""
     try:
         with open(path, "rb") as file:
             data = file.read(PROGRESS_BYTES)
     except OSError:
+        return None
+    if data == _CLAIMED:
         return None
     if len(data) < PROGRESS_BYTES:
         return -1, 0
@@ -79,15 +84,25 @@ def read_running(path: str) -> tuple[int, int] | None:
     return index, at
 
 
-
 def claim(path: str) -> bool:
     """Create a chunk's started file for the parent: True when no worker had started the chunk (and
-    now none will), False when one had (or the batch's directory is gone)."""
+    now none will), False when one had (or the batch's directory is gone).
+
+    The file appears whole, saying it is the parent's (written aside, then linked into place: a
+    reader never takes it for a worker's file not sized yet); the name aside is the calling thread's,
+    so a pause and a broken pool claiming at once do not undo each other."""
+    aside = f"{path}.{threading.get_ident()}.claim"
     try:
-        with open(path, "x"):
-            return True
+        with open(aside, "wb") as file:
+            file.write(_CLAIMED)
+        os.link(aside, path)
     except OSError:
         return False
+    else:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
 
 
 def forget(path: str) -> None:

@@ -343,6 +343,39 @@ def test_a_chunk_whose_started_file_was_being_made_when_the_pool_broke_runs_agai
         shutdown_pools()
 
 
+def test_a_chunk_taken_back_at_a_pause_never_runs_even_when_the_pool_breaks(tmp_path):
+    """take_back claims a chunk no worker started (loky's call queue cannot give it back): the worker
+    that picks it up runs nothing, and when the pool breaks the recovery does not send it again."""
+    from procengine_nb.backends import processes
+    from procengine_nb.backends._started_file import read_progress
+    from procengine_nb.backends.base import Chunk
+
+    started, release = tmp_path / "started", tmp_path / "release"
+    started.mkdir()
+    blocked = functools.partial(waits_for_release, started_dir=str(started), release_file=str(release))
+    token = CancellationToken()
+    backend = processes.ProcessBackend(max_workers=1)
+    batch = backend.open(token)
+    try:
+        first = batch.submit_chunk(Chunk((0,), blocked, False))
+        _wait_for_files(started, 1)
+        second = batch.submit_chunk(Chunk((1, 2), blocked, False))
+        assert batch.take_back([first, second]) == [second]  # the running one stays
+        assert batch.take_back([first]) == []
+        _, pid = read_progress(first.key)
+        os.kill(pid, 9)
+        assert first.result(timeout=60)[0].status is ResultStatus.ERROR
+        release.touch()
+        assert second.cancelled() or second.result(timeout=60) == []
+        time.sleep(0.3)
+        assert sorted(p.name for p in started.iterdir()) == ["0"]  # 1 and 2 never ran
+    finally:
+        release.touch()
+        batch.close(cancelled=True)
+        backend.close()
+        shutdown_pools()
+
+
 # -- Stop ---------------------------------------------------------------------------------------------
 def wait_for_stop(symbol, cancellation_token, started_dir):
     Path(started_dir, f"{symbol}").touch()
@@ -708,7 +741,7 @@ def test_a_dead_worker_is_told_from_a_live_one_by_its_pid():
 
 
 def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
-    from procengine_nb.backends._started_file import PROGRESS_BYTES, StartedFile, read_progress, read_running
+    from procengine_nb.backends._started_file import PROGRESS_BYTES, StartedFile, claim, read_progress, read_running
 
     path = str(tmp_path / "0.started")
     progress = StartedFile(path)
@@ -733,8 +766,12 @@ def test_a_started_file_holds_the_running_symbol_and_the_workers_pid(tmp_path):
         assert before <= progress.view[2] <= time.monotonic_ns()  # stamped at its look at the token
     finally:
         progress.close()
-    Path(tmp_path / "claimed").touch()  # what the parent's claim leaves, or a worker that had not sized it yet
-    assert read_progress(str(tmp_path / "claimed")) == (-1, 0)  # no symbol had begun
+    Path(tmp_path / "unsized").touch()  # what a worker leaves between creating the file and sizing it
+    assert read_progress(str(tmp_path / "unsized")) == (-1, 0)  # no symbol had begun
+    assert claim(str(tmp_path / "claimed")) and not claim(str(tmp_path / "claimed"))
+    assert not claim(str(tmp_path / "unsized"))  # a worker's: not the parent's
+    assert read_progress(str(tmp_path / "claimed")) is None  # the parent's own: no worker has it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.started", "1.started", "claimed", "unsized"]
     assert read_progress(str(tmp_path / "missing")) is None
-    assert read_running(str(tmp_path / "claimed")) is None
+    assert read_running(str(tmp_path / "claimed")) is None and read_running(str(tmp_path / "unsized")) is None
     assert PROGRESS_BYTES == 24
