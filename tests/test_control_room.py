@@ -371,7 +371,7 @@ def test_pause_on_processes_takes_back_the_queued_tasks(tmp_path):
     try:
         handle = engine.start(range(12))
         until(lambda: len(list(started.iterdir())) == 2)
-        until(lambda: len(handle._batch._inflight) == 4)  # the window: two running, two queued in loky
+        until(lambda: len(handle._batch.window.inflight) == 4)  # the window: two running, two queued in loky
         handle.pause()
         until(lambda: handle.progress.paused)
         gate.touch()
@@ -389,7 +389,7 @@ def test_pause_on_processes_takes_back_the_queued_tasks(tmp_path):
         gate.unlink()
         stopped = engine.start(range(12))
         until(lambda: len(list(started.iterdir())) == 2)
-        until(lambda: len(stopped._batch._inflight) == 4)
+        until(lambda: len(stopped._batch.window.inflight) == 4)
         stopped.pause()
         until(lambda: stopped.progress.paused)
         gate.touch()
