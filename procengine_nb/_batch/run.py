@@ -76,11 +76,10 @@ class BatchRun:
                                            smoothing=settings.eta_smoothing)
             self._source = SizedSource(job.symbols)  # type: ignore[arg-type]
         tracker = self.tracker
-        workers = settings.backend.max_workers
-        self._sizer = ChunkSizer(settings.target_chunk_seconds, workers,
-                                 fixed=settings.chunk_size, timed=settings.timeout is not None)
-        self.window = Window(workers if settings.timeout is not None else max(1, workers * settings.window_per_worker),
-                             tracker)
+        # sized on the batch's thread once the backend is open: a backend may learn its size only then (a
+        # Dask address is connected there, never on the caller's thread)
+        self._sizer: ChunkSizer | None = None
+        self.window = Window(0, tracker)
         self._results = BatchResult(job=job)
         self._interrupted_result: BatchResult | None = None
         self._stalls = StallWatch(settings.stall_after)
@@ -176,6 +175,13 @@ class BatchRun:
             raise
         return result
 
+    def _size(self, workers: int) -> None:
+        """The window and the chunk sizer for ``workers`` workers (once the backend is open)."""
+        settings = self.settings
+        self._sizer = ChunkSizer(settings.target_chunk_seconds, workers,
+                                 fixed=settings.chunk_size, timed=settings.timeout is not None)
+        self.window.size = workers if settings.timeout is not None else max(1, workers * settings.window_per_worker)
+
     def _loop(self) -> BatchResult:
         settings, token = self.settings, self.token
         source, window, retries, reruns, pause = self._source, self.window, self._retries, self._reruns, self._pause
@@ -193,6 +199,7 @@ class BatchRun:
             if reruns is not None:  # in the try: a Ctrl-C in key= settles a partial result like any interrupt
                 reruns.open(source)
             executor = window.open(backend, token)
+            self._size(backend.max_workers)
             # where workers share memory each task records its start (stalled() reads it); where symbols are
             # coroutines, each symbol's start (the per-symbol hook costs nothing next to an await); a backend
             # whose workers report each chunk's start and running symbol (Dask) calls the same hooks from
@@ -302,7 +309,7 @@ class BatchRun:
                 return Task(start, start + 1, (symbol,), timed, attempts, last), _RETRY
             if len(retries.heap) >= window.size:  # back-pressure: no new symbols while many wait
                 return None, _NEW
-        span = self._source.next(self._sizer)
+        span = self._source.next(self._sizer)  # type: ignore[arg-type]  # sized once open (_size)
         reruns = self._reruns
         if reruns is not None and reruns.pending:  # a lazy input's symbols found in the store
             reruns.count()
@@ -340,7 +347,8 @@ class BatchRun:
             chunk = self._retries.sift(ran, start, attempts) if self.settings.retries else ran
             if chunk:
                 self._outcomes.completed(chunk)
-            self._sizer.measured(ran)
+            if self._sizer is not None:
+                self._sizer.measured(ran)
         if len(ran) < stop - start:  # the chunk stopped early on a cancel: the rest never ran
             self._source.drop(start + len(ran), stop, symbols[len(ran):])
             if not token.is_cancelled:  # no cancel asked: the executor dropped a task it had accepted

@@ -46,7 +46,7 @@ from procengine_nb.backends._wire import Payload, encode_results
 from procengine_nb.backends._worker import run_columns
 from procengine_nb.cancellation import CancellationToken
 
-__all__ = ["TOPIC", "ClientChannel", "WorkerToken", "run_chunk_task", "stop_event_name"]
+__all__ = ["ASKED", "TOPIC", "ClientChannel", "WorkerToken", "abandon_chunks", "run_chunk_task", "stop_event_name"]
 
 TOPIC = "procengine-nb"  # the scheduler topic that carries the started reports of every batch
 _REPORT_EVERY = 0.02  # seconds: at most one started report per chunk this often (the rest by a timer)
@@ -54,6 +54,9 @@ _WAIT = 2.0  # seconds a worker's watch waits on the stop event before it looks 
 _RETRY = 0.2  # seconds between two attempts of a watch whose scheduler call failed
 _KEEP_STOPPED = 256  # stopped batches a worker process remembers (a late chunk of one runs no symbol)
 _ENDED = -1  # index of a chunk's "no symbol runs any more" report
+ASKED = "asked"  # in place of a chunk number: ``[batch id, ASKED, [chunk, reason]]``: a processor of that
+# chunk (-1: unknown) cancelled its token
+_ASKED_REASON = "a processor on a Dask worker cancelled the batch (cancellation_token.cancel())"
 
 
 def stop_event_name(batch_id: str) -> str:
@@ -63,19 +66,33 @@ def stop_event_name(batch_id: str) -> str:
 
 # -- worker side ----------------------------------------------------------------------------------
 class WorkerToken(CancellationToken):
-    """The token processors get on a Dask worker: one per batch and worker process, cancelled by the
-    batch's stop event on the scheduler (see the module docstring). Pickles as a reference to its
-    batch, so a processor may pass it on (in another worker process it joins the same batch's state;
-    anywhere else it is a token that is never cancelled)."""
+    """The token processors get on a Dask worker: one per chunk, cancelled by the batch's stop event on
+    the scheduler (see the module docstring) or when the batch gives the chunk up (past its
+    ``timeout=``). A processor's own ``cancel(reason)`` stops the whole batch, as on threads: the batch's
+    other chunks on this worker stop at once, the stop event is set for every other worker, and the
+    client cancels the batch with ``reason``. Pickles as a reference to its batch, so a processor may
+    pass it on (in another worker process it joins the same batch's token; anywhere else it is a token
+    that is never cancelled)."""
 
-    __slots__ = ("batch_id",)
+    __slots__ = ("batch_id", "chunk", "asked")
 
-    def __init__(self, batch_id: str) -> None:
+    def __init__(self, batch_id: str, chunk: int = -1) -> None:
         super().__init__()
         self.batch_id = batch_id
+        self.chunk = chunk  # the chunk number it serves (-1: the batch's own token in this process)
+        self.asked: str | None = None  # the reason, when a processor cancelled this token itself
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_token_for, (self.batch_id,))
+
+    def cancel(self, reason: str | None = None) -> bool:
+        """Cancel the token (a processor asking the batch to stop; see the class docstring)."""
+        asked = reason if reason is not None else _ASKED_REASON
+        first = CancellationToken.cancel(self, reason)
+        if first:
+            self.asked = asked
+            _ask(self.batch_id, self.chunk, asked)
+        return first
 
 
 def _token_for(batch_id: str) -> CancellationToken:
@@ -84,16 +101,41 @@ def _token_for(batch_id: str) -> CancellationToken:
     return state.token if state is not None else WorkerToken(batch_id)
 
 
+def _ask(batch_id: str, chunk: int, reason: str) -> None:
+    """A processor cancelled a token of the batch: stop the batch's chunks here, set its stop event on
+    the scheduler (the other workers) and tell the client (which cancels the batch with ``reason``)."""
+    with _lock:
+        state = _batches.get(batch_id)
+    if state is None or state.worker is None:  # a token outside any running chunk: nobody to tell
+        return
+    CancellationToken.cancel(state.token, reason)
+    worker = state.worker
+    try:
+        worker.log_event(TOPIC, [batch_id, ASKED, [chunk, reason]])
+        worker.loop.add_callback(_set_event, worker, stop_event_name(batch_id))
+    except Exception:  # pragma: no cover - the worker is closing: nobody is listening any more
+        pass
+
+
+async def _set_event(worker: Any, name: str) -> None:
+    try:
+        await worker.scheduler.event_set(name=name)
+    except Exception:  # the scheduler cannot be reached: the client still hears the report, or nothing runs
+        pass
+
+
 class _BatchState:
-    """One batch in one worker process: its token, how many of its chunks run here, its watch and the
-    chunks whose started report waits for the timer."""
+    """One batch in one worker process: its token, how many of its chunks run here (and their tokens),
+    its watch and the chunks whose started report waits for the timer."""
 
-    __slots__ = ("batch_id", "token", "running", "watching", "pending", "timer_armed")
+    __slots__ = ("batch_id", "token", "worker", "running", "chunks", "watching", "pending", "timer_armed")
 
-    def __init__(self, batch_id: str) -> None:
+    def __init__(self, batch_id: str, worker: Any = None) -> None:
         self.batch_id = batch_id
         self.token = WorkerToken(batch_id)
+        self.worker = worker
         self.running = 0
+        self.chunks: dict[int, WorkerToken] = {}  # the running chunks' tokens by chunk number
         self.watching = False
         self.pending: set[_ChunkReport] = set()
         self.timer_armed = False
@@ -108,7 +150,7 @@ def _join(worker: Any, batch_id: str) -> _BatchState:
     with _lock:
         state = _batches.get(batch_id)
         if state is None:
-            state = _batches[batch_id] = _BatchState(batch_id)
+            state = _batches[batch_id] = _BatchState(batch_id, worker)
         state.running += 1
         watch = not state.watching and not state.token.is_cancelled
         if watch:
@@ -137,7 +179,7 @@ async def _watch(worker: Any, state: _BatchState) -> None:
                 await asyncio.sleep(_RETRY)
                 is_set = False
         if is_set:
-            state.token.cancel(reason)
+            CancellationToken.cancel(state.token, reason)
             with _lock:
                 state.watching = False
                 _stopped.append(state.batch_id)
@@ -214,22 +256,41 @@ def _flush(state: _BatchState) -> None:
         report.flush()
 
 
+def abandon_chunks(batch_id: str, numbers: list[int]) -> None:
+    """Run on every worker (``Client.run``) when the batch gives up on the chunks ``numbers`` (past their
+    ``timeout=``): the tokens of those that run here are cancelled (a cooperative processor stops)."""
+    with _lock:
+        state = _batches.get(batch_id)
+        tokens = [] if state is None else [state.chunks.get(number) for number in numbers]
+    for token in tokens:
+        if token is not None:
+            CancellationToken.cancel(token, "given up on: past its timeout=")
+
+
 def run_chunk_task(batch_id: str, chunk: int, processor_blob: bytes, symbols_blob: bytes,
-                   pass_token: bool) -> Payload:
-    """The Dask task of one chunk: unpickle it, run it with the batch's worker token (reporting each
-    symbol's start), and return the encoded results (see :func:`~procengine_nb.backends._wire.encode_results`).
-    A chunk of a batch already stopped here runs no symbol."""
+                   pass_token: bool) -> tuple[Payload, str | None]:
+    """The Dask task of one chunk: unpickle it, run it with its own worker token (cancelled with the
+    batch's; reporting each symbol's start), and return the encoded results (see
+    :func:`~procengine_nb.backends._wire.encode_results`) and, when a processor cancelled its token,
+    the reason it gave (else None). A chunk of a batch already stopped here runs no symbol."""
     worker = distributed.get_worker()
     state = _join(worker, batch_id)
+    token = WorkerToken(batch_id, chunk)
+    link = state.token.register(lambda: CancellationToken.cancel(token, state.token.reason))
+    with _lock:
+        state.chunks[chunk] = token
     try:
         processor, symbols = load_task(processor_blob, symbols_blob)
         report = _ChunkReport(worker, state, chunk, len(symbols))
         try:
-            head, rest = run_columns(processor, symbols, state.token, pass_token, report)
+            head, rest = run_columns(processor, symbols, token, pass_token, report)
         finally:
             report[0] = len(symbols)  # said once more if run_columns raised (an interrupt)
-        return encode_results(rest, head)
+        return encode_results(rest, head), token.asked or state.token.asked
     finally:
+        link.unregister()
+        with _lock:
+            state.chunks.pop(chunk, None)
         _leave(state)
 
 

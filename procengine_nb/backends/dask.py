@@ -60,6 +60,7 @@ Honest limits:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
@@ -68,11 +69,11 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any
 
 from procengine_nb.backends._chunk_codec import ProcessorBlob, encode_chunk
-from procengine_nb.backends._dask_channel import ClientChannel, clear_events, run_chunk_task
+from procengine_nb.backends._dask_channel import ASKED, ClientChannel, abandon_chunks, clear_events, run_chunk_task
 from procengine_nb.backends._remote_task import RemoteTask
 from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
 from procengine_nb.cancellation import CancellationToken
@@ -89,10 +90,18 @@ __all__ = ["DaskBackend"]
 _log = logging.getLogger(__name__)
 _CANCEL_REASON = "stopped by procengine_nb"
 _CALL_STACK_TIMEOUT = 2.0  # seconds a Stop waits to learn which tasks already run
+_ABANDON_REASON = "given up on by procengine_nb (past its timeout=)"
+_ASKED_GRACE = 2.0  # seconds a batch stopped by a processor waits for that processor's chunk results
+_TELL_TIMEOUT = 5.0  # seconds to tell the workers which chunks were given up on (before any restart)
+_RESTART_TIMEOUT = 60.0  # seconds a restart of the engine's own workers may take (off every caller's thread)
 
 
 class DaskTaskCancelled(RuntimeError):
     """A chunk's Dask task was cancelled by something other than this batch (a restart, a close)."""
+
+
+class DaskUnreachable(ConnectionError):
+    """The Dask scheduler at the address given as ``client=`` could not be reached."""
 
 
 class DaskClientClosed(RuntimeError):
@@ -104,23 +113,67 @@ _KEEP_ENDED_EVENT = 60.0  # seconds an ended batch's stop event stays on the sch
 # whose chunk started just before the Stop may look at it only now: cleared, it would wait in vain)
 
 
-def _complete(task: RemoteTask, future: Any) -> None:
-    """Runs on distributed's callback thread when the Dask future finishes (or errs / is cancelled)."""
+async def _follow(batch: _DaskBatch, task: RemoteTask, future: Any) -> None:
+    """On the client's event loop: wait for the chunk's Dask future, fetch its outcome from the worker
+    and complete ``task`` with it.
+
+    No thread ever blocks on it: not the caller's, not the batch's, and not distributed's callback
+    thread (``add_done_callback`` + ``future.result()`` there waited, without a bound, on a client whose
+    cluster may be going away, and Python joins that thread at exit). A chunk still in flight when the
+    client's loop stops is ended by the batch's watcher (:class:`DaskClientClosed`)."""
+    try:
+        outcome = await future._result()
+    except BaseException as exc:  # KilledWorker, a worker-side RemoteSerializationError, a cancel...
+        if future.status != "cancelled":
+            if isinstance(exc, asyncio.CancelledError):  # the client's loop is stopping: the watcher ends it
+                raise
+            task.complete_with_error(exc)
+            return
+        outcome = None
     if task.done():  # cancelled by the batch already
         return
-    status = future.status
-    if status == "cancelled":
+    if future.status == "cancelled":
         task.complete_with_error(DaskTaskCancelled(
             f"the Dask task {future.key!r} for this chunk was cancelled outside the engine "
             "(the client or cluster was closed or restarted?)"
         ))
         return
     try:
-        blobs = future.result()
-    except BaseException as exc:  # KilledWorker, a worker-side RemoteSerializationError, ...
+        payload, asked = outcome
+    except Exception as exc:  # pragma: no cover - not a task of ours
         task.complete_with_error(exc)
-    else:
-        task.complete_with_blobs(blobs)
+        return
+    if asked is not None:  # a processor cancelled its token: the batch stops (before its short chunk counts)
+        batch.processor_asked(asked)
+    task.complete_with_blobs(payload)
+
+
+async def _give_up(client: Any, batch_id: str, numbers: list[int], inners: list[Any], restart: bool) -> None:
+    """On the client's event loop: tell the workers running the abandoned chunks ``numbers`` to cancel
+    those chunks' tokens, release their tasks, and (``restart``: the engine's own cluster) restart the
+    workers still running them. Never raises (a failure leaves the workers busy, as without it)."""
+    try:
+        await asyncio.wait_for(client._run(abandon_chunks, batch_id, numbers, on_error="return"), _TELL_TIMEOUT)
+    except Exception:  # a worker that cannot be reached (its processor runs on)
+        pass
+    busy: list[str] = []
+    if restart:
+        keys = {inner.key for inner in inners}
+        try:
+            processing = await client.scheduler.processing()
+            busy = [worker for worker, running in processing.items() if keys & set(running)]
+        except Exception:
+            busy = []
+    try:
+        await client._cancel(inners, reason=_ABANDON_REASON)
+    except Exception:
+        pass
+    if busy:
+        try:
+            await client.scheduler.restart_workers(workers=busy, timeout=_RESTART_TIMEOUT, wait_for_workers=False,
+                                                   on_error="return", stimulus_id=f"procengine-abandon-{time.time()}")
+        except Exception:
+            _log.debug("restarting the Dask workers %s failed", busy, exc_info=True)
 
 
 class _DaskBatch(BatchExecutor):
@@ -139,12 +192,13 @@ class _DaskBatch(BatchExecutor):
 
     reports_running = True
 
-    def __init__(self, backend: DaskBackend, token: CancellationToken) -> None:
-        client = backend._ensure_client()
+    def __init__(self, backend: DaskBackend, token: CancellationToken, client: distributed.Client) -> None:
         status = getattr(client, "status", "closed")
         if status != "running":
             raise DaskClientClosed(f"Client is {status}: the Dask client must be running to start a batch")
         self._client = client
+        self._token = token
+        self._asking: int | None = None  # the number of the chunk whose processor cancelled the batch
         self._id = uuid.uuid4().hex
         self._blob = ProcessorBlob()
         self._numbers = itertools.count()
@@ -161,9 +215,14 @@ class _DaskBatch(BatchExecutor):
         self._watcher.start()
         backend._batches.add(self)
 
-    def _on_started(self, number: int, index: int) -> None:  # on the client's event loop
+    def _on_started(self, number: Any, index: Any) -> None:  # on the client's event loop
         """A chunk's report: symbol ``index`` starts (-1: none runs any more); passed on to the chunk's
-        hooks (``on_start`` at its first report, ``on_symbol``)."""
+        hooks (``on_start`` at its first report, ``on_symbol``). ``number`` :data:`ASKED`: a processor
+        cancelled its token (``index`` is its reason)."""
+        if number == ASKED:
+            asking, reason = index
+            self.processor_asked(str(reason), asking)
+            return
         found = self._by_number.get(number)
         if found is None:
             return
@@ -179,6 +238,22 @@ class _DaskBatch(BatchExecutor):
                 chunk.on_symbol(index if index >= 0 else len(chunk.symbols))
         except Exception:  # the hooks are the engine's and trivial; never let one break the client's loop
             _log.exception("a chunk's start hook failed")
+
+    def processor_asked(self, reason: str, chunk: int = -1) -> None:
+        """A processor of chunk number ``chunk`` cancelled its token: the batch stops, with its reason
+        (as on threads); :meth:`stop_running` waits briefly for that chunk's results (it ran them)."""
+        if chunk >= 0 and self._asking is None:
+            self._asking = chunk
+        self._token.cancel(reason)
+
+    def stop_running(self, futures: Iterable[Future[Any]]) -> None:
+        """When a processor stopped the batch: wait, at most ``_ASKED_GRACE`` seconds, for its chunk's
+        results (it stops after the symbol that asked), so what it ran counts. Else nothing (a Stop
+        never waits for running chunks)."""
+        asking = self._asking
+        found = self._by_number.get(asking) if asking is not None else None
+        if found is not None:
+            wait([found[0]], timeout=_ASKED_GRACE)
 
     def _forget(self, number: int, task: RemoteTask) -> None:
         self._outstanding.discard(task)
@@ -230,7 +305,7 @@ class _DaskBatch(BatchExecutor):
         self._by_number[number] = (task, chunk)
         self._outstanding.add(task)
         task.add_done_callback(lambda t, number=number: self._forget(number, t))
-        inner.add_done_callback(lambda f, task=task: _complete(task, f))
+        client.loop.add_callback(_follow, self, task, inner)
         if self._ended is not None:  # the client closed while this was submitted (a close drops it)
             task.complete_with_error(DaskClientClosed(self._ended))
         return task
@@ -246,18 +321,18 @@ class _DaskBatch(BatchExecutor):
         if not tasks:
             return
         index = self._index
-        # what already runs on a worker cannot be stopped by Dask: leave it be. Known from the started
-        # reports; a chunk that started in the last milliseconds (its report still on its way) is found
-        # with client.call_stack, bounded: a worker stuck in GIL-holding C code must not delay the Stop
-        # by the comm timeouts
+        # What already runs on a worker cannot be stopped by Dask: it is left be (the stop event tells its
+        # processors). Which chunks run is known from their started reports; a chunk that started in the
+        # last milliseconds (its report still on its way) is found with call_stack, bounded (a worker stuck
+        # in GIL-holding C code must not delay the Stop by the comm timeouts). Asked for every executing
+        # task (keys=None), never by key: the scheduler logs a KeyError traceback for a key it has released
         unknown = [t for t in tasks if t not in index]
         executing: set[Any] = set()
         client = self._client
         if unknown and self._ended is None:
             try:
-                stacks = client.sync(client.scheduler.call_stack, keys=[t.key for t in unknown],
-                                     callback_timeout=_CALL_STACK_TIMEOUT)
-                executing = {key for per_worker in stacks.values() for key in per_worker}
+                stacks = client.sync(client.scheduler.call_stack, keys=None, callback_timeout=_CALL_STACK_TIMEOUT)
+                executing = {key for per_worker in stacks.values() for key in (per_worker or ())}
             except Exception:  # cannot tell (a worker just died, timeout): count them all as possibly running
                 executing = {t.key for t in unknown}
         for task in unknown:
@@ -272,6 +347,22 @@ class _DaskBatch(BatchExecutor):
             for task in stop:
                 task.complete_cancelled()
 
+    def abandon(self, futures: Iterable[Future[Any]]) -> None:
+        """Chunks past their ``timeout=``: their processors' token is cancelled on their worker (a
+        cooperative processor stops), their Dask tasks are released, and on the engine's own
+        LocalCluster the workers still running them are restarted, so the next chunks (and batches) get
+        their places. On your own cluster a processor that ignores its token keeps its worker thread
+        until it returns (distributed#2617)."""
+        tasks = [f for f in futures if isinstance(f, RemoteTask) and f.inner is not None]
+        if not tasks or self._ended is not None:
+            return
+        numbers = [number for number, (task, _) in list(self._by_number.items()) if task in tasks]
+        try:
+            self._client.loop.add_callback(_give_up, self._client, self._id, numbers,
+                                           [t.inner for t in tasks], self._backend._owns_cluster)
+        except Exception:  # pragma: no cover - the client's loop is gone
+            pass
+
     def close(self, *, cancelled: bool) -> None:
         self._stop.set()
         self._registration.unregister()
@@ -282,6 +373,32 @@ class _DaskBatch(BatchExecutor):
         self._backend._batches.discard(self)
         if self._watcher is not threading.current_thread():
             self._watcher.join()
+
+
+class _Refusing(BatchExecutor):
+    """The batch of a backend that has no cluster to run it on (its scheduler cannot be reached): every
+    chunk is refused with the reason, so the batch ends cancelled, its symbols unprocessed."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
+        raise DaskUnreachable(self._reason)
+
+    def close(self, *, cancelled: bool) -> None:
+        pass
+
+
+class _IgnoreInterrupts(distributed.WorkerPlugin):
+    """On the engine's own cluster's workers: ignore SIGINT. A terminal's Ctrl-C reaches the whole
+    process group; the interrupt is the caller's (its batch stops), while the workers, which the
+    engine closes, would each print a ``KeyboardInterrupt`` traceback."""
+
+    def setup(self, worker: Any) -> None:
+        import signal
+
+        if threading.current_thread() is threading.main_thread():  # the worker process's own loop
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _close_owned(client: Any, cluster: Any) -> None:
@@ -322,6 +439,9 @@ class DaskBackend(Backend):
             raise TypeError(f"client must be a distributed.Client, an address str or None, not {type(client).__name__}")
         if isinstance(client, str) and not client.strip():
             raise ValueError("client must not be an empty address")
+        if isinstance(client, distributed.Client) and getattr(client, "asynchronous", False):
+            raise TypeError("client is an asynchronous distributed.Client (asynchronous=True); the engine needs a "
+                            "synchronous one (Client(..., asynchronous=False)) or the scheduler's address as a str")
         if cluster_options is not None:
             if not isinstance(cluster_options, Mapping):
                 raise TypeError(f"cluster_options must be a mapping, not {type(cluster_options).__name__}")
@@ -337,6 +457,7 @@ class DaskBackend(Backend):
         self._closed = False
         self._batches: weakref.WeakSet[_DaskBatch] = weakref.WeakSet()  # open batches (see close())
         self._ended: deque[tuple[float, str]] = deque()  # (when, name) of ended batches' stop events
+        self._unreachable: str | None = None  # why the latest batch got no connection to the address
 
     @property
     def client(self) -> distributed.Client | None:
@@ -344,53 +465,120 @@ class DaskBackend(Backend):
         return self._client
 
     @property
+    def _owns_cluster(self) -> bool:
+        return self._given is None
+
+    @property
     def max_workers(self) -> int:
+        """``max_workers=`` when given; else one per CPU for the engine's own LocalCluster, else the
+        cluster's total threads (for an address, reading it before the first batch connects; a batch
+        that got no connection reads 1)."""
         if self._max_workers is not None:
             return self._max_workers
         if self._given is None:  # our own LocalCluster: one single-threaded worker per CPU
             return _cpu_count()
+        if self._client is None and self._unreachable is not None:
+            return 1
         threads = sum(self._ensure_client().nthreads().values())
         return max(1, threads)
 
     def _ensure_client(self) -> distributed.Client:
+        if isinstance(self._given, str):
+            return self._ensure_connected(self._given)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this dask backend was closed")
             if self._client is not None:
                 return self._client
-            if isinstance(self._given, str):
-                client = distributed.Client(self._given, set_as_default=False)
-                cluster = None
-            else:
-                options: dict[str, Any] = {
-                    "n_workers": self._max_workers or _cpu_count(),
-                    "threads_per_worker": 1,
-                    "processes": True,
-                    "host": "127.0.0.1",
-                    "dashboard_address": None,
-                    # the cluster's WARNING logs (e.g. "event loop unresponsive" on a busy machine)
-                    # would land in the notebook cell under the panel
-                    "silence_logs": logging.ERROR,
-                }
-                if not {"dashboard_address", "scheduler_kwargs"} & set(self._cluster_options):
-                    # no dashboard, and the scheduler's HTTP endpoint on a free loopback port
-                    # (not 8787, which another cluster may hold)
-                    options["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}
-                options.update(self._cluster_options)
-                cluster = distributed.LocalCluster(**options)
-                try:
-                    client = distributed.Client(cluster, set_as_default=False)
-                except BaseException:
-                    cluster.close()
-                    raise
+            options: dict[str, Any] = {
+                "n_workers": self._max_workers or _cpu_count(),
+                "threads_per_worker": 1,
+                "processes": True,
+                "host": "127.0.0.1",
+                "dashboard_address": None,
+                # the cluster's WARNING logs (e.g. "event loop unresponsive" on a busy machine)
+                # would land in the notebook cell under the panel
+                "silence_logs": logging.ERROR,
+            }
+            if not {"dashboard_address", "scheduler_kwargs"} & set(self._cluster_options):
+                # no dashboard, and the scheduler's HTTP endpoint on a free loopback port
+                # (not 8787, which another cluster may hold)
+                options["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}
+            options.update(self._cluster_options)
+            cluster = distributed.LocalCluster(**options)
+            try:
+                client = distributed.Client(cluster, set_as_default=False)
+                client.register_plugin(_IgnoreInterrupts(), name="procengine-ignore-sigint")
+            except BaseException:
+                cluster.close()
+                raise
             self._client, self._cluster = client, cluster
             self._finalizer = weakref.finalize(self, _close_owned, client, cluster)
             return client
 
+    def _ensure_connected(self, address: str) -> distributed.Client:
+        """The client of ``address``, connected now if need be (outside the lock: a close never waits
+        for a connection; one made after the close, or beside another, is closed at once)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this dask backend was closed")
+            if self._client is not None:
+                return self._client
+        client = distributed.Client(address, set_as_default=False)
+        with self._lock:
+            if self._client is None and not self._closed:
+                self._client = client
+                self._finalizer = weakref.finalize(self, _close_owned, client, None)
+                return client
+            current, closed = self._client, self._closed
+        _close_owned(client, None)
+        if current is None or closed:
+            raise RuntimeError("this dask backend was closed")
+        return current
+
     def open(self, token: CancellationToken) -> BatchExecutor:
-        batch = _DaskBatch(self, token)
+        """On the batch's thread: connect (an address) or start the LocalCluster, then open the batch.
+
+        An address is connected on a helper thread the batch waits for, so a Stop ends the batch at
+        once; a scheduler that cannot be reached (after ``distributed.comm.timeouts.connect``, 30 s by
+        default) gives a batch that refuses its chunks: it ends cancelled, its symbols unprocessed, with
+        a reason naming the address and the error."""
+        if isinstance(self._given, str) and self._client is None and not self._closed:
+            failure = self._connect(token)
+            if failure is not None:
+                return _Refusing(failure)
+        batch = _DaskBatch(self, token, self._ensure_client())
         self._clear_ended(_KEEP_ENDED_EVENT)
         return batch
+
+    def _connect(self, token: CancellationToken) -> str | None:
+        """Connect the address on a helper thread; return why the batch cannot run, or None."""
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                self._ensure_client()
+            except BaseException as exc:  # an unreachable or refusing scheduler, a closed backend
+                failed.append(exc)
+            finally:
+                done.set()
+
+        registration = token.register(done.set)
+        try:
+            threading.Thread(target=connect, name="procengine-dask-connect", daemon=True).start()
+            done.wait()
+        finally:
+            registration.unregister()
+        if failed:
+            self._unreachable = (f"cannot connect to the Dask scheduler at {self._given!r}: "
+                                 f"{type(failed[0]).__name__}: {failed[0]}")
+            return self._unreachable
+        if self._client is None:  # stopped while connecting (the connection, if made, serves the next batch)
+            self._unreachable = f"stopped while connecting to the Dask scheduler at {self._given!r}"
+            return self._unreachable
+        self._unreachable = None
+        return None
 
     def _batch_ended(self, event_name: str) -> None:
         self._ended.append((time.monotonic(), event_name))

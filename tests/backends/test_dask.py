@@ -6,6 +6,7 @@ since some tests kill a worker on purpose (the nanny restarts it).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -167,7 +168,7 @@ def test_stop_cancels_pending_tasks_reports_the_running_ones_and_reaches_them(cl
         result = handle.result(timeout=60)
     assert result.cancelled and len(result) == 0
     _accounted(result, symbols)
-    # what still ran at the return (found with call_stack); the marker may already have stopped some
+    # what still ran at the return (known from the started reports); the Stop may already have ended some
     assert 0 <= result.progress.running_symbols <= 2
     # the pending ones were cancelled on the scheduler; the running ones saw the Stop (marker token)
     deadline = time.monotonic() + 30
@@ -336,3 +337,153 @@ def test_engine_close_on_its_own_cluster_during_a_batch_ends_it_within_seconds(c
     _accounted(result, symbols)
     assert result.errors and all(_closed_under_it(r.error) for r in result.errors)
     assert client.status == "running"  # the module's cluster was not touched
+
+
+# -- the probe's findings (F6, F8, F15, F18, F19, F20) ------------------------------------------------
+def cancel_at_12(symbol, cancellation_token):
+    if symbol == 12:
+        cancellation_token.cancel("fatal: quota exhausted")
+    return symbol
+
+
+def test_a_processor_cancelling_its_token_stops_the_batch_with_its_reason(client):
+    symbols = list(range(200))
+    with ProcessingEngine(cancel_at_12, backend="dask", client=client, chunk_size=5) as engine:
+        result = engine.process_batch(symbols)
+    # before: "the executor cancelled a task it had accepted (...); was it shut down?"
+    assert result.cancelled and result.cancel_reason == "fatal: quota exhausted"
+    assert 12 in {r.symbol for r in result}  # the asking chunk's results count (it ran them)
+    assert len(result.unprocessed) > 100 and not result.errors
+    _accounted(result, symbols)
+
+
+def quick(symbol):
+    time.sleep(0.002)
+    return symbol
+
+
+def test_early_stops_print_no_scheduler_traceback(client, caplog):
+    caplog.set_level(logging.ERROR)
+    with ProcessingEngine(quick, backend="dask", client=client) as engine:
+        for _ in range(8):
+            token = CancellationToken()
+
+            def stop_early(progress, token=token):
+                if progress.completed_symbols >= 3:
+                    token.cancel()
+
+            symbols = list(range(300))
+            result = engine.process_batch(symbols, progress_callback=stop_early, cancellation_token=token)
+            assert result.cancelled
+            _accounted(result, symbols)
+    # before: the Stop asked the scheduler for the call stacks of released keys (KeyError logged at ERROR)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_an_asynchronous_client_is_refused_by_name(cluster):
+    import asyncio
+
+    async def make():
+        async with distributed.Client(cluster.scheduler_address, asynchronous=True) as async_client:
+            with pytest.raises(TypeError, match=r"asynchronous.*synchronous one"):
+                ProcessingEngine(abs, backend="dask", client=async_client)
+
+    asyncio.run(make())
+
+
+def test_an_unreachable_address_never_blocks_start_and_ends_the_batch_accounted():
+    symbols = [1, -2, 3]
+    # nothing listens on port 1: a connection is retried until distributed.comm.timeouts.connect
+    with dask.config.set({"distributed.comm.timeouts.connect": "30s"}):
+        engine = ProcessingEngine(abs, backend="dask", client="tcp://127.0.0.1:1")
+        began = time.monotonic()
+        handle = engine.start(symbols)  # before: connected here, blocking the caller 30 s, then OSError
+        assert time.monotonic() - began < 10
+        handle.cancel()  # Stop while it connects: the batch ends at once
+        result = handle.result(timeout=10)
+        assert result.cancelled and list(result.unprocessed) == symbols
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        result = engine.process_batch(symbols)
+    assert result.cancelled and list(result.unprocessed) == symbols and len(result) == 0
+    assert "cannot connect to the Dask scheduler at 'tcp://127.0.0.1:1'" in result.cancel_reason
+    engine.close()
+
+
+def endless(symbol):
+    while True:  # ignores its token: only a restart of its worker frees it
+        time.sleep(0.05)
+
+
+def test_timeouts_on_the_engines_own_cluster_free_the_workers_for_the_next_batch():
+    with ProcessingEngine(endless, backend="dask", max_workers=2, timeout=0.5, chunk_size=1) as engine:
+        first = engine.process_batch([1, 2])
+        assert [type(r.error).__name__ for r in first] == ["TimeoutError", "TimeoutError"]
+        follow = ProcessingEngine(abs, backend="dask", client=engine.backend.client)
+        began = time.monotonic()
+        handle = follow.start([-1, -2, -3, -4])
+        second = handle.result(timeout=120)  # before: never started (both workers ran the abandoned tasks)
+        assert sorted(r.value for r in second) == [1, 2, 3, 4]
+        assert time.monotonic() - began < 120
+
+
+def cooperative_endless(symbol, cancellation_token, flag_dir):
+    flag = Path(flag_dir, "saw-7")
+    if symbol != 7:  # the others keep the batch open for 6 s on the other worker
+        time.sleep(0.3)
+        return symbol
+    while not cancellation_token.wait(0.01):
+        pass
+    flag.write_text(cancellation_token.reason or "")
+    return symbol
+
+
+def test_timeouts_on_your_cluster_cancel_the_abandoned_chunks_token(client, tmp_path):
+    processor = lambda s, cancellation_token: cooperative_endless(s, cancellation_token, str(tmp_path))  # noqa: E731
+    with ProcessingEngine(processor, backend="dask", client=client, timeout=2, chunk_size=1) as engine:
+        result = engine.process_batch([7, *range(10, 30)])
+    # before: symbol 7's token turned cancelled only at the batch's end ("the batch was stopped (or is over)")
+    assert "timeout" in Path(tmp_path, "saw-7").read_text()
+    assert {r.symbol: type(r.error).__name__ for r in result.errors} == {7: "TimeoutError"}
+    assert sorted(r.value for r in result if r.error is None) == list(range(10, 30))
+
+
+_CTRL_C_CHILD = r'''
+import sys, time
+from procengine_nb import ProcessingEngine
+
+def proc(s, cancellation_token=None):
+    cancellation_token.wait(0.5)
+    return s
+
+if __name__ == "__main__":
+    engine = ProcessingEngine(proc, backend="dask", max_workers=2)
+    engine.process_batch([0])
+    print("ready", flush=True)
+    try:
+        engine.process_batch(list(range(200)))
+    except KeyboardInterrupt as exc:
+        print("interrupted:", exc.partial_result.summary(), flush=True)
+        raise SystemExit(130)
+'''
+
+
+def test_ctrl_c_in_a_terminal_exits_promptly_and_quietly(tmp_path):
+    import signal
+    import subprocess
+
+    script = tmp_path / "child.py"
+    script.write_text(_CTRL_C_CHILD)
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True, env={**os.environ})
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        os.killpg(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+        out, err = child.communicate(timeout=60)  # before: sometimes never exited (joining Dask's callback thread)
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert child.returncode == 130 and "interrupted:" in out
+    assert "Traceback" not in err, err[-3000:]  # before: the workers' KeyboardInterrupt tracebacks

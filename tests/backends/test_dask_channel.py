@@ -155,3 +155,50 @@ def test_reports_are_routed_to_their_batch_and_foreign_messages_ignored():
     routes((0.0, "garbage"))
     routes((0.0, ["mine"]))
     assert seen == [(3, 1)]
+
+
+class EventSettingScheduler(FakeScheduler):
+    async def event_set(self, name):
+        self.calls.append(("set", name))
+
+
+def test_a_processor_cancelling_its_token_stops_the_batch_here_and_tells_the_scheduler_and_the_client():
+    worker = FakeWorker()
+    worker.scheduler = EventSettingScheduler([])
+    state = channel._join(worker, "b7")
+    worker.loop.callbacks.clear()  # (the watch)
+    token = channel.WorkerToken("b7", chunk=3)
+    assert token.cancel("fatal: quota exhausted") is True
+    assert token.asked == "fatal: quota exhausted"
+    assert state.token.is_cancelled  # the batch's other chunks here stop at once
+    assert state.token.asked is None  # (not a processor's own cancel of that token)
+    assert worker.events == [(channel.TOPIC, ["b7", channel.ASKED, [3, "fatal: quota exhausted"]])]
+    worker.loop.run_all()
+    assert worker.scheduler.calls == [("set", channel.stop_event_name("b7"))]  # every other worker hears it
+    assert token.cancel("again") is False and len(worker.events) == 1
+
+
+def test_a_token_cancelled_by_the_batch_is_not_a_processor_asking():
+    worker = FakeWorker(answers=[True])
+    state = channel._join(worker, "b8")
+    worker.loop.run_all()  # the stop event was set
+    assert state.token.is_cancelled and state.token.asked is None and worker.events == []
+
+
+def test_abandoned_chunks_tokens_are_cancelled_and_only_theirs():
+    worker = FakeWorker()
+    state = channel._join(worker, "b9")
+    state.chunks[1], state.chunks[2] = channel.WorkerToken("b9", 1), channel.WorkerToken("b9", 2)
+    channel.abandon_chunks("b9", [2, 5])
+    channel.abandon_chunks("unknown batch", [1])
+    assert state.chunks[2].is_cancelled and "timeout" in state.chunks[2].reason
+    assert not state.chunks[1].is_cancelled and not state.token.is_cancelled
+    assert state.chunks[2].asked is None and worker.events == []
+
+
+def test_an_asking_report_is_routed_to_its_batch():
+    routes = channel._Routes()
+    seen = []
+    routes.batches["mine"] = lambda chunk, index: seen.append((chunk, index))
+    routes((0.0, ["mine", channel.ASKED, [4, "why"]]))
+    assert seen == [(channel.ASKED, [4, "why"])]
