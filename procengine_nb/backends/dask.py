@@ -68,7 +68,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, wait
 from typing import Any
 
@@ -143,8 +143,9 @@ async def _follow(batch: _DaskBatch, task: RemoteTask, future: Any) -> None:
     except Exception as exc:  # pragma: no cover - not a task of ours
         task.complete_with_error(exc)
         return
-    if asked is not None:  # a processor cancelled its token: the batch stops (before its short chunk counts)
-        batch.processor_asked(asked)
+    if asked is not None:  # a processor cancelled its token: the batch stops before its short chunk counts
+        batch.processor_asked(asked, then=lambda: task.complete_with_blobs(payload))
+        return
     task.complete_with_blobs(payload)
 
 
@@ -211,6 +212,9 @@ class _DaskBatch(BatchExecutor):
         self._registration = token.register(self._channel.stop)
         self._backend = backend
         self._stop = threading.Event()
+        self._poke = threading.Event()  # wakes the watcher (a processor asked, or the batch closes)
+        self._asked: str | None = None  # the reason of the first processor that cancelled its token
+        self._after: deque[Callable[[], Any]] = deque()  # completions to run once the token is cancelled
         self._watcher = threading.Thread(target=self._watch, name="procengine-dask-watch", daemon=True)
         self._watcher.start()
         backend._batches.add(self)
@@ -239,12 +243,17 @@ class _DaskBatch(BatchExecutor):
         except Exception:  # the hooks are the engine's and trivial; never let one break the client's loop
             _log.exception("a chunk's start hook failed")
 
-    def processor_asked(self, reason: str, chunk: int = -1) -> None:
+    def processor_asked(self, reason: str, chunk: int = -1, then: Callable[[], Any] | None = None) -> None:
         """A processor of chunk number ``chunk`` cancelled its token: the batch stops, with its reason
-        (as on threads); :meth:`stop_running` waits briefly for that chunk's results (it ran them)."""
+        (as on threads); :meth:`stop_running` waits briefly for that chunk's results (it ran them).
+        ``then`` (that chunk's completion) runs once the batch's token is cancelled."""
         if chunk >= 0 and self._asking is None:
             self._asking = chunk
-        self._token.cancel(reason)
+        if self._asked is None:
+            self._asked = reason
+        if then is not None:
+            self._after.append(then)
+        self._poke.set()  # the watcher cancels the batch's token: never its callbacks on the client's loop
 
     def stop_running(self, futures: Iterable[Future[Any]]) -> None:
         """When a processor stopped the batch: wait, at most ``_ASKED_GRACE`` seconds, for its chunk's
@@ -261,8 +270,16 @@ class _DaskBatch(BatchExecutor):
         self._index.pop(task, None)
 
     def _watch(self) -> None:
-        client = self._client
-        while not self._stop.wait(_WATCH_INTERVAL):
+        client, poke = self._client, self._poke
+        while not self._stop.is_set():
+            poke.wait(_WATCH_INTERVAL)
+            poke.clear()
+            if self._stop.is_set():
+                return
+            if self._asked is not None:
+                self._token.cancel(self._asked)
+                while self._after:
+                    self._after.popleft()()
             status = getattr(client, "status", "closed")
             if status != "running":
                 self.end(DaskClientClosed(
@@ -365,6 +382,7 @@ class _DaskBatch(BatchExecutor):
 
     def close(self, *, cancelled: bool) -> None:
         self._stop.set()
+        self._poke.set()
         self._registration.unregister()
         # The batch is over: its stop event is set, so any chunk of it still queued or running on a
         # worker (on any host) sees its token cancelled and runs no further symbol.
