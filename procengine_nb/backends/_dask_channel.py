@@ -8,11 +8,18 @@ no shared memory, nothing on the client's disk):
   still runs or starts later runs no further symbol). In each worker process that runs a chunk of the
   batch, one coroutine on the worker's event loop waits on that event on the scheduler
   (``event_wait``, the call behind ``Event.wait``) and, once it is set, cancels the batch's
-  worker-local :class:`~procengine_nb.cancellation.CancellationToken`: the processors' token turns
-  cancelled within a few milliseconds of Stop, on any host, and a chunk stops before its next symbol.
+  worker-local :class:`~procengine_nb.cancellation.CancellationToken`, and with it each running chunk's
+  own token (the one its processors get): it turns cancelled within a few milliseconds of Stop, on any
+  host, and a chunk stops before its next symbol.
   The coroutine ends when the event is set, or at a wait's end (every 2 s) once no chunk of the batch
   runs in that process any more; a worker that loses its scheduler cancels the token too (its results
   could not be delivered).
+- **A processor's own cancel** (worker -> everyone): ``cancellation_token.cancel(reason)`` cancels the
+  batch's token in that process, sets the stop event from the worker, and logs
+  ``[batch id, "asked", [chunk number, reason]]`` on the topic; the chunk's result carries the reason
+  too, so the client cancels the batch with it before counting that (short) chunk.
+- **Given up on** (client -> workers): :func:`abandon_chunks`, run on the workers with ``Client.run``,
+  cancels the tokens of the chunks the batch gave up on (past their ``timeout=``), and only theirs.
 - **Started** (workers -> client): each chunk logs ``[batch id, chunk number, index]`` on the
   scheduler topic ``procengine-nb`` (``Worker.log_event``) as its symbol ``index`` starts, and
   ``[batch id, chunk number, -1]`` once no symbol of it runs any more. A symbol's start is sent at once

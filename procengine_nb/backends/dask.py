@@ -7,19 +7,27 @@
 
 Which cluster:
 
-- ``client=<distributed.Client>``: used as it is; the engine never closes it.
-- ``client="tcp://host:8786"``: the engine connects a ``Client`` at its first batch and closes it in
-  ``engine.close()``.
+- ``client=<distributed.Client>``: used as it is; the engine never closes it. It must be a synchronous
+  client: an asynchronous one (``Client(..., asynchronous=True)``) is refused with a ``TypeError``.
+- ``client="tcp://host:8786"``: the engine connects a ``Client`` at its first batch, on the batch's
+  thread (``start()`` returns at once; a Stop ends the wait), and closes it in ``engine.close()``. A
+  scheduler that cannot be reached (within ``distributed.comm.timeouts.connect``, 30 s by default)
+  ends the batch cancelled, every symbol unprocessed, with a reason naming the address
+  (:class:`DaskUnreachable`); the next batch tries again. Reading ``engine.max_workers`` (or
+  ``repr(engine)``) before the first batch connects, on the caller's thread.
 - no client: the engine starts a ``LocalCluster`` on 127.0.0.1 (``max_workers`` single-threaded
   worker processes, default: the number of CPUs; no dashboard) at its **first batch**, keeps it for
   the next batches (starting one takes seconds), and closes it in ``engine.close()`` — or at the end
   of a ``with ProcessingEngine(...)`` block, or when the engine is garbage-collected / the interpreter
-  exits. Its logs below ERROR are silenced (they would land in the cell). ``cluster_options={...}``
-  adds or overrides ``LocalCluster`` arguments.
+  exits. Its logs below ERROR are silenced (they would land in the cell), and its workers ignore SIGINT
+  (a terminal's Ctrl-C reaches the whole process group: the interrupt is the caller's, and the engine
+  closes the workers). ``cluster_options={...}`` adds or overrides ``LocalCluster`` arguments.
 
 Each chunk is one Dask task with a unique key (``procengine-chunk-<batch id>-<n>``), submitted with
-``client.submit`` and followed with the Dask future's own ``add_done_callback``; at most the engine's
-bounded window of tasks is on the cluster at once. Workers must be able to import ``procengine_nb``.
+``client.submit`` and followed by a coroutine on the client's event loop that fetches its outcome (no
+thread ever blocks on a Dask future: not the caller's, not the batch's, not distributed's callback
+thread, which Python joins at exit); at most the engine's bounded window of tasks is on the cluster at
+once. Workers must be able to import ``procengine_nb``.
 
 The Stop and each chunk's progress travel over the scheduler (see
 :mod:`~procengine_nb.backends._dask_channel`), so they work the same on a LocalCluster, through your
@@ -30,6 +38,12 @@ own ``Client()`` and with workers on other hosts; nothing is written to the clie
   cancelled within a few milliseconds (measured: median 1-2 ms, a worker on another host included),
   so a chunk stops before its next symbol and a cooperative processor can stop mid-symbol. The same
   happens when the batch ends (a chunk still running then runs no further symbol).
+- A processor's own ``cancellation_token.cancel(reason)`` stops the batch, as on threads: the batch
+  ends cancelled with that ``reason`` (the symbols its chunk ran are counted).
+- ``timeout=``: a chunk given up on has its own token cancelled on its worker (a cooperative
+  processor stops) and its Dask task released; on the engine's own LocalCluster, the workers still
+  running such chunks are restarted (the next chunks and batches get their places; the chunks of
+  this batch they also ran run again elsewhere, none lost).
 - Each chunk reports on the scheduler's ``procengine-nb`` topic when it starts, which symbol it runs
   and when it ends, so ``timeout=`` counts from each symbol's own start (a symbol queued behind
   abandoned tasks never times out while it waits) and ``handle.running_symbols()`` /
@@ -45,7 +59,10 @@ Honest limits:
 - Stop cancels (``client.cancel``) every task not running yet. A task already executing on a worker
   cannot be interrupted by Dask (distributed#2617): a processor that ignores its token runs on, and the
   final snapshot counts it in ``running`` (known from the chunks' reports, and for a task that started
-  in the last milliseconds, from ``client.call_stack``).
+  in the last milliseconds, from one bounded ``call_stack`` of every executing task).
+- On your own client or cluster, a chunk given up on by ``timeout=`` whose processor ignores its token
+  keeps its worker thread until it returns (the engine restarts only the workers of its own cluster):
+  the next chunks, and the next batch, run on the other workers and wait while none is free.
 - A chunk's first symbol may start before its worker heard of a Stop that came just before it (the
   worker's first look at the batch's event takes one scheduler round trip); its token turns cancelled
   then.
@@ -54,8 +71,10 @@ Honest limits:
 - A worker that dies is handled by the scheduler: its tasks run again on another worker, so no symbol
   is lost. A task that keeps killing its workers fails after ``distributed.scheduler.allowed-failures``
   attempts with ``KilledWorker``: that chunk's symbols become ERROR results and the batch goes on.
-- ``distributed`` keeps two process-wide helper threads once used (``Dask-Callback-Thread``,
-  ``Dask-Offload``); they are not per batch and do not grow.
+- ``distributed`` may keep process-wide helper threads once used (``Dask-Offload``); they are not per
+  batch and do not grow. A Stop while an address is being connected leaves the connecting thread
+  (``procengine-dask-connect``) to finish its attempt (at most the connect timeout); a connection it
+  makes serves the next batch.
 """
 
 from __future__ import annotations
