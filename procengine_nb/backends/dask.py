@@ -42,7 +42,7 @@ own ``Client()`` and with workers on other hosts; nothing is written to the clie
   ends cancelled with that ``reason`` (the symbols its chunk ran are counted).
 - ``timeout=``: a chunk given up on has its own token cancelled on its worker (a cooperative
   processor stops) and its Dask task released; on the engine's own LocalCluster, the workers still
-  running such chunks are restarted (the next chunks and batches get their places; the chunks of
+  running such chunks half a second later are restarted (the next chunks and batches get their places; the chunks of
   this batch they also ran run again elsewhere, none lost).
 - Each chunk reports on the scheduler's ``procengine-nb`` topic when it starts, which symbol it runs
   and when it ends, so ``timeout=`` counts from each symbol's own start (a symbol queued behind
@@ -111,6 +111,7 @@ _CANCEL_REASON = "stopped by procengine_nb"
 _CALL_STACK_TIMEOUT = 2.0  # seconds a Stop waits to learn which tasks already run
 _ABANDON_REASON = "given up on by procengine_nb (past its timeout=)"
 _ASKED_GRACE = 2.0  # seconds a batch stopped by a processor waits for that processor's chunk results
+_ABANDON_GRACE = 0.5  # seconds an abandoned chunk's token has to stop it before its worker is restarted
 _TELL_TIMEOUT = 5.0  # seconds to tell the workers which chunks were given up on (before any restart)
 _RESTART_TIMEOUT = 60.0  # seconds a restart of the engine's own workers may take (off every caller's thread)
 
@@ -171,7 +172,8 @@ async def _follow(batch: _DaskBatch, task: RemoteTask, future: Any) -> None:
 async def _give_up(client: Any, batch_id: str, numbers: list[int], inners: list[Any], restart: bool) -> None:
     """On the client's event loop: tell the workers running the abandoned chunks ``numbers`` to cancel
     those chunks' tokens, release their tasks, and (``restart``: the engine's own cluster) restart the
-    workers still running them. Never raises (a failure leaves the workers busy, as without it)."""
+    workers still running them ``_ABANDON_GRACE`` seconds later. Never raises (a failure leaves the
+    workers busy, as without it)."""
     try:
         await asyncio.wait_for(client._run(abandon_chunks, batch_id, numbers, on_error="return"), _TELL_TIMEOUT)
     except Exception:  # a worker that cannot be reached (its processor runs on)
@@ -179,6 +181,7 @@ async def _give_up(client: Any, batch_id: str, numbers: list[int], inners: list[
     busy: list[str] = []
     if restart:
         keys = {inner.key for inner in inners}
+        await asyncio.sleep(_ABANDON_GRACE)  # a cooperative processor stops by itself: its worker is not restarted
         try:
             processing = await client.scheduler.processing()
             busy = [worker for worker, running in processing.items() if keys & set(running)]
@@ -545,12 +548,15 @@ class DaskBackend(Backend):
             cluster = distributed.LocalCluster(**options)
             try:
                 client = distributed.Client(cluster, set_as_default=False)
-                client.register_plugin(_IgnoreInterrupts(), name="procengine-ignore-sigint")
             except BaseException:
                 cluster.close()
                 raise
             self._client, self._cluster = client, cluster
             self._finalizer = weakref.finalize(self, _close_owned, client, cluster)
+            try:
+                client.register_plugin(_IgnoreInterrupts(), name="procengine-ignore-sigint")
+            except Exception:  # only quieter Ctrl-Cs are lost
+                _log.debug("the workers' SIGINT plugin could not be registered", exc_info=True)
             return client
 
     def _ensure_connected(self, address: str) -> distributed.Client:
