@@ -71,6 +71,9 @@ Honest limits:
 - A worker that dies is handled by the scheduler: its tasks run again on another worker, so no symbol
   is lost. A task that keeps killing its workers fails after ``distributed.scheduler.allowed-failures``
   attempts with ``KilledWorker``: that chunk's symbols become ERROR results and the batch goes on.
+- When a batch ends, the tasks of its chunks still running (a processor that ignores its token) are
+  released: they run on to the end of their current symbol (their token is cancelled), and their
+  results are never fetched.
 - ``distributed`` may keep process-wide helper threads once used (``Dask-Offload``); they are not per
   batch and do not grow. A Stop while an address is being connected leaves the connecting thread
   (``procengine-dask-connect``) to finish its attempt (at most the connect timeout); a connection it
@@ -144,6 +147,8 @@ async def _follow(batch: _DaskBatch, task: RemoteTask, future: Any) -> None:
     try:
         outcome = await future._result()
     except BaseException as exc:  # KilledWorker, a worker-side RemoteSerializationError, a cancel...
+        if batch.closed:  # released at the batch's end: its final snapshot still counts it as running
+            return
         if future.status != "cancelled":
             if isinstance(exc, asyncio.CancelledError):  # the client's loop is stopping: the watcher ends it
                 raise
@@ -187,16 +192,21 @@ async def _give_up(client: Any, batch_id: str, numbers: list[int], inners: list[
             busy = [worker for worker, running in processing.items() if keys & set(running)]
         except Exception:
             busy = []
-    try:
-        await client._cancel(inners, reason=_ABANDON_REASON)
-    except Exception:
-        pass
+    await _release(client, inners, _ABANDON_REASON)
     if busy:
         try:
             await client.scheduler.restart_workers(workers=busy, timeout=_RESTART_TIMEOUT, wait_for_workers=False,
                                                    on_error="return", stimulus_id=f"procengine-abandon-{time.time()}")
         except Exception:
             _log.debug("restarting the Dask workers %s failed", busy, exc_info=True)
+
+
+async def _release(client: Any, inners: list[Any], reason: str) -> None:
+    """On the client's event loop: release tasks nobody waits for (never raises)."""
+    try:
+        await client._cancel(inners, reason=reason)
+    except Exception:
+        pass
 
 
 class _DaskBatch(BatchExecutor):
@@ -228,6 +238,7 @@ class _DaskBatch(BatchExecutor):
         self._by_number: dict[int, tuple[RemoteTask, Chunk]] = {}  # chunks in flight by their number
         self._index: dict[RemoteTask, int] = {}  # started chunks: the symbol running (-1: none any more)
         self._outstanding: set[RemoteTask] = set()
+        self._given_up: set[RemoteTask] = set()  # chunks past their timeout= (see abandon())
         self._ended: str | None = None  # why the client can take no more chunks (it closed)
         self.worker_token = None  # the engine's token cannot be pickled; workers get a WorkerToken
         self._channel = ClientChannel(client, self._id, self._on_started)
@@ -265,6 +276,11 @@ class _DaskBatch(BatchExecutor):
         except Exception:  # the hooks are the engine's and trivial; never let one break the client's loop
             _log.exception("a chunk's start hook failed")
 
+    @property
+    def closed(self) -> bool:
+        """True once the batch has ended (:meth:`close`)."""
+        return self._stop.is_set()
+
     def processor_asked(self, reason: str, chunk: int = -1, then: Callable[[], Any] | None = None) -> None:
         """A processor of chunk number ``chunk`` cancelled its token: the batch stops, with its reason
         (as on threads); :meth:`stop_running` waits briefly for that chunk's results (it ran them).
@@ -288,6 +304,7 @@ class _DaskBatch(BatchExecutor):
 
     def _forget(self, number: int, task: RemoteTask) -> None:
         self._outstanding.discard(task)
+        self._given_up.discard(task)
         self._by_number.pop(number, None)
         self._index.pop(task, None)
 
@@ -395,6 +412,7 @@ class _DaskBatch(BatchExecutor):
         tasks = [f for f in futures if isinstance(f, RemoteTask) and f.inner is not None]
         if not tasks or self._ended is not None:
             return
+        self._given_up.update(tasks)  # released by _give_up (after its look at which workers run them)
         numbers = [number for number, (task, _) in list(self._by_number.items()) if task in tasks]
         try:
             self._client.loop.add_callback(_give_up, self._client, self._id, numbers,
@@ -409,6 +427,14 @@ class _DaskBatch(BatchExecutor):
         # The batch is over: its stop event is set, so any chunk of it still queued or running on a
         # worker (on any host) sees its token cancelled and runs no further symbol.
         self._channel.close()
+        # Nobody reads the results of chunks still in flight now: their tasks are released (never
+        # fetched: a fetch racing a closing cluster makes its scheduler and workers log tracebacks)
+        left = [t.inner for t in list(self._outstanding) if not t.done() and t not in self._given_up]
+        if left and self._ended is None:
+            try:
+                self._client.loop.add_callback(_release, self._client, left, _CANCEL_REASON)
+            except Exception:  # pragma: no cover - the client's loop is gone
+                pass
         self._backend._batch_ended(self._channel.event_name)
         self._backend._batches.discard(self)
         if self._watcher is not threading.current_thread():
