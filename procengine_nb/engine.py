@@ -304,6 +304,13 @@ class ProcessingEngine:
         self._closed = False  # close() was called (a follow-up job then gets a new engine)
         self.backend = make_backend(backend, max_workers=max_workers, executor=executor, **backend_options)
         self._owns_backend = not isinstance(backend, Backend)
+        if timeout is not None and not getattr(self.backend, "supports_timeout", True):
+            raise ValueError(
+                f"timeout= counts from each symbol's own start, which executor={type_name(executor)} cannot "
+                "report (its workers do not share memory and may be on other hosts); timeout= works with "
+                'backend="threads", "processes", "asyncio" and "dask", and with an executor= that is a '
+                "ThreadPoolExecutor, a thread-based executor, or a ProcessPoolExecutor (concurrent.futures or loky)"
+            )
         if self.backend.times_symbols and timeout is not None and getattr(self.backend, "timeout", None) != timeout:
             raise ValueError(f"the {self.backend.name} backend object times symbols itself: give it the "
                              f"timeout (e.g. AsyncBackend(timeout={timeout!r})) instead of the engine")

@@ -13,12 +13,12 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from procengine_nb._safe import logger
 from procengine_nb._validation import check_callable, check_type
 from procengine_nb.backends.asyncio import is_async_callable
+from procengine_nb.backends.threads import classify
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.engine import CloseAtEnd, ProcessingEngine
 from procengine_nb.handle import JobHandle
@@ -70,7 +70,7 @@ def _runs_in_threads(engine_options: dict[str, Any]) -> bool:
     executor = engine_options.get("executor")
     if backend not in (None, "threads"):
         return False
-    return executor is None or isinstance(executor, ThreadPoolExecutor)
+    return executor is None or classify(executor)[0]  # an executor whose workers share memory
 
 
 def _make_panel(handle: JobHandle) -> Any:

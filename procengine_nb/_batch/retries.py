@@ -15,9 +15,21 @@ from procengine_nb.models import ResultStatus, SymbolResult
 from procengine_nb.observe import Publisher
 from procengine_nb.progress import ProgressTracker
 
-__all__ = ["RetryQueue"]
+__all__ = ["RetryQueue", "instance_of"]
 
 _log = logger("procengine_nb.engine")
+
+
+def instance_of(error: BaseException | None, classes: tuple[type[BaseException], ...]) -> bool:
+    """``isinstance(error, classes)``, or, when ``error`` stands in for an exception that could not be
+    sent back from a worker process (a ``RemoteSerializationError`` carrying ``original_types``: the
+    original's ``module.qualname`` along its MRO), whether one of ``classes`` is among those."""
+    if isinstance(error, classes):
+        return True
+    names = getattr(error, "original_types", None) if isinstance(error, RuntimeError) else None
+    if not names or not isinstance(names, tuple):
+        return False
+    return any(f"{kind.__module__}.{kind.__qualname__}" in names for kind in classes)
 
 
 class RetryQueue:
@@ -73,10 +85,11 @@ class RetryQueue:
         return finals
 
     def retryable(self, error: BaseException | None, retry_on: tuple[type[BaseException], ...]) -> bool:
-        """``isinstance(error, retry_on)`` through the guard: a ``retry_on`` class whose
+        """``isinstance(error, retry_on)`` (or, for an exception standing in for one that could not cross
+        a process boundary, the original's class: :func:`instance_of`) through the guard: a ``retry_on`` class whose
         ``__instancecheck__`` raises (anything) makes that failure final, as not retryable; logged once
         per batch."""
-        return bool(guarded(isinstance, error, retry_on, on_error=self._retry_on_raised, default=False))
+        return bool(guarded(instance_of, error, retry_on, on_error=self._retry_on_raised, default=False))
 
     def _retry_on_raised(self, exc: BaseException) -> None:
         if not self._retry_on_failed:

@@ -67,6 +67,10 @@ class BatchMarker:
         self._finalizer()
 
 
+_ASKED = b"R"  # a stop marker written by a processor's cancel(): its reason follows (UTF-8)
+_ASKED_NO_REASON = b"N"  # ... a cancel() without a reason (the parent's own Stop leaves the file empty)
+
+
 class MarkerToken(CancellationToken):
     """A worker-local token that cancels itself once the batch's "stopped" file exists, or once the
     batch's directory is gone (the batch is over) — on the engine's machine only.
@@ -75,14 +79,61 @@ class MarkerToken(CancellationToken):
     never cancelled there. It looks at the file at most every 5 ms (a ``stat``), only while someone
     asks ``is_cancelled``, ``throw_if_cancelled()`` or ``wait()``; ``register`` callbacks run on the
     thread that notices.
+
+    A processor calling ``cancel(reason)`` asks for the whole batch to stop, as on threads: the token
+    writes the stop marker holding the reason (the other workers' tokens see it), and ``requested``
+    (``(reason,)``, set also in a token that saw such a marker) makes the chunk's result tell the
+    parent, which cancels the batch with that reason (``_remote_task.forward_cancel_request``).
     """
 
-    __slots__ = ("_marker", "_next_check")
+    __slots__ = ("_marker", "_next_check", "requested")
 
     def __init__(self, marker: tuple[str, str] | None) -> None:
         super().__init__()
         self._marker = marker
         self._next_check = 0.0
+        self.requested: tuple[str | None] | None = None
+        """``(reason,)`` once a processor of the batch asked for it to stop; None otherwise."""
+
+    def cancel(self, reason: str | None = None) -> bool:
+        """A processor asks for the batch to stop (see the class docstring); True for the first call."""
+        first = super().cancel(reason)
+        if first:
+            self.requested = (self.reason,)
+            self._write_request(self.reason)
+        return first
+
+    def _write_request(self, reason: str | None) -> None:
+        marker = self._marker
+        if marker is None or marker[0] != HOSTNAME:
+            return  # (another host: only the chunk's result tells the parent)
+        path = marker[1]
+        temporary = f"{path}.{os.getpid()}.{id(self)}"
+        try:
+            with open(temporary, "wb") as file:
+                file.write(_ASKED_NO_REASON if reason is None else _ASKED + reason.encode("utf-8", "replace"))
+            os.link(temporary, path)  # atomic: a reader sees no marker or the whole of it
+        except OSError:  # already stopped, or the batch is over
+            pass
+        finally:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+
+    def _stopped(self, path: str) -> None:
+        """The stop marker exists: a Stop (empty), or a processor's request (its reason)."""
+        try:
+            with open(path, "rb") as file:
+                data = file.read(65536)
+        except OSError:
+            data = b""
+        if data[:1] == _ASKED:
+            self.requested = (data[1:].decode("utf-8", "replace"),)
+        elif data == _ASKED_NO_REASON:
+            self.requested = (None,)
+        reason = self.requested[0] if self.requested is not None else None
+        CancellationToken.cancel(self, reason if reason is not None else "the batch was stopped")
 
     def _poll(self) -> bool:
         if self._event.is_set():
@@ -96,9 +147,9 @@ class MarkerToken(CancellationToken):
                 if host != HOSTNAME:
                     self._marker = None  # another machine: the marker cannot reach us
                 elif os.path.exists(path):
-                    self.cancel("the batch was stopped")
+                    self._stopped(path)
                 elif not os.path.isdir(os.path.dirname(path)):
-                    self.cancel("the batch is over")
+                    CancellationToken.cancel(self, "the batch is over")
         return self._event.is_set()
 
     @property

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from procengine_nb.backends._wire import Payload, decode_results
+from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import SymbolResult
 
-__all__ = ["RemoteTask"]
+__all__ = ["PROCESSOR_ASKED", "Decoding", "RemoteTask", "forward_cancel_request"]
+
+PROCESSOR_ASKED = "a processor called cancellation_token.cancel()"
+"""The batch's cancel reason when a worker process's processor cancelled its token without a reason."""
 
 
 class RemoteTask(Future):  # type: ignore[type-arg]
@@ -67,3 +72,45 @@ class RemoteTask(Future):  # type: ignore[type-arg]
         else:
             self._finish(decoded)
 
+
+
+def forward_cancel_request(token: CancellationToken, payload: tuple[Any, ...]) -> None:
+    """Parent side, before completing a chunk from ``payload`` (what ``run_encoded`` returned): when a
+    processor of the batch cancelled its token (``payload[3]``: its reason; see
+    :class:`~procengine_nb.backends._marker.MarkerToken`), cancel the batch's ``token`` with that reason
+    (:data:`PROCESSOR_ASKED` without one), as a processor on threads does."""
+    if len(payload) > 3 and not token.is_cancelled:
+        reason = payload[3]
+        token.cancel(reason if isinstance(reason, str) else PROCESSOR_ASKED)
+
+
+_DECODING_WAIT = 0.1  # seconds a stopping batch waits at most for results being decoded (a Stop stays prompt)
+
+
+class Decoding:
+    """Counts the chunks whose results are being decoded on the executor's callback thread, so that a
+    batch stopping (``BatchExecutor.stop_running``) keeps those it already has: a processor's cancel
+    request cancels the batch just before its chunk's results complete (:func:`forward_cancel_request`)."""
+
+    __slots__ = ("_condition", "_count")
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._count = 0
+
+    def complete(self, token: CancellationToken, task: RemoteTask, payload: Payload) -> None:
+        """Forward a cancel request in ``payload``, then complete ``task`` from it, counted meanwhile."""
+        with self._condition:
+            self._count += 1
+        try:
+            forward_cancel_request(token, payload)  # before the results: a short chunk is then a cancel
+            task.complete_with_blobs(payload)
+        finally:
+            with self._condition:
+                self._count -= 1
+                self._condition.notify_all()
+
+    def wait(self, timeout: float = _DECODING_WAIT) -> None:
+        """Return once no chunk is being decoded (at most ``timeout`` seconds)."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._count == 0, timeout)

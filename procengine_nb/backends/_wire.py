@@ -31,7 +31,15 @@ _PROTOCOL = 5
 
 
 class RemoteSerializationError(RuntimeError):
-    """A task or a result could not cross the process boundary (pickling or unpickling failed)."""
+    """A task or a result could not cross the process boundary (pickling or unpickling failed).
+
+    Standing in for a processor's exception that could not be sent back, it carries that exception's
+    classes as names (``original_types``: ``module.qualname`` along its MRO), so that ``retry_on=``
+    still matches it by its original class."""
+
+    def __init__(self, message: str = "", *, original_types: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.original_types = original_types
 
 
 class RemoteTraceback(Exception):
@@ -70,9 +78,22 @@ def _replacement(result: SymbolResult, exc: BaseException, trace: str | None) ->
     detail = f"; the processor raised {_describe(result.error)}" if result.error is not None else ""
     error = RemoteSerializationError(
         f"the {what} for symbol {_safe_repr(result.symbol)} cannot be sent back from the worker "
-        f"({_describe(exc)}){detail}"
+        f"({_describe(exc)}){detail}",
+        original_types=_type_names(result.error),
     )
     return (1, None, error, result.duration_ms, trace)
+
+
+def _type_names(error: BaseException | None) -> tuple[str, ...]:
+    """``module.qualname`` of each class along ``type(error)``'s MRO (() for None, or when they cannot
+    be read)."""
+    if error is None:
+        return ()
+    try:
+        return tuple(f"{kind.__module__}.{kind.__qualname__}" for kind in type(error).__mro__
+                     if isinstance(kind.__module__, str) and isinstance(kind.__qualname__, str))
+    except Exception:
+        return ()
 
 
 PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -125,8 +146,9 @@ def decode_results(symbols: Sequence[Any], payload: Payload,
                    local: Mapping[int, SymbolResult]) -> list[SymbolResult]:
     """Rebuild the chunk's results: ``local`` ones (made here) at their index, the others from
     ``payload`` (see :func:`encode_results`) in order; a prefix of the chunk when the worker stopped
-    early (a cancel)."""
-    head_blob, blob, offsets = payload
+    early (a cancel). (A fourth element, a processor's cancel request, is the batch's: see
+    ``_remote_task.forward_cancel_request``.)"""
+    head_blob, blob, offsets = payload[:3]
     sent = symbols if not local else [s for i, s in enumerate(symbols) if i not in local]
     remote: list[SymbolResult] = []
     done = 0

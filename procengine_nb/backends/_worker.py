@@ -95,7 +95,8 @@ def run_encoded(
     and leaves it there (the parent removes it once it has the result, or with the batch's directory),
     so the engine can tell a chunk that started from one still queued in the pool — also after a pool
     broke and lost both. Whoever creates it first owns the chunk: when the parent did (it sent the chunk
-    again elsewhere), this runs no symbol.
+    again elsewhere), this runs no symbol. When a processor cancelled its token (or saw another's
+    request in the stop marker), a fourth element carries that request's reason to the parent.
     """
     if started_file is not None and (marker is None or marker[0] != HOSTNAME):
         started_file = None
@@ -110,8 +111,12 @@ def run_encoded(
     try:
         processor, symbols = load_task(processor_blob, symbols_blob)
         slots = None if progress is None else progress.view
-        head, rest = run_columns(processor, symbols, MarkerToken(marker), pass_token, slots, slots is not None)
-        return encode_results(rest, head)
+        token = MarkerToken(marker)
+        head, rest = run_columns(processor, symbols, token, pass_token, slots, slots is not None)
+        payload = encode_results(rest, head)
+        if token.requested is not None:  # a processor asked the batch to stop: the parent hears it
+            return (*payload, token.requested[0])  # type: ignore[return-value]
+        return payload
     finally:
         if progress is not None:
             progress.close()

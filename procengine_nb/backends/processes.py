@@ -70,7 +70,7 @@ from procengine_nb.backends._pool import (
     shutdown_pools,
 )
 from procengine_nb.backends._recovery import LOST_WITH_THE_POOL, PoolRecovery
-from procengine_nb.backends._remote_task import RemoteTask
+from procengine_nb.backends._remote_task import Decoding, RemoteTask
 from procengine_nb.backends._started_file import claim, forget, read_running
 from procengine_nb.backends._worker import run_encoded
 from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
@@ -100,6 +100,7 @@ class _ProcessBatch(PoolRecovery, BatchExecutor):
         # Stop reaches chunks already handed to workers through the marker file (same machine).
         self._registration = token.register(self._marker.cancel)
         self._token = token
+        self._decoding = Decoding()
         self.worker_token = None  # the engine's token cannot be pickled; workers get a MarkerToken
         self._warm_up(token)
 
@@ -173,7 +174,7 @@ class _ProcessBatch(PoolRecovery, BatchExecutor):
         error = future.exception()
         if error is None:
             forget(task.key)  # the result is here: the chunk's started file has done its job
-            task.complete_with_blobs(future.result())
+            self._decoding.complete(self._token, task, future.result())
             return
         if isinstance(error, LOST_WITH_THE_POOL) and self._lost(task, error):
             return
@@ -219,6 +220,11 @@ class _ProcessBatch(PoolRecovery, BatchExecutor):
             return None
         return index, max(0.0, (time.monotonic_ns() - at) / 1e9)
 
+    def stop_running(self, futures: Iterable[Future[Any]]) -> None:
+        """Keep the chunks whose results are being decoded (a processor's cancel request stops the
+        batch just before its own chunk completes)."""
+        self._decoding.wait()
+
     def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
         stopping = self._token.is_cancelled
         if stopping:  # before looking at the started files (the token's own callback may lag)
@@ -227,6 +233,8 @@ class _ProcessBatch(PoolRecovery, BatchExecutor):
             inner = getattr(future, "inner", None)
             if inner is None:
                 future.cancel()
+            elif inner.done():  # it ran: its results are on their way (or being decoded)
+                continue
             elif inner.cancel():  # still in loky's pending queue: dropped
                 continue
             elif stopping and not os.path.exists(future.key):

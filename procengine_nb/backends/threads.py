@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
 from procengine_nb.backends._loop import Awaiter, register_awaiter, unregister_awaiter
@@ -21,7 +21,7 @@ from procengine_nb.backends.runner import run_chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import SymbolResult
 
-__all__ = ["DaemonThreadPool", "ExecutorBackend", "ThreadBackend", "default_worker_count"]
+__all__ = ["DaemonThreadPool", "ExecutorBackend", "ThreadBackend", "classify", "default_worker_count"]
 
 
 def default_worker_count() -> int:
@@ -159,24 +159,20 @@ class _OwnedPoolBatch(BatchExecutor):
 
 
 class _SharedExecutorBatch(BatchExecutor):
-    """The caller's executor runs the runner itself: ``executor.submit(run_chunk, ...)``. Where its
-    workers share memory (a ``ThreadPoolExecutor``) they get the batch's token and the chunk's hooks;
-    elsewhere (a process pool) only what can travel: no token, no hooks (the start is what the future
-    says: ``running()``)."""
+    """The caller's executor, whose workers share this process's memory, runs the runner itself:
+    ``executor.submit(run_chunk, ...)`` with the batch's token and the chunk's hooks; a sync processor's
+    awaitable is awaited on the batch's loop, as on threads. (An executor whose workers do not share
+    memory gets chunks the way ``backend="processes"`` does: ``_encoded_executor``.)"""
 
-    def __init__(self, executor: Executor, token: CancellationToken, shares_memory: bool) -> None:
+    def __init__(self, executor: Executor, token: CancellationToken) -> None:
         self._executor = executor
-        self._shares_memory = shares_memory
-        self.worker_token = token if shares_memory else None
-        self._awaiter = Awaiter(token) if shares_memory else None
-        if self._awaiter is not None:
-            register_awaiter(token, self._awaiter)
+        self.worker_token = token
+        self._awaiter = Awaiter(token)
+        register_awaiter(token, self._awaiter)
 
     def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
-        if self._shares_memory:
-            return self._executor.submit(run_chunk, chunk.processor, chunk.symbols, self.worker_token,
-                                         chunk.pass_token, chunk.on_start, chunk.on_symbol)
-        return self._executor.submit(run_chunk, chunk.processor, chunk.symbols, None, chunk.pass_token)
+        return self._executor.submit(run_chunk, chunk.processor, chunk.symbols, self.worker_token,
+                                     chunk.pass_token, chunk.on_start, chunk.on_symbol)
 
     def take_back(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
         """The tasks still queued in the executor (a ``concurrent.futures`` future cancels only before it
@@ -185,9 +181,42 @@ class _SharedExecutorBatch(BatchExecutor):
 
     def close(self, *, cancelled: bool) -> None:
         """The executor is the caller's: it is never shut down here (the batch's loop is)."""
-        if self._awaiter is not None:
-            unregister_awaiter(self.worker_token)
-            self._awaiter.close(wait=not cancelled)
+        unregister_awaiter(self.worker_token)
+        self._awaiter.close(wait=not cancelled)
+
+
+_LOCAL_POOL_MODULES = ("loky.", "joblib.externals.loky.")
+_REMOTE_MODULES = ("distributed.",)  # Dask's ClientExecutor: workers wherever the cluster is
+
+
+def classify(executor: Executor) -> tuple[bool, bool]:
+    """``(shares_memory, local_processes)`` for a caller's executor.
+
+    - A ``concurrent.futures.ProcessPoolExecutor`` (or subclass) and a loky executor (also joblib's
+      copy) run in processes of this machine: ``(False, True)``.
+    - Any other executor that says so itself (an attribute ``shares_memory`` that is a bool) is taken
+      at its word.
+    - Dask's ``ClientExecutor`` runs on workers that may be on other hosts: ``(False, False)``.
+    - Any other executor (a ``ThreadPoolExecutor``, a thread-based one of your own) shares memory.
+
+    ``local_processes`` means the workers see this machine's files (stop marker, started files), so
+    ``timeout=`` can count from each symbol's own start; a declared non-sharing executor is not known
+    to be local (``(False, False)``).
+    """
+    try:
+        declared = getattr(executor, "shares_memory", None)
+    except Exception:  # a hostile attribute: undeclared
+        declared = None
+    if isinstance(executor, ProcessPoolExecutor):
+        return False, True
+    modules = [m for m in (getattr(kind, "__module__", "") for kind in type(executor).__mro__) if isinstance(m, str)]
+    if any(m.startswith(_LOCAL_POOL_MODULES) for m in modules):
+        return False, True
+    if isinstance(declared, bool):
+        return declared, False
+    if any(m.startswith(_REMOTE_MODULES) for m in modules):
+        return False, False
+    return True, False
 
 
 class ThreadBackend(Backend):
@@ -221,7 +250,14 @@ class ExecutorBackend(Backend):
     """Any ``concurrent.futures.Executor`` given by the caller, used as it is and never shut down.
 
     The engine cancels the futures it submitted that have not started; tasks already running finish.
-    The cancellation token reaches processors only on a ``ThreadPoolExecutor`` (shared memory).
+    Whether its workers share this process's memory decides the path (:func:`~procengine_nb.backends.
+    threads.classify`): a ``ProcessPoolExecutor`` (``concurrent.futures`` or loky), Dask's
+    ``ClientExecutor``, or an executor whose ``shares_memory`` attribute is False gets each chunk the
+    way ``backend="processes"`` sends it (per-symbol pickling faults, the caller's own symbol objects in
+    the results, the Stop and the starts through files on this machine); any other executor (a
+    ``ThreadPoolExecutor``, a thread-based one of your own) runs the runner on its workers with the
+    batch's token. ``timeout=`` needs to know when each symbol starts: every shape but a non-sharing
+    executor not known to run on this machine (``supports_timeout``).
     """
 
     name = "executor"
@@ -232,7 +268,10 @@ class ExecutorBackend(Backend):
                 f"executor must be a concurrent.futures.Executor, not {type(executor).__name__}"
             )
         self._executor = executor
-        self.shares_memory = isinstance(executor, ThreadPoolExecutor)
+        self.shares_memory, self._local_processes = classify(executor)
+        self.supports_timeout = self.shares_memory or self._local_processes
+        if not self.shares_memory:
+            _require_cloudpickle(executor)
         found = getattr(executor, "_max_workers", None)
         if max_workers is None:
             max_workers = found if isinstance(found, int) and found > 0 else default_worker_count()
@@ -243,4 +282,18 @@ class ExecutorBackend(Backend):
         return self._max_workers
 
     def open(self, token: CancellationToken) -> BatchExecutor:
-        return _SharedExecutorBatch(self._executor, token, self.shares_memory)
+        if self.shares_memory:
+            return _SharedExecutorBatch(self._executor, token)
+        from procengine_nb.backends._encoded_executor import EncodedExecutorBatch
+
+        return EncodedExecutorBatch(self._executor, token, local=self._local_processes)
+
+
+def _require_cloudpickle(executor: Executor) -> None:
+    try:
+        import cloudpickle  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"executor={type(executor).__name__}(...) runs in other processes, where chunks travel as on "
+            'backend="processes", which needs cloudpickle: pip install "procengine_nb[processes]"'
+        ) from exc

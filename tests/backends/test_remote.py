@@ -158,7 +158,11 @@ def test_run_columns_stops_between_symbols_when_its_token_is_cancelled(tmp_path)
 
     head, rest = run_columns(processor, tuple(range(10)), token, True)
     assert head[0] == [0, 1, 2, 3] and rest == [] and seen == [0, 1, 2, 3]
+    # a processor's cancel() asks the whole batch to stop: the stop marker (for the other workers) and
+    # the token's ``requested`` (for the chunk's result) say so
+    assert token.requested == (None,) and marker.read_bytes() == b"N"
 
+    marker = tmp_path / "stopped-by-the-parent"
     token = MarkerToken((__import__("socket").gethostname(), str(marker)))
     seen.clear()
 
@@ -172,3 +176,4 @@ def test_run_columns_stops_between_symbols_when_its_token_is_cancelled(tmp_path)
 
     head, rest = run_columns(marks, tuple(range(50)), token, True)
     assert 3 <= len(seen) <= 6 and head[0] == seen and rest == []
+    assert token.requested is None and token.reason == "the batch was stopped"  # a Stop, not a request

@@ -9,9 +9,10 @@ selected; the ``executor=`` pool belongs to the test.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,8 @@ class Shape:
         return self.name
 
 
-SHAPES = ["threads", "executor", "processes", "asyncio", "dask-localcluster", "dask-user-client", "dask-remote"]
+SHAPES = ["threads", "executor", "executor-processes", "processes", "asyncio", "dask-localcluster", "dask-user-client",
+          "dask-remote"]
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +121,16 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Shape]:
                         close=lambda engine: pool.shutdown(wait=False, cancel_futures=True))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+    elif name == "executor-processes":
+        # the user's own process pool: chunks travel as on processes (one path)
+        pytest.importorskip("cloudpickle")
+        processes = ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            yield Shape(name, remote=True,
+                        make=lambda p, **kw: ProcessingEngine(p, executor=processes, **kw),
+                        close=lambda engine: processes.shutdown(wait=False, cancel_futures=True))
+        finally:
+            processes.shutdown(wait=True, cancel_futures=True)
     elif name == "processes":
         pytest.importorskip("loky")
         from procengine_nb.backends.processes import shutdown_pools
