@@ -218,7 +218,9 @@ class ProcessingEngine:
         max_workers: how many symbols run at once (default: ``min(32, cpu_count + 4)`` threads; 32
             coroutines for an async processor).
         executor: any ``concurrent.futures.Executor`` to run on instead of the engine's own thread
-            pool; the engine never shuts it down.
+            pool; the engine never shuts it down. One whose workers do not share memory (a
+            ``ProcessPoolExecutor``, Dask's ``ClientExecutor``, or ``shares_memory = False``) gets chunks
+            as ``backend="processes"`` does; see :func:`procengine_nb.backends.threads.classify`.
         backend: ``"threads"`` (default), ``"processes"`` (loky worker processes, for CPU-bound work),
             ``"dask"`` (a ``distributed`` cluster: ``client=`` a Client or an address; without one a
             LocalCluster is started at the first batch and closed by :meth:`close`), or a
