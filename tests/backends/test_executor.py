@@ -47,6 +47,10 @@ def always_flaky(symbol):
     raise Flaky(f"flaky {symbol}")
 
 
+def first(symbol):
+    return threading.Lock() if symbol[0] == 7 else symbol[0]  # a value that cannot be sent back
+
+
 def token_name(symbol, cancellation_token):
     return type(cancellation_token).__name__
 
@@ -146,6 +150,15 @@ def test_a_declared_remote_executor_gets_chunks_as_processes_do():
     by_symbol = {id(r.symbol): r for r in result}
     assert by_symbol[id(symbols[0])].value == "MarkerToken" and by_symbol[id(symbols[2])].value == "MarkerToken"
     assert "cannot be sent to a worker process" in str(by_symbol[id(lock)].error)
+
+
+def test_results_hold_the_callers_own_symbol_objects_and_one_bad_value_fails_alone(process_engine):
+    symbols = [[i] for i in range(40)]  # equal copies would compare equal: identity tells them apart
+    with process_engine(first) as engine:  # adaptive chunks: several symbols a task
+        result = engine.process_batch(symbols)
+    assert sorted(map(id, (r.symbol for r in result))) == sorted(map(id, symbols))
+    assert [r.symbol for r in result.errors] == [symbols[7]]
+    assert "cannot be sent back" in str(result.errors[0].error)
 
 
 # -- a processor's cancel() stops the batch, as on threads ---------------------------------------------------
