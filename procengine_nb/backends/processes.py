@@ -14,8 +14,9 @@ what happens after a worker died :mod:`~procengine_nb.backends._recovery`.
 
 What it can and cannot do (honest limits):
 
-- Stop drops every chunk loky has not handed to a worker yet (a chunk already in loky's call queue
-  cannot be withdrawn, but it runs no symbol once it starts), and the processors' token (a
+- Stop (and a pause) claims every chunk not started yet (the parent creates its started file), so the
+  worker that takes it runs no symbol (loky's future is not cancelled: loky's shutdown with
+  ``kill_workers`` fails on cancelled work items still queued), and the processors' token (a
   worker-local :class:`~procengine_nb.backends._marker.MarkerToken`) turns cancelled within ~5 ms, so a
   chunk stops between two symbols and a processor that checks its token stops mid-symbol. A processor
   that ignores its token keeps running in its worker process until it returns (loky cannot stop a
@@ -186,16 +187,16 @@ class _ProcessBatch(PoolRecovery, BatchExecutor):
         return future.done() or key is None or os.path.exists(key)
 
     def take_back(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
-        """At a pause: withdraw the chunks no worker started: those still in loky's pending queue
-        (cancelled there) and those already in its call queue, claimed as the recovery claims a chunk
-        lost unstarted (the parent creates the started file first, so the worker that picks the chunk
-        up runs no symbol). Whoever creates the file first owns the chunk: never lost, never run twice."""
+        """At a pause: withdraw the chunks no worker started (in loky's pending queue or its call
+        queue), claimed as the recovery claims a chunk lost unstarted (the parent creates the started file
+        first, so the worker that picks the chunk up runs no symbol). Whoever creates the file first owns
+        the chunk: never lost, never run twice."""
         taken: list[Future[Any]] = []
         for future in futures:
             inner = getattr(future, "inner", None)
             if inner is None or inner.done() or future.done():
                 continue  # nothing sent, or being recovered after a broken pool: it stays
-            if inner.cancel() or claim(future.key):
+            if claim(future.key):  # (never inner.cancel(): see cancel_pending)
                 future.withdrawn = True  # type: ignore[attr-defined]
                 taken.append(future)
         return taken
@@ -235,10 +236,11 @@ class _ProcessBatch(PoolRecovery, BatchExecutor):
                 future.cancel()
             elif inner.done():  # it ran: its results are on their way (or being decoded)
                 continue
-            elif inner.cancel():  # still in loky's pending queue: dropped
-                continue
-            elif stopping and not os.path.exists(future.key):
-                # In loky's call queue but not started: it will see the marker and run no symbol.
+            elif stopping and claim(future.key):
+                # Queued in loky, not started: claimed, so the worker that takes it runs no symbol. Its
+                # loky future is left to finish (at once): cancelling it would leave a cancelled work item
+                # in loky's queue, on which loky's shutdown(kill_workers=True) (the next pool replacement,
+                # or interpreter exit) raises InvalidStateError in its manager thread and logs it.
                 future.complete_cancelled()
             else:  # running in a worker: it runs to its end (or until its processor sees the token)
                 abandoned = self._pool.abandoned
