@@ -34,10 +34,10 @@ __all__ = ["EncodedExecutorBatch"]
 class EncodedExecutorBatch(BatchExecutor):
     """One batch on a caller's executor whose workers do not share memory (see the module docstring).
 
-    The executor is the caller's: never shut down here. A Stop cancels the chunks still queued in it
-    (``Future.cancel()``), and a chunk already handed to a worker process but not started is claimed
-    (its started file created here), so it runs no symbol; running processors see their token cancelled
-    through the stop marker.
+    The executor is the caller's: never shut down here. A Stop (or a pause) withdraws the chunks not
+    started: on workers of this machine by claiming them (their started file created here), so the
+    worker that takes one runs no symbol; elsewhere by ``Future.cancel()`` (only before the executor hands
+    it over). Running processors see their token cancelled through the stop marker.
     """
 
     def __init__(self, executor: Executor, token: CancellationToken, *, local: bool) -> None:
@@ -87,10 +87,13 @@ class EncodedExecutorBatch(BatchExecutor):
             return future.cancel()
         if inner.done():  # it ran: its results are on their way
             return False
-        if inner.cancel():
-            return True
         key = getattr(future, "key", None)
-        return key is not None and claim(key)
+        if key is not None:
+            # Claimed, never cancelled: a pool that breaks or is shut down with cancelled work items
+            # still queued raises InvalidStateError in its manager thread (CPython 3.11's
+            # ProcessPoolExecutor, loky), which logs it; a claimed chunk's worker runs nothing.
+            return claim(key)
+        return inner.cancel()
 
     def stop_running(self, futures: Iterable[Future[Any]]) -> None:
         """Keep the chunks whose results are being decoded (a processor's cancel request stops the
