@@ -95,6 +95,11 @@ class EncodedExecutorBatch(BatchExecutor):
             return claim(key)
         return inner.cancel()
 
+    def running_since(self, future: Future[Any]) -> tuple[int, float] | None:
+        """The symbol a started chunk runs and for how long (workers of this machine write it in the
+        chunk's started file): :meth:`RemoteTask.running_since`."""
+        return future.running_since() if isinstance(future, RemoteTask) else None
+
     def stop_running(self, futures: Iterable[Future[Any]]) -> None:
         """Keep the chunks whose results are being decoded (a processor's cancel request stops the
         batch just before its own chunk completes)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+from procengine_nb.backends._started_file import read_running
 from procengine_nb.backends._wire import Payload, decode_results
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import SymbolResult
@@ -37,6 +39,27 @@ class RemoteTask(Future):  # type: ignore[type-arg]
         self.deaths: dict[int, int] = {}  # processes: index -> breaks of a pool while it was running
         self.pool: Any = None  # processes: the pool it was last sent to
         self.withdrawn = False  # processes: taken back at a pause (claimed before it started): never runs
+
+    def running_since(self) -> tuple[int, float] | None:
+        """Processes and a process-pool ``executor=``: the index (in :attr:`symbols`) of the symbol the
+        started chunk runs and for how long, from its started file (the worker writes the index and the
+        start of each symbol there); None when not started, done, or no symbol runs."""
+        key = self.key
+        if not isinstance(key, str) or self.done():
+            return None
+        running = read_running(key)
+        if running is None:
+            return None
+        index, at = running
+        local = self.local
+        if local:  # the worker counts only the symbols that were sent
+            sent = [i for i in range(len(self.symbols)) if i not in local]
+            if index >= len(sent):
+                return None
+            index = sent[index]
+        elif index >= len(self.symbols):
+            return None
+        return index, max(0.0, (time.monotonic_ns() - at) / 1e9)
 
     def _finish(self, results: list[SymbolResult]) -> None:
         try:

@@ -72,7 +72,7 @@ from procengine_nb.backends._pool import (
 )
 from procengine_nb.backends._recovery import LOST_WITH_THE_POOL, PoolRecovery
 from procengine_nb.backends._remote_task import Decoding, RemoteTask
-from procengine_nb.backends._started_file import claim, forget, read_running
+from procengine_nb.backends._started_file import claim, forget
 from procengine_nb.backends._worker import run_encoded
 from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
 from procengine_nb.cancellation import CancellationToken
@@ -203,23 +203,8 @@ class _ProcessBatch(PoolRecovery, BatchExecutor):
 
     def running_since(self, future: Future[Any]) -> tuple[int, float] | None:
         """The symbol a started chunk runs and for how long, from its started file (the worker writes
-        the index and the start of each symbol there)."""
-        key = getattr(future, "key", None)
-        if key is None or future.done():
-            return None
-        running = read_running(key)
-        if running is None:
-            return None
-        index, at = running
-        local = future.local  # type: ignore[attr-defined]
-        if local:  # the worker counts only the symbols that were sent
-            sent = [i for i in range(len(future.symbols)) if i not in local]  # type: ignore[attr-defined]
-            if index >= len(sent):
-                return None
-            index = sent[index]
-        elif index >= len(future.symbols):  # type: ignore[attr-defined]
-            return None
-        return index, max(0.0, (time.monotonic_ns() - at) / 1e9)
+        the index and the start of each symbol there): :meth:`RemoteTask.running_since`."""
+        return future.running_since() if isinstance(future, RemoteTask) else None
 
     def stop_running(self, futures: Iterable[Future[Any]]) -> None:
         """Keep the chunks whose results are being decoded (a processor's cancel request stops the

@@ -61,6 +61,16 @@ def note_run(symbol, directory):
     return symbol
 
 
+def blocks_on_three(symbol, gate_file):
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while symbol == 3 and not os.path.exists(gate_file) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return symbol
+
+
 def token_name(symbol, cancellation_token):
     return type(cancellation_token).__name__
 
@@ -190,6 +200,29 @@ def test_a_pause_on_a_process_pool_withdraws_the_chunks_not_started_and_each_sym
     assert sorted(r.value for r in result) == list(range(8)) and not result.errors
     runs = sorted(int(p.name.split(".")[0]) for p in tmp_path.glob("*.ran"))
     assert runs == list(range(8)), runs  # each symbol ran exactly once
+
+
+def test_stalled_on_a_process_pool_names_the_symbol_that_hangs_in_its_chunk(tmp_path):
+    """As on processes: symbols 0-7 in one chunk, 3 blocks; the worker writes each symbol's index and
+    start in the chunk's started file, so stalled() names 3 alone, with its own time."""
+    import functools
+    import time
+
+    gate = tmp_path / "gate"
+    processor = functools.partial(blocks_on_three, gate_file=str(gate))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            handle = ProcessingEngine(processor, executor=pool, chunk_size=8, stall_after=0.2).start(range(8))
+            deadline = time.monotonic() + 60
+            while not handle.stalled() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            [(symbol, seconds)] = handle.stalled()
+            assert symbol == 3 and 0.2 < seconds < 60
+            gate.touch()
+            result = handle.result(timeout=60)
+            assert sorted(r.value for r in result) == list(range(8)) and handle.stalled() == []
+        finally:
+            gate.touch()
 
 
 # -- a processor's cancel() stops the batch, as on threads ---------------------------------------------------
