@@ -22,8 +22,8 @@ What it can and cannot do (honest limits):
   that ignores its token keeps running in its worker process until it returns (loky cannot stop a
   running task without killing the pool); the final snapshot counts exactly the chunks that had
   started (each creates a small "started" file next to the marker as it starts).
-- A pause takes back the chunks no worker started: cancelled in loky's pending queue, or claimed
-  (the parent creates their started file first: the worker that picks one up runs no symbol); only
+- A pause takes back the chunks no worker started: claimed (the parent creates their started file
+  first: the worker that picks one up runs no symbol; loky's future is not cancelled); only
   the running chunks go on. ``handle.stalled()`` reads, from each started file, which symbol runs and
   since when (each worker writes the index before each symbol, and ``time.monotonic_ns()`` at each
   look at the token, every ~5 ms of symbols: the start to within those 5 ms).
