@@ -306,7 +306,7 @@ class ProcessingEngine:
         self._closed = False  # close() was called (a follow-up job then gets a new engine)
         self.backend = make_backend(backend, max_workers=max_workers, executor=executor, **backend_options)
         self._owns_backend = not isinstance(backend, Backend)
-        if timeout is not None and not getattr(self.backend, "supports_timeout", True):
+        if timeout is not None and not self.backend.supports_timeout:
             raise ValueError(
                 f"timeout= counts from each symbol's own start, which executor={type_name(executor)} cannot "
                 "report (its workers do not share memory and may be on other hosts); timeout= works with "

@@ -129,6 +129,9 @@ class Backend(abc.ABC):
     #: True when the backend enforces the per-symbol ``timeout`` itself, from each symbol's own start
     #: (the engine then gives it the timeout instead of timing tasks from their submission)
     times_symbols: bool = False
+    #: False when the backend cannot tell when a symbol starts (an ``executor=`` whose workers do not
+    #: share memory and may be on other hosts): the engine then refuses ``timeout=`` at construction
+    supports_timeout: bool = True
     #: seconds of work the engine groups into one task when symbols are tiny (adaptive chunking);
     #: larger where handing a task over costs more (processes, a Dask cluster)
     target_task_seconds: float = 0.002
