@@ -7,6 +7,7 @@ sleep appears only to show that nothing happens while paused.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import gc
 import math
@@ -754,3 +755,48 @@ def test_pause_and_unpause_on_dask(dask_client):
     stopped.cancel()
     partial = stopped.result(timeout=120)
     assert partial.cancelled and accounted(partial, range(12))
+
+
+# -- what is shown running is running ---------------------------------------------------------------
+def _gate_on(n, gate_file, blocked=(3,)):  # module level: picklable for the processes backend
+    deadline = time.monotonic() + WAIT
+    while n in blocked and not Path(gate_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return n
+
+
+@pytest.mark.parametrize("backend", ["threads", "executor", "asyncio", "processes"])
+def test_running_symbols_are_the_symbols_running_never_queued_work(backend, tmp_path):
+    """One worker, chunks of 4 symbols, the window holding a second chunk behind the first: symbol 2 of
+    the first chunk blocks. handle.running_symbols() is [2] alone: not the chunk's other symbols (done,
+    or not begun), nor the queued chunk (it used to list all 8 on threads and processes)."""
+    gate = tmp_path / "gate"
+    kwargs: dict = {"max_workers": 1, "chunk_size": 4}
+    pool = None
+    if backend == "processes":
+        processor = functools.partial(_gate_on, gate_file=str(gate), blocked=(2,))
+        kwargs["backend"] = "processes"
+    elif backend == "asyncio":
+        async def processor(n):
+            while n == 2 and not gate.exists():
+                await asyncio.sleep(0.002)
+            return n
+    else:
+        processor = functools.partial(_gate_on, gate_file=str(gate), blocked=(2,))
+        if backend == "executor":
+            pool = kwargs["executor"] = concurrent.futures.ThreadPoolExecutor(1)
+            del kwargs["max_workers"]
+    engine = ProcessingEngine(processor, **kwargs)
+    try:
+        handle = engine.start(range(8))
+        until(lambda: handle.running_symbols() == [2])
+        threading.Event().wait(0.05)  # and it stays so (the queued chunk is not shown)
+        assert handle.running_symbols() == [2]
+        gate.touch()
+        result = handle.result(timeout=WAIT)
+        assert accounted(result, range(8)) and handle.running_symbols() == []
+    finally:
+        gate.touch()
+        engine.close()
+        if pool is not None:
+            pool.shutdown()

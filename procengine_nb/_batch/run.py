@@ -208,6 +208,7 @@ class BatchRun:
             pushed = timed and (backend.shares_memory or reports)
             hooks = Hooks(clock, window.wake, pushed=pushed, stamped=backend.shares_memory or reports,
                           per_symbol=(backend.shares_memory and backend.runs_coroutines) or reports)
+            window.starts_stamped = backend.shares_memory  # each chunk records its start (Chunk.on_start)
             watch = TimeoutWatch(settings.timeout, pushed, window, self._outcomes,  # type: ignore[arg-type]
                                  retries.sift if settings.retries else None) if timed else None
             while True:
@@ -264,13 +265,15 @@ class BatchRun:
         window, token, settings = self.window, self.token, self.settings
         inflight, size = window.inflight, window.size
         processor, pass_token = settings.processor, settings.pass_token
+        collects = window.starts_stamped and hooks.stamped and not hooks.per_symbol  # the sync runner, in memory
         while len(inflight) < size and not token.is_cancelled and not paused:
             task, origin = self._next_task(timed)
             if task is None:
                 return
             on_start, on_symbol = hooks.of(task)
+            collected = task.collected = [] if collects else None
             try:
-                window.submit(task, Chunk(task.symbols, processor, pass_token, on_start, on_symbol))
+                window.submit(task, Chunk(task.symbols, processor, pass_token, on_start, on_symbol, collected))
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # e.g. an executor that was shut down (an executor= is user code)

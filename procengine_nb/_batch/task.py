@@ -24,7 +24,7 @@ class Task:
     result; ``started_at`` and ``running`` are written only by the hooks below, once the task runs.
     """
 
-    __slots__ = ("start", "stop", "symbols", "timed", "started_at", "attempts", "last", "running")
+    __slots__ = ("start", "stop", "symbols", "timed", "started_at", "attempts", "last", "running", "collected")
 
     def __init__(self, start: int, stop: int, symbols: Any, timed: bool, attempts: int,
                  last: SymbolResult | None) -> None:
@@ -40,6 +40,9 @@ class Task:
         self.last = last
         self.running: tuple[int, float] | None = None
         """``(index, since)`` of the symbol running, where the backend reports each symbol (coroutines)."""
+        self.collected: list[SymbolResult] | None = None
+        """Where workers share memory and run the sync runner: the list its worker appends the results to
+        (``Chunk.results``); once ``started_at`` is set, its length is the index of the symbol running."""
 
 
 def mark_started(task: Task, clock: Callable[[], float], wake: Callable[[], None]) -> None:

@@ -37,7 +37,8 @@ class Window:
     - ``requeued`` is sorted by descending start: ``pop()`` gives the first, handed out before anything.
     """
 
-    __slots__ = ("size", "inflight", "abandoned", "requeued", "completions", "executor", "wake", "_tracker")
+    __slots__ = ("size", "inflight", "abandoned", "requeued", "completions", "executor", "wake", "_tracker",
+                 "starts_stamped")
 
     def __init__(self, size: int, tracker: ProgressTracker) -> None:
         self.size = size
@@ -49,6 +50,9 @@ class Window:
         self.wake: Callable[[], None] = partial(self.completions.put, WAKE)
         """Wakes the loop (any thread)."""
         self._tracker = tracker
+        self.starts_stamped = False
+        """True where workers share memory: every chunk records its start in ``Task.started_at`` (so a
+        task without one has not started)."""
 
     def open(self, backend: Backend, token: CancellationToken) -> BatchExecutor:
         executor = self.executor = backend.open(token)
@@ -143,17 +147,36 @@ class Window:
             executor.close(cancelled=cancelled or bool(self.abandoned))
 
     def running_symbols(self, limit: int) -> list[Any]:
-        """Up to ``limit`` symbols handed to workers and not completed yet (safe from any thread); on a
-        backend whose workers report their starts (``reports_running``), only the symbols running now."""
+        """Up to ``limit`` symbols running now, never work still queued (safe from any thread): the symbol
+        each started task runs, as its workers report it (``reports_running``: Dask), as it is read from
+        them (``running_since``: processes, a process-pool ``executor=``), or as the task's own record
+        says where workers share memory (its start, and the results its worker collected so far, or the
+        symbol a coroutine chunk awaits). A backend that can tell none of these: every symbol handed out
+        and not completed."""
         items = list(self.inflight.copy().items())
         items.sort(key=lambda item: item[1].start)
         executor = self.executor
         reports = executor is not None and executor.reports_running
+        reads = executor is not None and type(executor).running_since is not BatchExecutor.running_since
+        stamped = self.starts_stamped
         out: list[Any] = []
         for future, task in items:
             if reports:
                 index = executor.running_index(future)  # type: ignore[union-attr]
                 running = () if index is None else task.symbols[index:index + 1]
+            elif stamped:
+                running = ()
+                if task.started_at is not None:
+                    if task.running is not None:
+                        index = task.running[0]
+                    elif task.collected is not None:
+                        index = len(task.collected)
+                    else:
+                        index = None
+                    running = task.symbols if index is None else task.symbols[index:index + 1]
+            elif reads:
+                since = executor.running_since(future)  # type: ignore[union-attr]
+                running = () if since is None else task.symbols[since[0]:since[0] + 1]
             else:
                 running = task.symbols
             for symbol in running:

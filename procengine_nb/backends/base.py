@@ -32,11 +32,12 @@ class Chunk:
     :meth:`BatchExecutor.running_since`, instead.
     """
 
-    __slots__ = ("symbols", "processor", "pass_token", "on_start", "on_symbol")
+    __slots__ = ("symbols", "processor", "pass_token", "on_start", "on_symbol", "results")
 
     def __init__(self, symbols: Sequence[Any], processor: Callable[..., Any], pass_token: bool,
                  on_start: Callable[[], Any] | None = None,
-                 on_symbol: Callable[[int], Any] | None = None) -> None:
+                 on_symbol: Callable[[int], Any] | None = None,
+                 results: list[Any] | None = None) -> None:
         self.symbols = symbols
         """The symbols, run one after another in this order."""
         self.processor = processor
@@ -48,6 +49,10 @@ class Chunk:
         self.on_symbol = on_symbol
         """``on_symbol(i)`` just before symbol ``i`` runs, ``on_symbol(len(symbols))`` once none runs
         any more (None: nobody asks)."""
+        self.results = results
+        """Where workers share memory: the list the runner appends each symbol's result to as it runs
+        (None: a list of its own), so once the chunk started its length is the index of the symbol
+        running, at no cost per symbol."""
 
     def __repr__(self) -> str:
         return f"<Chunk of {len(self.symbols)} symbol(s)>"

@@ -74,16 +74,20 @@ def run_chunk(
     pass_token: bool,
     on_start: Callable[[], Any] | None = None,
     on_symbol: Callable[[int], Any] | None = None,
+    results: list[SymbolResult] | None = None,
 ) -> list[SymbolResult]:
     """Run ``symbols`` one after another (:func:`call_symbol`) and return their results, in order.
 
     Stops early (returning only the results of the symbols it ran) when ``token`` is cancelled between
     two symbols. ``on_start()`` is called first, ``on_symbol(i)`` just before symbol ``i`` and
     ``on_symbol(len(symbols))`` at the end (what they raise is the caller's: keep them trivial).
+    ``results``: the list to append to (and return), so that another thread can tell by its length which
+    symbol runs.
     """
     if on_start is not None:
         on_start()
-    results: list[SymbolResult] = []
+    if results is None:
+        results = []
     append = results.append
     call = call_symbol
     success = _SUCCESS

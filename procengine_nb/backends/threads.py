@@ -134,7 +134,7 @@ class _OwnedPoolBatch(BatchExecutor):
 
     def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
         return self._pool.submit(run_chunk, chunk.processor, chunk.symbols, self.worker_token, chunk.pass_token,
-                                 chunk.on_start, chunk.on_symbol)
+                                 chunk.on_start, chunk.on_symbol, chunk.results)
 
     def take_back(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
         """The tasks still queued in the pool (``Future.cancel()`` succeeds only before a task starts)."""
@@ -172,7 +172,7 @@ class _SharedExecutorBatch(BatchExecutor):
 
     def submit_chunk(self, chunk: Chunk) -> Future[list[SymbolResult]]:
         return self._executor.submit(run_chunk, chunk.processor, chunk.symbols, self.worker_token,
-                                     chunk.pass_token, chunk.on_start, chunk.on_symbol)
+                                     chunk.pass_token, chunk.on_start, chunk.on_symbol, chunk.results)
 
     def take_back(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
         """The tasks still queued in the executor (a ``concurrent.futures`` future cancels only before it
