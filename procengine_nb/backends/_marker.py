@@ -1,4 +1,5 @@
-"""The Stop of a processes batch, as files on this machine: the batch's directory and its cancel marker.
+"""The Stop of a processes batch (and of a process-pool ``executor=``), as files on this machine: the
+batch's directory and its cancel marker.
 
 The token a processor gets in a worker process (when it declares ``cancellation_token``) is a
 worker-local :class:`MarkerToken` that turns cancelled when the batch's *cancel marker* (a file in the

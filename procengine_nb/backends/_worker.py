@@ -2,7 +2,8 @@
 
 :func:`run_columns` is :func:`~procengine_nb.backends.runner.run_chunk` for another process (loky or
 Dask): the same rules, the values kept as columns while they are plain. :func:`run_encoded` is the
-whole task of a processes worker: unpickle (:mod:`~procengine_nb.backends._chunk_codec`), run under a
+whole task of a processes worker (and of a non-sharing ``executor=``'s): unpickle
+(:mod:`~procengine_nb.backends._chunk_codec`), run under a
 :class:`~procengine_nb.backends._marker.MarkerToken`, mark the start and the running symbol in the
 chunk's started file (:mod:`~procengine_nb.backends._started_file`), encode the results
 (:mod:`~procengine_nb.backends._wire`).

@@ -27,7 +27,8 @@ class Chunk:
     The hooks are the engine's (called on any thread of this process; they must stay trivial). A
     backend whose workers share this process's memory (threads, a thread-pool ``executor=``, asyncio)
     has the runner call them on the worker; Dask calls them here as its workers' reports arrive (over
-    the scheduler, :attr:`BatchExecutor.reports_running`); processes cannot send them there and report
+    the scheduler, :attr:`BatchExecutor.reports_running`); processes (and a process-pool ``executor=``)
+    cannot send them there and report
     a chunk's start through :meth:`BatchExecutor.started`, and the running symbol and its start through
     :meth:`BatchExecutor.running_since`, instead.
     """
@@ -122,8 +123,14 @@ class BatchExecutor(abc.ABC):
         ``cancelled`` is True."""
 
 
+#: the chunk target where chunks cross to another process (processes, a process-pool ``executor=``): each
+#: hand-off costs the parent ~0.35 ms of CPU, so a chunk holds ~50 ms of work
+CROSS_PROCESS_TASK_SECONDS = 0.05
+
+
 class Backend(abc.ABC):
-    """Where a batch's tasks run. Subclasses: threads (default), processes (loky), dask."""
+    """Where a batch's tasks run. Subclasses: threads (default), an ``executor=`` you pass, processes
+    (loky), asyncio (coroutines), dask."""
 
     #: short name used in errors and views
     name: str = "backend"
@@ -140,6 +147,7 @@ class Backend(abc.ABC):
     #: seconds of work the engine groups into one task when symbols are tiny (adaptive chunking);
     #: larger where handing a task over costs more (processes, a Dask cluster)
     target_task_seconds: float = 0.002
+
 
     @property
     @abc.abstractmethod

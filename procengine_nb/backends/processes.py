@@ -74,7 +74,7 @@ from procengine_nb.backends._recovery import LOST_WITH_THE_POOL, PoolRecovery
 from procengine_nb.backends._remote_task import Decoding, RemoteTask
 from procengine_nb.backends._started_file import claim, forget
 from procengine_nb.backends._worker import run_encoded
-from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
+from procengine_nb.backends.base import CROSS_PROCESS_TASK_SECONDS, Backend, BatchExecutor, Chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import SymbolResult
 
@@ -263,7 +263,7 @@ class ProcessBackend(Backend):
     # taken from the workers on a machine with as many cores as workers: 400 tasks of 5 ms took 1.09x
     # joblib's time with 10 ms chunks, 1.05x with 50 ms (bench/RESULTS.md). Stop stays prompt (a chunk
     # stops between two symbols: marker token); a dead worker fails only the symbol it was running.
-    target_task_seconds = 0.05
+    target_task_seconds = CROSS_PROCESS_TASK_SECONDS
 
     def __init__(self, max_workers: int | None = None, *, idle_timeout: float = 300.0) -> None:
         if max_workers is None:

@@ -1,4 +1,6 @@
-"""The default backend: a thread pool per batch, or any ``concurrent.futures.Executor`` you pass.
+"""The default backend: a thread pool per batch; and any ``concurrent.futures.Executor`` you pass (one
+whose workers share memory runs chunks as the thread pool does; a process pool or another non-sharing
+executor sends them the way the processes backend does, ``_encoded_executor.py``).
 
 The engine's own pool (:class:`DaemonThreadPool`) runs its tasks on daemon threads: a task that a Stop
 abandoned (it ignores its token, maybe forever) never keeps the interpreter or a kernel from exiting,
@@ -16,7 +18,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
 from procengine_nb.backends._loop import Awaiter, register_awaiter, unregister_awaiter
-from procengine_nb.backends.base import Backend, BatchExecutor, Chunk
+from procengine_nb.backends.base import CROSS_PROCESS_TASK_SECONDS, Backend, BatchExecutor, Chunk
 from procengine_nb.backends.runner import run_chunk
 from procengine_nb.cancellation import CancellationToken
 from procengine_nb.models import SymbolResult
@@ -272,6 +274,8 @@ class ExecutorBackend(Backend):
         self.supports_timeout = self.shares_memory or self._local_processes
         if not self.shares_memory:
             _require_cloudpickle(executor)
+            # a chunk crosses to another process: hand-offs cost what they cost processes (see there)
+            self.target_task_seconds = CROSS_PROCESS_TASK_SECONDS
         found = getattr(executor, "_max_workers", None)
         if max_workers is None:
             max_workers = found if isinstance(found, int) and found > 0 else default_worker_count()
