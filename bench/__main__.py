@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         section = f"## {name} ({time.perf_counter() - start:.0f} s)\n\n{body}"
         print("\n" + section, flush=True)
         sections.append(section)
-        tables[name] = f"{header}\n\n{body}"
+        tables[name] = f"{header}\n\n" + re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)  # under the page's ###
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write("\n\n".join(sections) + "\n")
